@@ -1,0 +1,10 @@
+"""mmslora: MSLoRA adapters for the OpenMMLab toolboxes.
+
+``import mmslora`` (or ``custom_imports=dict(imports=['mmslora'])`` in a config)
+registers ``mmslora.MSLoRABackbone``, ``mmslora.MSLoRAAdapter`` and the rest.
+"""
+from .version import __version__
+from . import engine, models  # noqa: F401  (registers the modules)
+from .models import MSLoRAAdapter, MSLoRABackbone
+
+__all__ = ['__version__', 'MSLoRAAdapter', 'MSLoRABackbone']

@@ -1,0 +1,4 @@
+from .hooks import ParameterReportHook
+from .optim import TrainableOptimWrapperConstructor
+
+__all__ = ['ParameterReportHook', 'TrainableOptimWrapperConstructor']

@@ -1,0 +1,4 @@
+from .adapter import LowRankProjection, MSLoRAAdapter, MultiScaleTransform
+from .wrapper import MSLoRABackbone
+
+__all__ = ['MSLoRAAdapter', 'LowRankProjection', 'MultiScaleTransform', 'MSLoRABackbone']

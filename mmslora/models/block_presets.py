@@ -1,0 +1,134 @@
+"""Which modules of a backbone are its blocks, and in which layout they answer.
+
+The presets cover ResNet, Swin and ViT from mmdet, mmseg and mmpretrain; a backbone
+of any other family is wrapped by giving ``blocks=dict(pattern=..., layout=...)`` to
+:class:`~mmslora.models.MSLoRABackbone`.
+"""
+import importlib
+import re
+from typing import Dict, Iterator, List, Optional, Tuple, Type
+
+import torch.nn as nn
+
+from .layouts import LAYOUTS
+
+# (module path, block class names, layout). Subclasses (ResNeXt, ...) match too.
+BLOCK_PRESETS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
+    ('mmdet.models.backbones.resnet', ('BasicBlock', 'Bottleneck'), 'nchw'),
+    ('mmseg.models.backbones.resnet', ('BasicBlock', 'Bottleneck'), 'nchw'),
+    ('mmpretrain.models.backbones.resnet', ('BasicBlock', 'Bottleneck'), 'nchw'),
+    ('mmdet.models.backbones.swin', ('SwinBlock',), 'nlc'),
+    ('mmseg.models.backbones.swin', ('SwinBlock',), 'nlc'),
+    ('mmpretrain.models.backbones.swin_transformer', ('SwinBlock',), 'nlc'),
+    ('mmseg.models.backbones.vit', ('TransformerEncoderLayer',), 'tokens'),
+    ('mmpretrain.models.backbones.vision_transformer', ('TransformerEncoderLayer',), 'tokens'),
+)
+
+_preset_classes: Optional[List[Tuple[Type[nn.Module], str]]] = None
+
+
+def preset_block_classes() -> List[Tuple[Type[nn.Module], str]]:
+    """The preset block classes of the installed toolboxes, with their layouts."""
+    global _preset_classes
+    if _preset_classes is None:
+        found = []
+        for module_path, names, layout in BLOCK_PRESETS:
+            try:
+                module = importlib.import_module(module_path)
+            except ImportError:
+                continue
+            found.extend((getattr(module, name), layout) for name in names)
+        _preset_classes = found
+    return _preset_classes
+
+
+def _block_specs(blocks) -> List[dict]:
+    specs = [blocks] if isinstance(blocks, dict) else list(blocks)
+    for spec in specs:
+        if not isinstance(spec, dict) or 'pattern' not in spec:
+            raise TypeError(
+                f'blocks must be a dict (or list of dicts) like '
+                f"dict(pattern=r'layers\\.\\d+', layout='tokens'), got {spec!r}.")
+        unknown = set(spec) - {'pattern', 'layout', 'channels'}
+        if unknown:
+            raise TypeError(f'blocks: unknown keys {sorted(unknown)}; allowed are pattern, '
+                            f'layout and channels.')
+        if spec.get('layout', 'nchw') not in LAYOUTS:
+            raise ValueError(f"blocks: layout {spec.get('layout')!r} is not one of {LAYOUTS}.")
+    return specs
+
+
+def find_blocks(backbone: nn.Module, blocks=None) -> Dict[str, Tuple[str, Optional[int]]]:
+    """Map block names in ``backbone`` to ``(layout, channels or None)``.
+
+    Args:
+        backbone: the wrapped backbone.
+        blocks: None for the presets, or a dict / list of dicts with ``pattern``
+            (a regular expression matched in full against ``named_modules()`` names),
+            ``layout`` (default ``'nchw'``) and optionally ``channels``.
+
+    Raises:
+        ValueError: when nothing matched; the message lists the patterns tried and a
+            few candidate module names.
+    """
+    found: Dict[str, Tuple[str, Optional[int]]] = {}
+    if blocks is None:
+        classes = preset_block_classes()
+        for name, module in backbone.named_modules():
+            if any(name.startswith(f'{done}.') for done in found):
+                continue  # a block inside a matched block
+            for cls, layout in classes:
+                if isinstance(module, cls):
+                    found[name] = (layout, None)
+                    break
+        tried = 'the presets for ' + ', '.join(
+            sorted({cls.__name__ for cls, _ in preset_block_classes()}))
+    else:
+        specs = _block_specs(blocks)
+        for name, _ in backbone.named_modules():
+            for spec in specs:
+                if name and re.fullmatch(spec['pattern'], name):
+                    found[name] = (spec.get('layout', 'nchw'), spec.get('channels'))
+                    break
+        tried = 'the patterns ' + ', '.join(repr(s['pattern']) for s in specs)
+    if not found:
+        raise ValueError(
+            f'MSLoRABackbone: no block of {type(backbone).__name__} matched {tried}. '
+            f'Pass blocks=dict(pattern=..., layout=...) naming the blocks to adapt; '
+            f'candidate module names: {candidate_names(backbone)}.')
+    return found
+
+
+def candidate_names(backbone: nn.Module, limit: int = 8) -> List[str]:
+    """A few module names that look like blocks (containers with parameters)."""
+    names = [name for name, module in backbone.named_modules()
+             if name and len(list(module.children())) > 1]
+    return names[:limit]
+
+
+def infer_channels(block: nn.Module) -> int:
+    """The output channels of ``block``: those of its last layer that states them."""
+    channels = None
+    for module in block.modules():
+        for attr in ('out_channels', 'out_features', 'num_features'):
+            if isinstance(getattr(module, attr, None), int):
+                channels = getattr(module, attr)
+                break
+        else:
+            shape = getattr(module, 'normalized_shape', None)
+            if isinstance(shape, tuple) and len(shape) == 1:
+                channels = shape[0]
+    if channels is None:
+        raise ValueError(
+            f'MSLoRABackbone: cannot infer the output channels of a {type(block).__name__} '
+            f'block; give them as blocks=dict(pattern=..., layout=..., channels=C).')
+    return channels
+
+
+def iter_norms(module: nn.Module) -> Iterator[nn.Module]:
+    """Normalisation layers in ``module`` (any layer that keeps running statistics, and
+    LayerNorm/GroupNorm)."""
+    for m in module.modules():
+        if hasattr(m, 'running_mean') or isinstance(m, (nn.LayerNorm, nn.GroupNorm,
+                                                        nn.modules.batchnorm._NormBase)):
+            yield m

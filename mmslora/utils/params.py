@@ -1,0 +1,67 @@
+"""Parameter counting by module ownership (never by name substrings)."""
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    """Counts of a model's parameters.
+
+    ``backbone`` counts the wrapped (upstream) backbones, ``adapter`` the adapters
+    they carry, ``trainable`` every parameter with ``requires_grad`` anywhere in the
+    model (heads and necks included), ``backbone_trainable`` the trainable parameters
+    inside the wrappers (adapters plus any unfrozen backbone parameter).
+    """
+    total: int
+    trainable: int
+    backbone: int
+    adapter: int
+    backbone_trainable: int
+
+    @property
+    def frozen(self) -> int:
+        return self.total - self.trainable
+
+    @property
+    def backbone_share(self) -> float:
+        """Trainable parameters of the wrappers as a fraction of their backbones."""
+        return self.backbone_trainable / self.backbone if self.backbone else 0.0
+
+    def peft_line(self) -> str:
+        """The line Hugging Face peft's ``print_trainable_parameters`` prints."""
+        return (f'trainable params: {self.trainable:,d} || all params: {self.total:,d} || '
+                f'trainable%: {100 * self.trainable / max(self.total, 1):.4f}')
+
+    def table(self) -> str:
+        rows = [('total', self.total), ('trainable', self.trainable),
+                ('frozen', self.frozen), ('backbone (wrapped)', self.backbone),
+                ('adapters', self.adapter),
+                ('trainable in wrapper', self.backbone_trainable)]
+        lines = [f'{name:<22}{value:>14,d}' for name, value in rows]
+        lines.append(f"{'trainable / backbone':<22}{100 * self.backbone_share:>13.3f}%")
+        return '\n'.join(lines + [self.peft_line()])
+
+
+def _numel(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_parameters(model: nn.Module) -> ParameterReport:
+    """Count ``model``'s parameters, attributing them to wrapped backbones and adapters
+    by module ownership (every ``MSLoRABackbone`` in ``model``)."""
+    from mmslora.models.wrapper import MSLoRABackbone
+    wrappers = [m for m in model.modules() if isinstance(m, MSLoRABackbone)]
+    return ParameterReport(
+        total=_numel(model),
+        trainable=_numel(model, trainable_only=True),
+        backbone=sum(_numel(w.backbone) for w in wrappers),
+        adapter=sum(_numel(w.adapters) for w in wrappers),
+        backbone_trainable=sum(_numel(w, trainable_only=True) for w in wrappers))
+
+
+def print_trainable_parameters(model: nn.Module) -> ParameterReport:
+    """Print peft's one-line summary for ``model`` and return the report."""
+    report = count_parameters(model)
+    print(report.peft_line())
+    return report

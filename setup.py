@@ -1,0 +1,31 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+
+def read_requirements(name: str) -> list:
+    lines = (ROOT / 'requirements' / name).read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith('#')]
+
+
+version = {}
+exec((ROOT / 'mmslora' / 'version.py').read_text(), version)
+
+setup(
+    name='mmslora',
+    version=version['__version__'],
+    description='MSLoRA: multi-scale low-rank adaptation via attention reweighting, for OpenMMLab',
+    long_description=(ROOT / 'README.md').read_text() if (ROOT / 'README.md').exists() else '',
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['mmslora', 'mmslora.*']),
+    python_requires='>=3.8',
+    install_requires=read_requirements('runtime.txt'),
+    extras_require={
+        'mim': read_requirements('mminstall.txt'),
+        'tests': read_requirements('tests.txt'),
+        'optional': read_requirements('optional.txt'),
+    },
+    license='Apache-2.0',
+)

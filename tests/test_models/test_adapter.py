@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from mmslora.models import MSLoRAAdapter
+
+
+def test_identity_at_init_and_shapes():
+    torch.manual_seed(0)
+    adapter = MSLoRAAdapter(channels=32, hidden_dim=16, groups=4)
+    x = torch.randn(2, 32, 9, 7)
+    out = adapter(x)
+    assert out.shape == x.shape
+    assert torch.equal(out, x)  # Proj's up-projection starts at zero
+
+
+def test_residual_is_proj_times_trans():
+    torch.manual_seed(0)
+    adapter = MSLoRAAdapter(channels=16, hidden_dim=8, groups=2)
+    torch.nn.init.normal_(adapter.proj.up.weight)
+    x = torch.randn(1, 16, 5, 5)
+    gate = adapter.trans(x)
+    assert gate.min() > 0 and gate.max() < 1  # Trans is a sigmoid gate
+    expected = x + adapter.proj(x) * gate
+    torch.testing.assert_close(adapter(x), expected)
+    assert not torch.equal(adapter(x), x)
+
+
+def test_parameter_count_matches_formula():
+    c, d, g = 64, 32, 8
+    adapter = MSLoRAAdapter(channels=c, hidden_dim=d, groups=g, kernel_sizes=(3, 5), reduction=4)
+    proj = 2 * c * d // g
+    trans = (c * d // g + 2 * d + (9 + 1 + 25 + 1) * d + (d * 8 + 8) + (8 * d + d)
+             + (2 * 49 + 1) + (d * c // g + c))
+    assert sum(p.numel() for p in adapter.parameters()) == proj + trans
+
+
+def test_gradients_reach_both_branches_after_two_steps():
+    torch.manual_seed(0)
+    adapter = MSLoRAAdapter(channels=16, hidden_dim=8, groups=2)
+    opt = torch.optim.SGD(adapter.parameters(), lr=0.1)
+    x = torch.randn(2, 16, 6, 6)
+    target = torch.randn(2, 16, 6, 6)
+    grads = []
+    for _ in range(2):
+        opt.zero_grad()
+        loss = (adapter(x) - target).pow(2).mean()
+        loss.backward()
+        grads.append(adapter.trans.expand.weight.grad.abs().sum().item())
+        opt.step()
+    assert grads[0] == 0.0  # product with the zero-initialised Proj
+    assert grads[1] > 0.0
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(channels=30, groups=8), 'channels=30 is not divisible by groups=8'),
+    (dict(channels=32, hidden_dim=20, groups=8), 'hidden_dim=20 is not divisible by groups=8'),
+    (dict(channels=32, kernel_sizes=(3, 4)), 'kernel size 4 must be odd'),
+    (dict(channels=32, spatial_kernel=6), 'kernel size 6 must be odd'),
+    (dict(channels=32, kernel_sizes=()), 'kernel_sizes is empty'),
+    (dict(channels=0), 'channels must be a positive int'),
+])
+def test_invalid_sizes_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MSLoRAAdapter(**kwargs)
+
+
+def test_wrong_input_channels_named():
+    adapter = MSLoRAAdapter(channels=16, hidden_dim=8, groups=2)
+    with pytest.raises(ValueError, match=r'expects a \(B, 16, H, W\) feature map'):
+        adapter(torch.randn(1, 8, 4, 4))

@@ -1,0 +1,57 @@
+"""Turn a training checkpoint into an adapter-only file.
+
+    python tools/export_adapter.py CONFIG CHECKPOINT OUT [--cfg-options k=v ...]
+
+The file holds every tensor that training changed (adapters, necks, heads, any
+unfrozen backbone parameter) and, in ``meta``, the adapter configs and the mmslora
+version; the frozen pretrained backbone is left out. Load it with
+``mmslora.utils.load_adapter(model, OUT)`` onto a model built from CONFIG with its
+pretrained backbone: the predictions are those of the trained model, exactly.
+"""
+import argparse
+import io
+import os
+
+import torch
+
+from mmengine.config import DictAction
+from mmengine.runner import load_checkpoint
+
+import mmslora
+from mmslora.utils import save_adapter
+from mmslora.utils.config import build_model_from_config, disable_pretrained, load_config
+
+
+def export_adapter(config: str, checkpoint: str, out: str, cfg_options=None) -> dict:
+    """Export; return ``dict(meta, checkpoint_bytes, weights_bytes, adapter_bytes)``
+    (``weights_bytes``: the model's full state dict serialised, for the size ratio)."""
+    cfg = disable_pretrained(load_config(config, cfg_options))
+    model = build_model_from_config(cfg)
+    load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    meta = save_adapter(model, out, extra_meta=dict(config=os.path.basename(config),
+                                                    source=os.path.basename(checkpoint)))
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return dict(meta=meta, checkpoint_bytes=os.path.getsize(checkpoint),
+                weights_bytes=buffer.tell(), adapter_bytes=os.path.getsize(out))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('out')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = parser.parse_args(argv)
+    result = export_adapter(args.config, args.checkpoint, args.out, args.cfg_options)
+    size = result['adapter_bytes']
+    print(f'mmslora {mmslora.__version__}: wrote {args.out}: {size:,d} bytes = '
+          f'{size / result["weights_bytes"]:.3f} x the full model weights '
+          f'({result["weights_bytes"]:,d} bytes), '
+          f'{size / result["checkpoint_bytes"]:.3f} x the training checkpoint '
+          f'({result["checkpoint_bytes"]:,d} bytes, with optimizer state)')
+    return result
+
+
+if __name__ == '__main__':
+    main()
