@@ -4,7 +4,12 @@
 registers ``mmslora.MSLoRABackbone``, ``mmslora.MSLoRAAdapter`` and the rest.
 """
 from .version import __version__
-from . import engine, models  # noqa: F401  (registers the modules)
+from . import datasets, engine, models  # noqa: F401  (registers the modules)
 from .models import MSLoRAAdapter, MSLoRABackbone
 
 __all__ = ['__version__', 'MSLoRAAdapter', 'MSLoRABackbone']
+
+# Load checkpoints weights-only with an explicit allowlist (torch >= 2.6 safe).
+from .utils.checkpoint import install_safe_checkpoint_loading  # noqa: E402
+
+install_safe_checkpoint_loading()

@@ -10,6 +10,7 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmslora', locations=['mmslora.models'])
@@ -18,3 +19,5 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     locations=['mmslora.engine'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmslora', locations=['mmslora.engine'])
 DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mmslora', locations=['mmslora.datasets'])
+TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='mmslora',
+                      locations=['mmslora.datasets'])

@@ -18,11 +18,27 @@ from mmengine.config import DictAction
 from mmengine.runner import load_checkpoint
 
 import mmslora
-from mmslora.utils import save_adapter
+from mmslora.utils import load_adapter, save_adapter
 from mmslora.utils.config import build_model_from_config, disable_pretrained, load_config
 
 
-def export_adapter(config: str, checkpoint: str, out: str, cfg_options=None) -> dict:
+def verify_adapter(config: str, trained, adapter_file: str, cfg_options=None) -> int:
+    """Build CONFIG with its pretrained backbone, load ``adapter_file``, and check that
+    every tensor equals the trained model's; return how many tensors were compared."""
+    model = build_model_from_config(load_config(config, cfg_options), init_weights=True)
+    load_adapter(model, adapter_file)
+    want = trained.state_dict()
+    got = model.state_dict()
+    differ = [k for k, v in want.items() if not torch.equal(v, got[k])]
+    if differ:
+        raise AssertionError(f'{len(differ)} tensors differ after loading the adapter onto '
+                             f'the pretrained model, e.g. {differ[:3]}: the frozen backbone '
+                             f'of the checkpoint is not the config\'s pretrained backbone.')
+    return len(want)
+
+
+def export_adapter(config: str, checkpoint: str, out: str, cfg_options=None,
+                   verify: bool = False) -> dict:
     """Export; return ``dict(meta, checkpoint_bytes, weights_bytes, adapter_bytes)``
     (``weights_bytes``: the model's full state dict serialised, for the size ratio)."""
     cfg = disable_pretrained(load_config(config, cfg_options))
@@ -30,6 +46,8 @@ def export_adapter(config: str, checkpoint: str, out: str, cfg_options=None) -> 
     load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     meta = save_adapter(model, out, extra_meta=dict(config=os.path.basename(config),
                                                     source=os.path.basename(checkpoint)))
+    if verify:
+        verify_adapter(config, model, out, cfg_options)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return dict(meta=meta, checkpoint_bytes=os.path.getsize(checkpoint),
@@ -42,8 +60,15 @@ def main(argv=None):
     parser.add_argument('checkpoint')
     parser.add_argument('out')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--verify', action='store_true',
+                        help='load the file onto the pretrained model and check that every '
+                             'tensor equals the trained one (needs the pretrained weights)')
     args = parser.parse_args(argv)
-    result = export_adapter(args.config, args.checkpoint, args.out, args.cfg_options)
+    result = export_adapter(args.config, args.checkpoint, args.out, args.cfg_options,
+                            args.verify)
+    if args.verify:
+        print('verified: the pretrained model + adapter file equals the trained model, '
+              'tensor for tensor')
     size = result['adapter_bytes']
     print(f'mmslora {mmslora.__version__}: wrote {args.out}: {size:,d} bytes = '
           f'{size / result["weights_bytes"]:.3f} x the full model weights '

@@ -1,3 +1,4 @@
+from . import backbones  # noqa: F401  (registers mmslora.EfficientNetLite)
 from .adapter import LowRankProjection, MSLoRAAdapter, MultiScaleTransform
 from .wrapper import MSLoRABackbone
 

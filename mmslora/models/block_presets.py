@@ -1,6 +1,7 @@
 """Which modules of a backbone are its blocks, and in which layout they answer.
 
-The presets cover ResNet, Swin and ViT from mmdet, mmseg and mmpretrain; a backbone
+The presets cover ResNet, Swin and ViT from mmdet, mmseg and mmpretrain, and
+mmslora's EfficientNet-Lite; a backbone
 of any other family is wrapped by giving ``blocks=dict(pattern=..., layout=...)`` to
 :class:`~mmslora.models.MSLoRABackbone`.
 """
@@ -22,6 +23,7 @@ BLOCK_PRESETS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
     ('mmpretrain.models.backbones.swin_transformer', ('SwinBlock',), 'nlc'),
     ('mmseg.models.backbones.vit', ('TransformerEncoderLayer',), 'tokens'),
     ('mmpretrain.models.backbones.vision_transformer', ('TransformerEncoderLayer',), 'tokens'),
+    ('mmslora.models.backbones.efficientnet_lite', ('MBConvBlock',), 'nchw'),
 )
 
 _preset_classes: Optional[List[Tuple[Type[nn.Module], str]]] = None

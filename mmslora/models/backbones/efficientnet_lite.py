@@ -432,7 +432,7 @@ _SCHEME = 'efficientnet-lite0://'
 _CHECKPOINTS = ('imagenet', 'imagenet-classifier')
 
 
-@CheckpointLoader.register_scheme(prefixes=_SCHEME)
+@CheckpointLoader.register_scheme(prefixes=_SCHEME, force=True)
 def load_from_efficientnet_lite0(filename: str, map_location=None):
     """``efficientnet-lite0://imagenet``: backbone keys, unprefixed;
     ``efficientnet-lite0://imagenet-classifier``: the full classifier state dict."""

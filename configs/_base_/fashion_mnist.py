@@ -1,0 +1,14 @@
+# Debian's Fashion-MNIST (tools/dataset_converters/fashion_mnist.py), upsampled to
+# 3 x 64 x 64 for ImageNet backbones. `indices` fixes the subset.
+fashion_root = 'data/fashion_mnist/'
+fashion_train_pipeline = [
+    dict(type='mmslora.GrayToRGB'),
+    dict(type='Resize', scale=(64, 64)),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+fashion_test_pipeline = [
+    dict(type='mmslora.GrayToRGB'),
+    dict(type='Resize', scale=(64, 64)),
+    dict(type='PackInputs'),
+]

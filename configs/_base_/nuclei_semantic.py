@@ -1,0 +1,15 @@
+# The embedded nuclei data as two-class semantic maps (0 background, 1 nucleus) for
+# mmseg, written by tools/dataset_converters/nuclei.py.
+nuclei_root = 'data/nuclei/'
+nuclei_seg_metainfo = dict(classes=('background', 'nucleus'), palette=[(0, 0, 0), (220, 20, 60)])
+nuclei_seg_train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=False),
+    dict(type='RandomFlip', prob=0.5, direction=['horizontal', 'vertical']),
+    dict(type='PackSegInputs'),
+]
+nuclei_seg_test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=False),
+    dict(type='PackSegInputs'),
+]

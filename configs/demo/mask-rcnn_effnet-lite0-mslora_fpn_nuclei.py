@@ -1,0 +1,68 @@
+# The demo: Mask R-CNN on the embedded nuclei tiles, with the real ImageNet
+# EfficientNet-Lite0 frozen inside MSLoRABackbone. A small override of mmdet's
+# Mask R-CNN config: backbone, neck inputs, one class, small anchors, data, schedule.
+_base_ = [
+    'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', '../_base_/mslora.py',
+    '../_base_/nuclei_instance.py'
+]
+
+model = dict(
+    # EfficientNet-Lite's normalisation: (x - 127) / 128 on RGB
+    data_preprocessor=dict(mean=[127.0] * 3, std=[128.0] * 3, bgr_to_rgb=True),
+    backbone=dict(
+        _delete_=True,
+        type='mmslora.MSLoRABackbone',
+        backbone=dict(
+            type='mmslora.EfficientNetLite',
+            arch='lite0',
+            out_indices=(1, 2, 4, 6),  # strides 4, 8, 16, 32
+            init_cfg=dict(type='Pretrained', checkpoint='efficientnet-lite0://imagenet')),
+        # D = 32 keeps a 3.4 M-parameter backbone's adapters under 5%
+        adapter=dict(_base_.mslora_adapter, hidden_dim=32)),
+    neck=dict(in_channels=[24, 40, 112, 320]),
+    # nuclei are 10 to 34 pixels: anchors of 16 px at stride 4
+    rpn_head=dict(anchor_generator=dict(scales=[4])),
+    roi_head=dict(bbox_head=dict(num_classes=1), mask_head=dict(num_classes=1)),
+    test_cfg=dict(rcnn=dict(max_per_img=200)))
+
+train_dataloader = dict(
+    batch_size=2,
+    num_workers=1,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=_base_.nuclei_root,
+        metainfo=_base_.nuclei_metainfo,
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='images/train/'),
+        pipeline=_base_.nuclei_train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=1,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=_base_.nuclei_root,
+        metainfo=_base_.nuclei_metainfo,
+        ann_file='annotations/instances_val.json',
+        data_prefix=dict(img='images/val/'),
+        pipeline=_base_.nuclei_test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=_base_.nuclei_root + 'annotations/instances_val.json',
+                     metric=['bbox', 'segm'])
+test_evaluator = val_evaluator
+
+# short CPU schedule: AdamW on adapters + FPN + heads, warm-up then a step decay
+max_iters = 300
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
+                 val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
+         milestones=[int(max_iters * 0.8)], gamma=0.1),
+]
+optim_wrapper = dict(_base_.mslora_optim_wrapper, optimizer=dict(lr=1e-3),
+                     clip_grad=dict(max_norm=10.0))
+default_hooks = dict(
+    logger=dict(interval=20),
+    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+log_processor = dict(by_epoch=False)
+auto_scale_lr = dict(enable=False)

@@ -1,0 +1,3 @@
+from .transforms import GrayToRGB
+
+__all__ = ['GrayToRGB']

@@ -1,0 +1,86 @@
+"""Every shipped config loads, inherits an upstream config, wraps its backbone in
+MSLoRABackbone, builds offline in its toolbox's scope, and trains < 5% of its
+backbone."""
+import glob
+import os.path as osp
+import re
+
+import pytest
+from mmengine.config import Config
+
+from mmslora.models import MSLoRABackbone
+from mmslora.utils import count_parameters
+from mmslora.utils.config import build_model_from_config, disable_pretrained
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TASK_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'mm*', '*.py')))
+DEMO_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'demo', '*.py')))
+REQUIRED = {
+    'mmdet/mask-rcnn_r50-mslora_fpn_1x_coco.py',
+    'mmdet/mask-rcnn_swin-t-p4-w7-mslora_fpn_1x_coco.py',
+    'mmseg/upernet_r50-mslora_4xb4-160k_ade20k-512x512.py',
+    'mmseg/swin-tiny-patch4-window7-in1k-pre-mslora_upernet_8xb2-160k_ade20k-512x512.py',
+    'mmseg/vit_vit-b16-mslora_mln_upernet_8xb2-160k_ade20k-512x512.py',
+    'mmpretrain/resnet50-mslora_8xb32-ft30e_in1k.py',
+    'mmpretrain/swin-tiny-mslora_16xb64-ft30e_in1k.py',
+    'mmpretrain/vit-base-p16-mslora_64xb64-ft30e_in1k.py',
+}
+
+
+def rel(path):
+    return osp.relpath(path, osp.join(ROOT, 'configs'))
+
+
+def test_required_configs_exist():
+    assert REQUIRED <= {rel(p) for p in TASK_CONFIGS}
+
+
+@pytest.mark.parametrize('path', TASK_CONFIGS + DEMO_CONFIGS, ids=rel)
+def test_config_builds_offline_under_five_percent(path):
+    text = open(path).read()
+    upstream = re.search(r"'(mmdet|mmseg|mmpretrain)::([^']+\.py)'", text)
+    assert upstream, 'the config must inherit an upstream mm* config'
+    cfg = Config.fromfile(path)
+    assert cfg.default_scope == upstream.group(1)
+    assert cfg.model.backbone.type == 'mmslora.MSLoRABackbone'
+    assert cfg.custom_imports['imports'] == ['mmslora']
+    model = build_model_from_config(disable_pretrained(cfg))
+    assert isinstance(model.backbone, MSLoRABackbone)
+    report = count_parameters(model)
+    assert 0 < report.backbone_share < 0.05
+    assert report.adapter == report.backbone_trainable
+    if cfg.optim_wrapper.get('constructor'):
+        assert cfg.optim_wrapper.constructor == 'mmslora.TrainableOptimWrapperConstructor'
+
+
+RECIPE = """
+_base_ = ['{upstream}', '{mslora_base}']
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmslora.MSLoRABackbone',
+        backbone=_base_.model.backbone,
+        adapter=_base_.mslora_adapter))
+optim_wrapper = _base_.mslora_optim_wrapper
+"""
+
+
+@pytest.mark.parametrize('upstream, scope', [
+    ('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', 'mmdet'),
+    ('mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-512x1024.py', 'mmseg'),
+    ('mmpretrain::resnet/resnet18_8xb16_cifar10.py', 'mmpretrain'),
+])
+def test_the_documented_recipe_turns_any_upstream_config_into_mslora(tmp_path, upstream,
+                                                                     scope):
+    path = tmp_path / 'my_config.py'
+    path.write_text(RECIPE.format(upstream=upstream,
+                                  mslora_base=osp.join(ROOT, 'configs/_base_/mslora.py')))
+    cfg = Config.fromfile(str(path))
+    assert cfg.default_scope == scope
+    model = build_model_from_config(disable_pretrained(cfg))
+    report = count_parameters(model)
+    assert isinstance(model.backbone, MSLoRABackbone) and len(model.backbone.adapters) > 0
+    assert 0 < report.backbone_share < 0.05
+    trainable = {n.split('.')[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert 'backbone' in trainable  # the adapters
+    assert not any(p.requires_grad for p in model.backbone.backbone.parameters())

@@ -1,0 +1,141 @@
+"""tools/train.py, tools/test.py and the adapter export, run as a user runs them: in a
+subprocess, on the embedded data, with the real pretrained EfficientNet-Lite0."""
+import glob
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DET = 'configs/demo/mask-rcnn_effnet-lite0-mslora_fpn_nuclei.py'
+SEG = 'configs/demo/upernet_effnet-lite0-mslora_nuclei-256x256.py'
+CLS = 'configs/demo/effnet-lite0-mslora_fashion-mnist.py'
+
+
+def run_tool(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout + proc.stderr
+
+
+def iters_options(n):
+    return [f'train_cfg.max_iters={n}', f'train_cfg.val_interval={n}',
+            f'default_hooks.checkpoint.interval={n}', 'default_hooks.checkpoint.max_keep_ckpts=3']
+
+
+def det_options(root):
+    return [f'train_dataloader.dataset.data_root={root}',
+            f'val_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.data_root={root}',
+            f'val_evaluator.ann_file={root}annotations/instances_val.json',
+            f'test_evaluator.ann_file={root}annotations/instances_val.json']
+
+
+def last_metrics(work_dir):
+    files = sorted(glob.glob(osp.join(work_dir, '*', '*.json')), key=osp.getmtime)
+    with open(files[-1]) as f:
+        return [json.loads(line) for line in f if line.strip()][-1]
+
+
+@pytest.fixture(scope='module')
+def det_run(nuclei_root, tmp_path_factory):
+    work = str(tmp_path_factory.mktemp('det'))
+    log = run_tool('tools/train.py', DET, '--work-dir', work, '--cfg-options',
+                   *iters_options(2), *det_options(nuclei_root))
+    return work, log
+
+
+def test_detection_trains_and_validates(det_run):
+    work, log = det_run
+    assert osp.exists(osp.join(work, 'iter_2.pth'))
+    assert 'MSLoRA parameter report' in log and 'trainable / backbone' in log
+    assert 'load model from: efficientnet-lite0://imagenet' in log or \
+        'efficientnet-lite0://imagenet' in log
+    metrics = last_metrics(work)
+    assert 'coco/bbox_mAP' in metrics and 'coco/segm_mAP' in metrics
+
+
+def test_resume_continues_the_run(det_run, nuclei_root):
+    work, _ = det_run
+    log = run_tool('tools/train.py', DET, '--work-dir', work, '--resume', '--cfg-options',
+                   *iters_options(4), *det_options(nuclei_root))
+    assert 'resumed epoch: 0, iter: 2' in log
+    assert osp.exists(osp.join(work, 'iter_4.pth'))
+    from mmslora.utils.checkpoint import safe_torch_load
+    assert safe_torch_load(osp.join(work, 'iter_4.pth'))['meta']['iter'] == 4
+
+
+def test_export_adapter_round_trip_is_exact(det_run, tmp_path):
+    work, _ = det_run
+    out = str(tmp_path / 'adapter.pth')
+    log = run_tool('tools/export_adapter.py', DET, osp.join(work, 'iter_2.pth'), out,
+                   '--verify')
+    assert 'verified' in log
+    adapter = torch.load(out, weights_only=True)
+    assert adapter['meta']['format'] == 'mmslora-adapter-v1'
+    assert not any('.backbone.backbone.' in k or k.startswith('backbone.backbone.')
+                   for k in adapter['state_dict'])
+    assert any(k.startswith('backbone.adapters.') for k in adapter['state_dict'])
+    assert osp.getsize(out) < osp.getsize(osp.join(work, 'iter_2.pth'))
+
+
+def test_test_tool_evaluates_and_paints(det_run, nuclei_root, tmp_path):
+    work, _ = det_run
+    log = run_tool('tools/test.py', DET, osp.join(work, 'iter_2.pth'), '--work-dir',
+                   str(tmp_path), '--show-dir', 'painted', '--cfg-options',
+                   *det_options(nuclei_root))
+    assert 'coco/segm_mAP' in log
+    assert glob.glob(osp.join(str(tmp_path), '*', 'painted', '*.png'))
+
+
+def test_segmentation_trains_and_validates(nuclei_root, tmp_path):
+    seg = [f'train_dataloader.dataset.data_root={nuclei_root}',
+           f'val_dataloader.dataset.data_root={nuclei_root}',
+           f'test_dataloader.dataset.data_root={nuclei_root}']
+    run_tool('tools/train.py', SEG, '--work-dir', str(tmp_path), '--cfg-options',
+             *iters_options(2), *seg)
+    assert 'mIoU' in last_metrics(str(tmp_path))
+
+
+def test_classification_trains_and_validates(fashion_root, tmp_path):
+    cls = [f'train_dataloader.dataset.data_root={fashion_root}',
+           f'val_dataloader.dataset.data_root={fashion_root}',
+           'train_dataloader.dataset.indices=64', 'val_dataloader.dataset.indices=64',
+           'train_dataloader.batch_size=8']
+    run_tool('tools/train.py', CLS, '--work-dir', str(tmp_path), '--cfg-options',
+             *iters_options(2), *cls)
+    assert 'accuracy/top1' in last_metrics(str(tmp_path))
+
+
+def test_count_params_tool_prints_the_report():
+    out = run_tool('tools/analysis_tools/count_params.py', DET)
+    assert 'trainable / backbone' in out and 'trainable params:' in out
+
+
+def test_amp_on_cpu_is_refused_with_the_fix(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present')
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, 'tools/train.py', DET, '--amp', '--work-dir',
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert '--amp needs a CUDA GPU' in proc.stderr and 'drop --amp' in proc.stderr
+
+
+def test_visualize_reweighting_writes_a_figure_per_stage(det_run, nuclei_root, tmp_path):
+    work, _ = det_run
+    image = sorted(glob.glob(osp.join(nuclei_root, 'images', 'val', '*.png')))[0]
+    out = run_tool('tools/analysis_tools/visualize_reweighting.py', DET,
+                   osp.join(work, 'iter_2.pth'), image, '--out-dir', str(tmp_path))
+    pngs = sorted(glob.glob(osp.join(str(tmp_path), '*.png')))
+    assert len(pngs) == 7  # one per EfficientNet-Lite stage with an adapter
+    assert all(p in out for p in pngs)
+    import mmcv
+    picture = mmcv.imread(pngs[0])
+    assert picture.ndim == 3 and picture.std() > 0
