@@ -92,7 +92,7 @@ def find_blocks(backbone: nn.Module, blocks=None) -> Dict[str, Tuple[str, Option
                 if name and re.fullmatch(spec['pattern'], name):
                     found[name] = (spec.get('layout', 'nchw'), spec.get('channels'))
                     break
-        tried = 'the patterns ' + ', '.join(repr(s['pattern']) for s in specs)
+        tried = 'the patterns ' + ', '.join(f"'{s['pattern']}'" for s in specs)
     if not found:
         raise ValueError(
             f'MSLoRABackbone: no block of {type(backbone).__name__} matched {tried}. '
