@@ -7,6 +7,7 @@ import re
 
 import pytest
 from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
 
 from mmslora.models import MSLoRABackbone
 from mmslora.utils import count_parameters
@@ -49,8 +50,11 @@ def test_config_builds_offline_under_five_percent(path):
     report = count_parameters(model)
     assert 0 < report.backbone_share < 0.05
     assert report.adapter == report.backbone_trainable
-    if cfg.optim_wrapper.get('constructor'):
-        assert cfg.optim_wrapper.constructor == 'mmslora.TrainableOptimWrapperConstructor'
+    assert cfg.optim_wrapper.constructor == 'mmslora.TrainableOptimWrapperConstructor'
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    in_optimizer = {id(p) for g in optim_wrapper.optimizer.param_groups for p in g['params']}
+    assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
 
 
 RECIPE = """

@@ -53,7 +53,9 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=20, end=max_iters, eta_min=1e-6),
 ]
-optim_wrapper = dict(_base_.mslora_optim_wrapper, optimizer=dict(lr=1e-3))
+optim_wrapper = dict(
+    _base_.mslora_optim_wrapper,
+    optimizer=dict(_base_.mslora_optim_wrapper.optimizer, lr=1e-3))
 default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))

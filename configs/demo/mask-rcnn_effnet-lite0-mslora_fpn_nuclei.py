@@ -59,8 +59,10 @@ param_scheduler = [
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
          milestones=[int(max_iters * 0.8)], gamma=0.1),
 ]
-optim_wrapper = dict(_base_.mslora_optim_wrapper, optimizer=dict(lr=1e-3),
-                     clip_grad=dict(max_norm=10.0))
+optim_wrapper = dict(
+    _base_.mslora_optim_wrapper,
+    optimizer=dict(_base_.mslora_optim_wrapper.optimizer, lr=1e-3),
+    clip_grad=dict(max_norm=10.0))
 default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))

@@ -58,7 +58,9 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=20, end=max_iters, by_epoch=False),
 ]
-optim_wrapper = dict(_base_.mslora_optim_wrapper, optimizer=dict(lr=1e-3, weight_decay=0.01))
+optim_wrapper = dict(
+    _base_.mslora_optim_wrapper,
+    optimizer=dict(_base_.mslora_optim_wrapper.optimizer, lr=1e-3, weight_decay=0.01))
 default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))

@@ -14,6 +14,8 @@ model = dict(
         adapter=_base_.mslora_adapter,
         pretrained=dict(checkpoint=pretrained, prefix='backbone.')))
 
-optim_wrapper = dict(_base_.mslora_optim_wrapper, optimizer=dict(lr=1e-3))
+optim_wrapper = dict(
+    _base_.mslora_optim_wrapper,
+    optimizer=dict(_base_.mslora_optim_wrapper.optimizer, lr=1e-3))
 param_scheduler = _base_.mslora_cls_param_scheduler
 train_cfg = _base_.mslora_cls_train_cfg

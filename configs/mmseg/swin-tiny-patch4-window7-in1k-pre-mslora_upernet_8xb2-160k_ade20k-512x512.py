@@ -12,4 +12,6 @@ model = dict(
         backbone=_base_.model.backbone,
         adapter=_base_.mslora_adapter))
 
-optim_wrapper = dict(_base_.mslora_optim_wrapper, optimizer=dict(weight_decay=0.01))
+optim_wrapper = dict(
+    _base_.mslora_optim_wrapper,
+    optimizer=dict(_base_.mslora_optim_wrapper.optimizer, weight_decay=0.01))

@@ -10,4 +10,6 @@ model = dict(
         adapter=_base_.mslora_adapter))
 
 # AdamW at 1e-4 with weight decay 0.01, the schedule (poly, 160k) as upstream.
-optim_wrapper = dict(_base_.mslora_optim_wrapper, optimizer=dict(weight_decay=0.01))
+optim_wrapper = dict(
+    _base_.mslora_optim_wrapper,
+    optimizer=dict(_base_.mslora_optim_wrapper.optimizer, weight_decay=0.01))
