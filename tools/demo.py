@@ -14,12 +14,13 @@
 """
 import argparse
 import glob
-import json
 import os
 import os.path as osp
 import subprocess
 import sys
 import time
+
+from mmslora.utils.logs import latest_metrics
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs/demo/mask-rcnn_effnet-lite0-mslora_fpn_nuclei.py')
@@ -71,18 +72,15 @@ def main(argv=None):
         CONFIG, adapter, newest(osp.join(data_root, 'images/val/*.png')),
         '--out-dir', osp.join(work, 'reweighting'))
 
-    metrics_file = newest(osp.join(work, '*', '*.json'))
-    with open(metrics_file) as f:
-        metrics = json.load(f)
+    metrics = latest_metrics(work, 'coco/bbox_mAP')
     print('\n===== summary')
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
         print(f'{key:<20} {metrics.get(key)}')
     print(f'training checkpoint  {checkpoint}')
     print(f'adapter-only file    {adapter}')
-    print(f'metrics              {metrics_file}')
     print(f'painted predictions  {newest(osp.join(work, "*", "predictions"))}')
     print(f'reweighting maps     {osp.join(work, "reweighting")}')
-    print(f'logs                 {osp.dirname(metrics_file)}')
+    print(f'logs and metrics     {work}/<run>/')
     print(f'took {time.time() - start:.0f} s')
 
 
