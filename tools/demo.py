@@ -1,6 +1,6 @@
 """The main job on the embedded default: MSLoRA Mask R-CNN on real nuclei, on CPU.
 
-    python tools/demo.py [--work-dir work_dirs/demo] [--iters 300]
+    python tools/demo.py [--work-dir work_dirs/demo] [--iters 150]
 
 1. converts the nuclei image shipped in the `stardist` wheel into COCO tiles,
 2. prints the parameter report of the model (real ImageNet EfficientNet-Lite0
@@ -43,7 +43,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs/demo'))
     parser.add_argument('--data-root', default=osp.join(ROOT, 'data/nuclei'))
-    parser.add_argument('--iters', type=int, default=300, help='training iterations')
+    parser.add_argument('--iters', type=int, default=150, help='training iterations')
     args = parser.parse_args(argv)
     start = time.time()
     work = osp.abspath(args.work_dir)

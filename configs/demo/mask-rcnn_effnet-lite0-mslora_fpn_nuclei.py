@@ -19,16 +19,25 @@ model = dict(
             init_cfg=dict(type='Pretrained', checkpoint='efficientnet-lite0://imagenet')),
         # D = 32 keeps a 3.4 M-parameter backbone's adapters under 5%
         adapter=dict(_base_.mslora_adapter, hidden_dim=32)),
-    neck=dict(in_channels=[24, 40, 112, 320]),
+    # a lighter head for CPU: 128-channel FPN, fewer proposals and sampled RoIs
+    neck=dict(in_channels=[24, 40, 112, 320], out_channels=128),
     # nuclei are 10 to 34 pixels: anchors of 16 px at stride 4
-    rpn_head=dict(anchor_generator=dict(scales=[4])),
-    roi_head=dict(bbox_head=dict(num_classes=1), mask_head=dict(num_classes=1)),
-    test_cfg=dict(rcnn=dict(max_per_img=200)))
+    rpn_head=dict(in_channels=128, feat_channels=128, anchor_generator=dict(scales=[4])),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=128,
+                                roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2)),
+        bbox_head=dict(in_channels=128, fc_out_channels=512, num_classes=1),
+        mask_roi_extractor=dict(out_channels=128,
+                                roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=2)),
+        mask_head=dict(in_channels=128, conv_out_channels=128, num_classes=1)),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=500),
+                   rcnn=dict(sampler=dict(num=256))),
+    test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=500), rcnn=dict(max_per_img=200)))
 
 train_dataloader = dict(
     batch_size=2,
     num_workers=1,
-    persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(
         data_root=_base_.nuclei_root,
         metainfo=_base_.nuclei_metainfo,
@@ -51,7 +60,7 @@ val_evaluator = dict(ann_file=_base_.nuclei_root + 'annotations/instances_val.js
 test_evaluator = val_evaluator
 
 # short CPU schedule: AdamW on adapters + FPN + heads, warm-up then a step decay
-max_iters = 300
+max_iters = 150
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
 param_scheduler = [
@@ -64,7 +73,7 @@ optim_wrapper = dict(
     optimizer=dict(_base_.mslora_optim_wrapper.optimizer, lr=1e-3),
     clip_grad=dict(max_norm=10.0))
 default_hooks = dict(
-    logger=dict(interval=20),
+    logger=dict(interval=10),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(enable=False)
