@@ -59,12 +59,7 @@ def test_config_builds_offline_under_five_percent(path):
 
 RECIPE = """
 _base_ = ['{upstream}', '{mslora_base}']
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmslora.MSLoRABackbone',
-        backbone=_base_.model.backbone,
-        adapter=_base_.mslora_adapter))
+model = dict(backbone=dict(_base_.mslora_backbone, backbone=_base_.model.backbone))
 optim_wrapper = _base_.mslora_optim_wrapper
 """
 

@@ -7,6 +7,10 @@ custom_imports = dict(imports=['mmslora'], allow_failed_imports=False)
 # under 5% of R-50, Swin-T and ViT-B).
 mslora_adapter = dict(type='mmslora.MSLoRAAdapter', hidden_dim=64, groups=8)
 
+# The wrapper that replaces a base config's backbone; give it the base's backbone:
+#     model = dict(backbone=dict(_base_.mslora_backbone, backbone=_base_.model.backbone))
+mslora_backbone = dict(_delete_=True, type='mmslora.MSLoRABackbone', adapter=mslora_adapter)
+
 # Fine-tuning recipe for adapters: AdamW on the trainable parameters only (frozen
 # ones never reach the optimizer). lr 1e-4 / weight decay 0.05 is the recipe that
 # Mona (CVPR 2025), the closest peer, uses for detection; the MSLoRA paper's text

@@ -2,11 +2,6 @@
 # Bottleneck. Only the adapters, the FPN and the heads train.
 _base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', '../_base_/mslora.py']
 
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmslora.MSLoRABackbone',
-        backbone=_base_.model.backbone,
-        adapter=_base_.mslora_adapter))
+model = dict(backbone=dict(_base_.mslora_backbone, backbone=_base_.model.backbone))
 
 optim_wrapper = _base_.mslora_optim_wrapper

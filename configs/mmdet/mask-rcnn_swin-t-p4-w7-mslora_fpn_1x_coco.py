@@ -2,11 +2,6 @@
 # Swin block.
 _base_ = ['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', '../_base_/mslora.py']
 
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmslora.MSLoRABackbone',
-        backbone=_base_.model.backbone,
-        adapter=_base_.mslora_adapter))
+model = dict(backbone=dict(_base_.mslora_backbone, backbone=_base_.model.backbone))
 
 optim_wrapper = _base_.mslora_optim_wrapper

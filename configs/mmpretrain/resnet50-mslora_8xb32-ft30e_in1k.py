@@ -7,12 +7,8 @@ _base_ = [
 pretrained = 'https://download.openmmlab.com/mmclassification/v0/resnet/resnet50_8xb32_in1k_20210831-ea4938fc.pth'  # noqa
 
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmslora.MSLoRABackbone',
-        backbone=_base_.model.backbone,
-        adapter=_base_.mslora_adapter,
-        pretrained=dict(checkpoint=pretrained, prefix='backbone.')))
+    backbone=dict(_base_.mslora_backbone, backbone=_base_.model.backbone,
+                  pretrained=dict(checkpoint=pretrained, prefix='backbone.')))
 
 optim_wrapper = dict(
     _base_.mslora_optim_wrapper,

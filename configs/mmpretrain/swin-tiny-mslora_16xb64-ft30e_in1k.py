@@ -7,12 +7,8 @@ _base_ = [
 pretrained = 'https://download.openmmlab.com/mmclassification/v0/swin-transformer/swin_tiny_224_b16x64_300e_imagenet_20210616_090925-66df6be6.pth'  # noqa
 
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmslora.MSLoRABackbone',
-        backbone=_base_.model.backbone,
-        adapter=_base_.mslora_adapter,
-        pretrained=dict(checkpoint=pretrained, prefix='backbone.')),
+    backbone=dict(_base_.mslora_backbone, backbone=_base_.model.backbone,
+                  pretrained=dict(checkpoint=pretrained, prefix='backbone.')),
     train_cfg=None)  # fine-tuning: no Mixup/CutMix
 
 optim_wrapper = dict(

@@ -7,12 +7,8 @@ _base_ = [
 pretrained = 'https://download.openmmlab.com/mmclassification/v0/vit/finetune/vit-base-p16_in21k-pre-3rdparty_ft-64xb64_in1k-384_20210928-98e8652b.pth'  # noqa
 
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmslora.MSLoRABackbone',
-        backbone=_base_.model.backbone,
-        adapter=_base_.mslora_adapter,
-        pretrained=dict(checkpoint=pretrained, prefix='backbone.')),
+    backbone=dict(_base_.mslora_backbone, backbone=_base_.model.backbone,
+                  pretrained=dict(checkpoint=pretrained, prefix='backbone.')),
     train_cfg=None)
 
 optim_wrapper = dict(

@@ -5,12 +5,7 @@ _base_ = [
     '../_base_/mslora.py'
 ]
 
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmslora.MSLoRABackbone',
-        backbone=_base_.model.backbone,
-        adapter=_base_.mslora_adapter))
+model = dict(backbone=dict(_base_.mslora_backbone, backbone=_base_.model.backbone))
 
 optim_wrapper = dict(
     _base_.mslora_optim_wrapper,

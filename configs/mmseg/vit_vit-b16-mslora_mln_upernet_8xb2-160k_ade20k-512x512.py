@@ -5,12 +5,7 @@ _base_ = [
     'mmseg::vit/vit_vit-b16_mln_upernet_8xb2-160k_ade20k-512x512.py', '../_base_/mslora.py'
 ]
 
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmslora.MSLoRABackbone',
-        backbone=_base_.model.backbone,
-        adapter=_base_.mslora_adapter))
+model = dict(backbone=dict(_base_.mslora_backbone, backbone=_base_.model.backbone))
 
 optim_wrapper = dict(
     _base_.mslora_optim_wrapper,

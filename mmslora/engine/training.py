@@ -1,8 +1,38 @@
 """Config preparation shared by tools/train.py and tools/test.py."""
+import argparse
+import os
+import os.path as osp
+
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 
 REPORT_HOOK = 'mmslora.ParameterReportHook'
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The flags tools/train.py and tools/test.py share with upstream's tools."""
+    parser.add_argument('--work-dir', help='the dir to save logs, models and metrics')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of the config, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def load_cli_config(args: argparse.Namespace) -> Config:
+    """Load ``args.config`` and apply ``--cfg-options``, ``--launcher`` and
+    ``--work-dir`` (default ``./work_dirs/<config name>``), as upstream's tools do."""
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
 
 
 def prepare_train_config(cfg: Config, amp: bool = False, resume=None) -> Config:
