@@ -8,8 +8,7 @@ _base_ = [
 data_preprocessor = dict(num_classes=10, mean=[127.0] * 3, std=[128.0] * 3, to_rgb=False)
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='mmslora.MSLoRABackbone',
+        _base_.mslora_backbone,
         backbone=dict(
             type='mmslora.EfficientNetLite',
             arch='lite0',

@@ -10,8 +10,7 @@ model = dict(
     # EfficientNet-Lite's normalisation: (x - 127) / 128 on RGB
     data_preprocessor=dict(mean=[127.0] * 3, std=[128.0] * 3, bgr_to_rgb=True),
     backbone=dict(
-        _delete_=True,
-        type='mmslora.MSLoRABackbone',
+        _base_.mslora_backbone,
         backbone=dict(
             type='mmslora.EfficientNetLite',
             arch='lite0',

@@ -11,8 +11,7 @@ model = dict(
                            size=(256, 256)),
     pretrained=None,
     backbone=dict(
-        _delete_=True,
-        type='mmslora.MSLoRABackbone',
+        _base_.mslora_backbone,
         backbone=dict(
             type='mmslora.EfficientNetLite',
             arch='lite0',

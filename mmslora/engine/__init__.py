@@ -1,4 +1,4 @@
-from .hooks import ParameterReportHook
+from .hooks import ParameterReportHook, RandomStateHook
 from .optim import TrainableOptimWrapperConstructor
 
-__all__ = ['ParameterReportHook', 'TrainableOptimWrapperConstructor']
+__all__ = ['ParameterReportHook', 'RandomStateHook', 'TrainableOptimWrapperConstructor']

@@ -7,6 +7,8 @@ import torch
 from mmengine.config import Config, DictAction
 
 REPORT_HOOK = 'mmslora.ParameterReportHook'
+RANDOM_STATE_HOOK = 'mmslora.RandomStateHook'
+DEFAULT_HOOKS = (REPORT_HOOK, RANDOM_STATE_HOOK)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +44,10 @@ def prepare_train_config(cfg: Config, amp: bool = False, resume=None) -> Config:
         amp: use ``AmpOptimWrapper``; raises on a machine without a GPU, where
             MMEngine's AMP wrapper cannot run.
         resume: None, ``'auto'`` (latest checkpoint of the work dir) or a path.
+
+    Also adds ``mmslora.ParameterReportHook`` (the parameter report at the start) and
+    ``mmslora.RandomStateHook`` (random state saved in checkpoints and restored on
+    resume, so a resumed run is the uninterrupted run) unless the config has them.
     """
     if amp:
         if not torch.cuda.is_available():
@@ -57,8 +63,10 @@ def prepare_train_config(cfg: Config, amp: bool = False, resume=None) -> Config:
         cfg.resume = True
         cfg.load_from = resume
     hooks = list(cfg.get('custom_hooks', None) or [])
-    if not any(h.get('type') in (REPORT_HOOK, 'ParameterReportHook') for h in hooks):
-        hooks.append(dict(type=REPORT_HOOK))
+    for default in DEFAULT_HOOKS:  # the parameter report; exact resume
+        short = default.split('.', 1)[1]
+        if not any(h.get('type') in (default, short) for h in hooks):
+            hooks.append(dict(type=default))
     cfg.custom_hooks = hooks
     return cfg
 

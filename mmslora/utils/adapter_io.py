@@ -12,7 +12,7 @@ so unlike LoRA it cannot be merged into the backbone's weights: the adapters sta
 modules at inference.
 """
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,20 @@ import torch.nn as nn
 from mmslora.version import __version__
 
 FORMAT = 'mmslora-adapter-v1'
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the model; raised before anything is copied.
+
+    Attributes:
+        missing (list[str]): keys the model has and the checkpoint lacks.
+        unexpected (list[str]): keys the checkpoint has and the model lacks.
+        shapes (list[str]): ``'key: file (..) vs model (..)'`` for each shape mismatch.
+    """
+
+    def __init__(self, message: str, missing=(), unexpected=(), shapes=()):
+        super().__init__(message)
+        self.missing, self.unexpected, self.shapes = list(missing), list(unexpected), list(shapes)
 
 
 def _wrappers(model: nn.Module) -> Dict[str, nn.Module]:
@@ -50,9 +64,10 @@ def adapter_meta(model: nn.Module) -> dict:
     """Version and adapter configs of every wrapper in ``model``."""
     return dict(
         format=FORMAT, mmslora_version=__version__,
-        wrappers={name or '<root>': dict(adapter=dict(w.adapter_cfg),
-                                         blocks=dict(w.block_layouts),
-                                         trainable=list(w.trainable))
+        wrappers={name or '<root>': dict(
+            adapter=None if w.adapter_cfg is None else dict(w.adapter_cfg),
+            blocks=dict(w.block_layouts), layers=list(getattr(w, 'layer_names', [])),
+            trainable=list(w.trainable), freeze=getattr(w, 'freeze', True))
                   for name, w in _wrappers(model).items()})
 
 
@@ -67,6 +82,24 @@ def save_adapter(model: nn.Module, path: str, extra_meta: Optional[dict] = None)
 
 def _head(items: list) -> str:
     return f'{items[:5]}{" ..." if len(items) > 5 else ""} ({len(items)} in all)'
+
+
+def state_dict_mismatches(expected: Mapping[str, torch.Tensor],
+                          state: Mapping[str, torch.Tensor]) -> Tuple[list, list, list]:
+    """``(missing, unexpected, shape mismatches)`` of ``state`` against ``expected``,
+    each sorted; shape mismatches read ``'key: file (..) vs model (..)'``."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}'
+                    for k, v in expected.items()
+                    if k in state and tuple(state[k].shape) != tuple(v.shape))
+    return missing, unexpected, shapes
+
+
+def mismatch_summary(missing: list, unexpected: list, shapes: list) -> str:
+    """``'missing keys [...] (n in all); unexpected keys ...; shape mismatches ...'``."""
+    return (f'missing keys {_head(missing)}; unexpected keys {_head(unexpected)}; '
+            f'shape mismatches {_head(shapes)}')
 
 
 def load_adapter(model: nn.Module, checkpoint) -> dict:
@@ -85,17 +118,13 @@ def load_adapter(model: nn.Module, checkpoint) -> dict:
                          'full checkpoint with mmengine.runner.load_checkpoint.')
     state = checkpoint['state_dict']
     expected = adapter_state_dict(model)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}'
-                    for k, v in expected.items()
-                    if k in state and tuple(state[k].shape) != tuple(v.shape))
+    missing, unexpected, shapes = state_dict_mismatches(expected, state)
     if missing or unexpected or shapes:
-        raise ValueError(
+        raise CheckpointMismatchError(
             'the adapter checkpoint does not fit this model (nothing was loaded): '
-            f'missing keys {_head(missing)}; unexpected keys {_head(unexpected)}; '
-            f'shape mismatches {_head(shapes)}. Build the model from the config the '
-            f'adapters were trained with; the file says: {checkpoint["meta"].get("wrappers")}.')
+            f'{mismatch_summary(missing, unexpected, shapes)}. Build the model from the '
+            'config the adapters were trained with; the file says: '
+            f'{checkpoint["meta"].get("wrappers")}.', missing, unexpected, shapes)
     full = model.state_dict()
     full.update(state)
     model.load_state_dict(full, strict=True)

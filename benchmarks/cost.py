@@ -1,0 +1,359 @@
+"""Training and inference cost of MSLoRA and its peers, on R-50, Swin-T and ViT-B.
+
+Measured in one process, for every method of ``mmslora.models.peers.METHODS`` wrapped
+around the same backbone config (random initialisation):
+
+* trainable parameters, and their share of the backbone (``count_parameters``);
+* training step time: ``zero_grad`` + forward + backward + ``SGD(momentum=0.9).step``
+  on the backbone outputs with ``loss = sum of squares of every output``; as a ratio
+  to full fine-tuning of the same backbone. A linear probe has nothing to
+  differentiate in the backbone, so its step is the forward alone (no graph);
+* peak training memory: the bytes live at the start of a step (parameters, buffers,
+  optimizer state; gradients are set to None) plus the highest point that the CPU
+  allocator's live bytes reach above it during one step, read from the allocation and
+  free events that ``torch.profiler`` records with ``profile_memory=True`` (activations,
+  gradients, temporaries, all together); as a ratio to full fine-tuning. Also the
+  bytes of the tensors autograd saves for backward (``saved_tensors_hooks``, each
+  storage once, parameters left out);
+* inference latency: ``eval()`` and ``torch.no_grad()``, as a ratio to the plain
+  (unwrapped, frozen) backbone.
+
+Timings interleave the methods (the order rotates every round) after warm-up steps,
+and the medians over rounds are reported. Results go to ``--out``: ``cost.md``,
+``cost.json`` and ``cost.png``.
+
+Usage::
+
+    .venv/bin/python benchmarks/cost.py            # batch 2 at 224 x 224
+    .venv/bin/python benchmarks/cost.py --quick    # batch 1 at 128 x 128, fewer rounds
+"""
+import argparse
+import copy
+import datetime
+import json
+import os
+import os.path as osp
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn as nn
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import mmslora  # noqa: E402,F401  (registers the modules)
+from mmslora.models.peers import METHODS, wrapper_cfg  # noqa: E402
+from mmslora.utils import count_parameters  # noqa: E402
+
+TARGETS = dict(train=0.8, memory=0.75, inference=1.10)  # MSLoRA's, vs full FT / plain
+
+
+def backbone_configs(img: int) -> Dict[str, tuple]:
+    """name -> (toolbox scope, backbone config)."""
+    return {
+        'R-50': ('mmdet', dict(type='mmdet.ResNet', depth=50, init_cfg=None)),
+        'Swin-T': ('mmdet', dict(type='mmdet.SwinTransformer', init_cfg=None)),
+        'ViT-B': ('mmpretrain', dict(type='mmpretrain.VisionTransformer', arch='b',
+                                     img_size=img, patch_size=16, init_cfg=None)),
+    }
+
+
+def build(scope: str, cfg: dict) -> nn.Module:
+    from mmengine.registry import DefaultScope
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        from mmpretrain.registry import MODELS
+    with DefaultScope.overwrite_default_scope(scope):
+        return MODELS.build(copy.deepcopy(cfg))
+
+
+def flat(outputs) -> List[torch.Tensor]:
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    return [t for item in outputs for t in flat(item)]
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class Trainer:
+    """One method's model, optimizer and training step."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        self.model = model
+        model.train()
+        self.x = x
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = (torch.optim.SGD(self.params, lr=1e-6, momentum=0.9)
+                    if self.params else None)
+
+    def step(self) -> None:
+        if self.opt is not None:
+            self.opt.zero_grad(set_to_none=True)
+            loss = sum(t.pow(2).sum() for t in flat(self.model(self.x)))
+            loss.backward()
+            self.opt.step()
+        else:  # linear probe: the backbone is a fixed feature extractor
+            with torch.no_grad():
+                self.model(self.x)
+
+    def persistent_bytes(self) -> int:
+        state = [v for s in (self.opt.state.values() if self.opt else [])
+                 for v in s.values() if isinstance(v, torch.Tensor)]
+        return (tensor_bytes(self.model.parameters()) + tensor_bytes(self.model.buffers())
+                + tensor_bytes(state))
+
+
+def step_peak_bytes(fn: Callable[[], None]) -> int:
+    """Highest rise of the CPU allocator's live bytes during ``fn()``, from the memory
+    events of ``torch.profiler`` (frees of blocks allocated before are not seen)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def saved_activation_bytes(trainer: Trainer) -> int:
+    """Bytes of the tensors autograd saves for backward in one forward (each storage
+    once, parameters and buffers left out)."""
+    if trainer.opt is None:
+        return 0
+    own = {t.untyped_storage().data_ptr()
+           for t in list(trainer.model.parameters()) + list(trainer.model.buffers())}
+    seen: Dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = sum(t.pow(2).sum() for t in flat(trainer.model(trainer.x)))
+    del loss
+    return sum(seen.values())
+
+
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved_medians(fns: Dict[str, Callable[[], None]], rounds: int,
+                        warmup: int) -> Dict[str, float]:
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            times[name].append(timed(fns[name]))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch: int,
+                     img: int, rounds: int, warmup: int, log) -> dict:
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, img, img)
+    plain = build(scope, cfg)
+    plain.eval()  # (mmdet's ResNet.train returns None: no chaining)
+    plain.requires_grad_(False)
+    models = {}
+    for method in methods:
+        torch.manual_seed(0)
+        models[method] = build(scope, wrapper_cfg(method, cfg))
+    rows = {}
+    for method, model in models.items():
+        report = count_parameters(model)
+        rows[method] = dict(trainable=report.backbone_trainable, backbone=report.backbone,
+                            share=report.backbone_share)
+    log(f'[{name}] built {len(models)} models; '
+        f'{rows[methods[0]]["backbone"] / 1e6:.1f}M backbone parameters')
+
+    # training step time
+    trainers = {m: Trainer(model, x) for m, model in models.items()}
+    step_times = interleaved_medians({m: t.step for m, t in trainers.items()}, rounds, warmup)
+    log(f'[{name}] train step (s): ' + ', '.join(f'{m} {v:.3f}' for m, v in step_times.items()))
+
+    # peak training memory (after warm-up, so optimizer state exists)
+    for method, trainer in trainers.items():
+        trainer.step()
+        if trainer.opt is not None:
+            trainer.opt.zero_grad(set_to_none=True)
+        persistent = trainer.persistent_bytes()
+        peak = persistent + step_peak_bytes(trainer.step)
+        if trainer.opt is not None:
+            trainer.opt.zero_grad(set_to_none=True)
+        rows[method].update(persistent_mib=persistent / 2 ** 20, peak_mib=peak / 2 ** 20,
+                            saved_mib=saved_activation_bytes(trainer) / 2 ** 20)
+    log(f'[{name}] peak memory (MiB): ' + ', '.join(
+        f'{m} {rows[m]["peak_mib"]:.0f}' for m in methods))
+
+    # inference latency
+    for model in models.values():
+        model.eval()
+
+    def infer(model):
+        def run():
+            with torch.no_grad():
+                model(x)
+        return run
+
+    infer_fns = {'plain': infer(plain), **{m: infer(model) for m, model in models.items()}}
+    infer_times = interleaved_medians(infer_fns, rounds, warmup)
+    log(f'[{name}] inference (s): ' + ', '.join(f'{m} {v:.3f}' for m, v in infer_times.items()))
+
+    full_time = step_times.get('full')
+    full_peak = rows.get('full', {}).get('peak_mib')
+    for method in methods:
+        rows[method].update(
+            train_s=step_times[method], infer_s=infer_times[method],
+            train_ratio=step_times[method] / full_time if full_time else None,
+            memory_ratio=rows[method]['peak_mib'] / full_peak if full_peak else None,
+            infer_ratio=infer_times[method] / infer_times['plain'])
+    return dict(rows=rows, plain_infer_s=infer_times['plain'])
+
+
+# ------------------------------------------------------------------- output
+def markdown(results: dict, meta: dict) -> str:
+    lines = [
+        '# Cost of MSLoRA and its peers', '',
+        f"Command: `{meta['command']}`  ",
+        f"Input: batch {meta['batch']} x 3 x {meta['img']} x {meta['img']}, float32, "
+        f"CPU ({meta['cpu']}, {meta['threads']} torch threads), torch {meta['torch']}, "
+        f"{meta['rounds']} interleaved rounds after {meta['warmup']} warm-up, medians. "
+        f"Load average at start: {meta['loadavg']}; at end: {meta['loadavg_end']}.  ",
+        f"Date: {meta['date']}. Random initialisation.", '',
+        'train = zero_grad + forward + backward + SGD(momentum 0.9) step, loss = sum of '
+        'squares of the backbone outputs (linear probe: forward only, no graph); '
+        'peak = parameters + buffers + optimizer state + the highest rise of the CPU '
+        "allocator's live bytes during one step (torch.profiler memory events); "
+        'saved = tensors autograd keeps for backward (parameters excluded); '
+        'inference = eval + no_grad forward. Ratios: train and peak vs full fine-tuning, '
+        'inference vs the plain backbone.', '',
+        f"MSLoRA targets: train <= {TARGETS['train']}x, peak <= {TARGETS['memory']}x, "
+        f"inference <= {TARGETS['inference']}x.", '']
+    for name, result in results.items():
+        lines += [f'## {name}', '',
+                  '| method | trainable | share | train (s) | train / full | peak (MiB) | '
+                  'peak / full | saved (MiB) | infer (s) | infer / plain |',
+                  '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+        for method, row in result['rows'].items():
+            lines.append(
+                f"| {method} | {row['trainable']:,d} | {100 * row['share']:.2f}% | "
+                f"{row['train_s']:.3f} | {row['train_ratio']:.2f} | {row['peak_mib']:.0f} | "
+                f"{row['memory_ratio']:.2f} | {row['saved_mib']:.0f} | {row['infer_s']:.3f} | "
+                f"{row['infer_ratio']:.2f} |")
+        lines.append(f"\nplain backbone inference: {result['plain_infer_s']:.3f} s\n")
+        if 'mslora' in result['rows']:
+            row = result['rows']['mslora']
+            checks = [('train', row['train_ratio'], TARGETS['train']),
+                      ('peak memory', row['memory_ratio'], TARGETS['memory']),
+                      ('inference', row['infer_ratio'], TARGETS['inference'])]
+            lines.append('MSLoRA: ' + '; '.join(
+                f"{what} {value:.2f}x ({'meets' if value <= target else 'MISSES'} "
+                f'<= {target}x)' for what, value, target in checks) + '\n')
+    return '\n'.join(lines)
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = [('share', 'trainable / backbone (%)', None, 100),
+              ('train_ratio', 'train step / full FT', TARGETS['train'], 1),
+              ('memory_ratio', 'peak train memory / full FT', TARGETS['memory'], 1),
+              ('infer_ratio', 'inference / plain', TARGETS['inference'], 1)]
+    names = list(results)
+    methods = list(next(iter(results.values()))['rows'])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    width = 0.8 / len(methods)
+    for ax, (key, title, target, factor) in zip(axes, panels):
+        for i, method in enumerate(methods):
+            values = [results[n]['rows'][method][key] * factor for n in names]
+            ax.bar([j + (i - len(methods) / 2 + 0.5) * width for j in range(len(names))],
+                   values, width, label=method)
+        if target:
+            ax.axhline(target, color='k', ls='--', lw=1, label='MSLoRA target')
+        if key == 'share':
+            ax.set_yscale('log')
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names)
+        ax.set_title(title)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--quick', action='store_true',
+                        help='batch 1 at 128 x 128, 3 rounds, 1 warm-up')
+    parser.add_argument('--batch', type=int)
+    parser.add_argument('--img', type=int)
+    parser.add_argument('--rounds', type=int)
+    parser.add_argument('--warmup', type=int)
+    parser.add_argument('--models', nargs='+', default=['R-50', 'Swin-T', 'ViT-B'])
+    parser.add_argument('--methods', nargs='+', default=list(METHODS))
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results'))
+    args = parser.parse_args()
+    batch = args.batch or (1 if args.quick else 2)
+    img = args.img or (128 if args.quick else 224)
+    rounds = args.rounds or (3 if args.quick else 5)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    methods = args.methods
+    if 'full' not in methods:
+        methods = ['full'] + methods  # the reference of the ratios
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    configs = backbone_configs(img)
+
+    def log(message):
+        print(message, flush=True)
+
+    meta = dict(command=' '.join(['python', 'benchmarks/cost.py'] + sys.argv[1:]),
+                batch=batch, img=img, rounds=rounds, warmup=warmup,
+                threads=torch.get_num_threads(), torch=torch.__version__,
+                cpu=platform.processor() or platform.machine(),
+                loadavg=' '.join(f'{v:.2f}' for v in os.getloadavg()),
+                date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'))
+    try:
+        with open('/proc/cpuinfo') as f:
+            meta['cpu'] = next(line.split(':', 1)[1].strip() for line in f
+                               if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    results = {}
+    for name in args.models:
+        scope, cfg = configs[name]
+        results[name] = measure_backbone(name, scope, cfg, methods, batch, img, rounds,
+                                         warmup, log)
+    meta['loadavg_end'] = ' '.join(f'{v:.2f}' for v in os.getloadavg())
+    os.makedirs(args.out, exist_ok=True)
+    with open(osp.join(args.out, 'cost.json'), 'w') as f:
+        json.dump(dict(meta=meta, targets=TARGETS, results=results), f, indent=2)
+    text = markdown(results, meta)
+    with open(osp.join(args.out, 'cost.md'), 'w') as f:
+        f.write(text + '\n')
+    plot(results, osp.join(args.out, 'cost.png'))
+    print(text)
+
+
+if __name__ == '__main__':
+    main()
