@@ -37,7 +37,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -151,8 +151,10 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(fns: Dict[str, Callable[[], None]], rounds: int,
-                        warmup: int) -> Dict[str, float]:
+def interleaved_times(fns: Dict[str, Callable[[], None]], rounds: int,
+                      warmup: int) -> Dict[str, List[float]]:
+    """Seconds of each call, ``rounds`` per function, the order rotating each round
+    so that every function runs early and late as often."""
     names = list(fns)
     for _ in range(warmup):
         for name in names:
@@ -162,7 +164,39 @@ def interleaved_medians(fns: Dict[str, Callable[[], None]], rounds: int,
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             times[name].append(timed(fns[name]))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def paired_ratio(times: Dict[str, List[float]], name: str, reference: str) -> float:
+    """Median over rounds of ``time(name) / time(reference)`` in the same round (the
+    two ran close in time, so load from other processes cancels better)."""
+    return statistics.median(a / b for a, b in zip(times[name], times[reference]))
+
+
+class CpuMeter:
+    """CPU time used by other processes while measuring, from ``/proc/stat`` minus
+    this process's own CPU time, in CPUs (0 = idle machine; 1 = one busy core)."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read():
+        try:
+            with open('/proc/stat') as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system irq softirq steal
+        return busy / os.sysconf('SC_CLK_TCK'), time.process_time(), time.perf_counter()
+
+    def others(self) -> Optional[float]:
+        end = self._read()
+        if self.start is None or end is None:
+            return None
+        busy = end[0] - self.start[0]
+        own = end[1] - self.start[1]
+        return max(busy - own, 0.0) / max(end[2] - self.start[2], 1e-9)
 
 
 def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch: int,
@@ -186,8 +220,9 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
 
     # training step time
     trainers = {m: Trainer(model, x) for m, model in models.items()}
-    step_times = interleaved_medians({m: t.step for m, t in trainers.items()}, rounds, warmup)
-    log(f'[{name}] train step (s): ' + ', '.join(f'{m} {v:.3f}' for m, v in step_times.items()))
+    step_times = interleaved_times({m: t.step for m, t in trainers.items()}, rounds, warmup)
+    log(f'[{name}] train step (s): ' + ', '.join(
+        f'{m} {statistics.median(v):.3f}' for m, v in step_times.items()))
 
     # peak training memory (after warm-up, so optimizer state exists)
     for method, trainer in trainers.items():
@@ -214,18 +249,56 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
         return run
 
     infer_fns = {'plain': infer(plain), **{m: infer(model) for m, model in models.items()}}
-    infer_times = interleaved_medians(infer_fns, rounds, warmup)
-    log(f'[{name}] inference (s): ' + ', '.join(f'{m} {v:.3f}' for m, v in infer_times.items()))
+    infer_times = interleaved_times(infer_fns, rounds, warmup)
+    log(f'[{name}] inference (s): ' + ', '.join(
+        f'{m} {statistics.median(v):.3f}' for m, v in infer_times.items()))
 
-    full_time = step_times.get('full')
-    full_peak = rows.get('full', {}).get('peak_mib')
+    full_peak = rows['full']['peak_mib']
     for method in methods:
         rows[method].update(
-            train_s=step_times[method], infer_s=infer_times[method],
-            train_ratio=step_times[method] / full_time if full_time else None,
-            memory_ratio=rows[method]['peak_mib'] / full_peak if full_peak else None,
-            infer_ratio=infer_times[method] / infer_times['plain'])
-    return dict(rows=rows, plain_infer_s=infer_times['plain'])
+            train_s=statistics.median(step_times[method]),
+            infer_s=statistics.median(infer_times[method]),
+            train_ratio=paired_ratio(step_times, method, 'full'),
+            memory_ratio=rows[method]['peak_mib'] / full_peak,
+            infer_ratio=paired_ratio(infer_times, method, 'plain'))
+    return dict(rows=rows, plain_infer_s=statistics.median(infer_times['plain']))
+
+
+# ------------------------------------------------------------------ profile
+def profile_mslora(configs: dict, names: List[str], batch: int, img: int, out: str,
+                   log) -> None:
+    """Top operators (self CPU time) of one training step and one inference of the
+    MSLoRA-wrapped and the fully fine-tuned backbone, written to profile_mslora.md."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, img, img)
+    lines = ['# Where the time goes: MSLoRA vs full fine-tuning', '',
+             f'batch {batch} x 3 x {img} x {img}; one step after two warm-up steps; '
+             'top operators by self CPU time (torch.profiler, input shapes grouped).', '']
+    for name in names:
+        scope, cfg = configs[name]
+        for method in ('mslora', 'full'):
+            trainer = Trainer(build(scope, wrapper_cfg(method, cfg)), x)
+            for _ in range(2):
+                trainer.step()
+            for mode in ('train step', 'inference'):
+                if mode == 'inference':
+                    trainer.model.eval()
+
+                    def run():
+                        with torch.no_grad():
+                            trainer.model(x)
+                else:
+                    run = trainer.step
+                with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                    run()
+                table = prof.key_averages(group_by_input_shape=True).table(
+                    sort_by='self_cpu_time_total', row_limit=15, max_name_column_width=36,
+                    max_shapes_column_width=64)
+                lines += [f'## {name}, {method}, {mode}', '', '```', table, '```', '']
+                log(f'[profile] {name} {method} {mode} done')
+    with open(osp.join(out, 'profile_mslora.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
 
 
 # ------------------------------------------------------------------- output
@@ -234,9 +307,13 @@ def markdown(results: dict, meta: dict) -> str:
         '# Cost of MSLoRA and its peers', '',
         f"Command: `{meta['command']}`  ",
         f"Input: batch {meta['batch']} x 3 x {meta['img']} x {meta['img']}, float32, "
-        f"CPU ({meta['cpu']}, {meta['threads']} torch threads), torch {meta['torch']}, "
-        f"{meta['rounds']} interleaved rounds after {meta['warmup']} warm-up, medians. "
-        f"Load average at start: {meta['loadavg']}; at end: {meta['loadavg_end']}.  ",
+        f"CPU ({meta['cpu']}, {meta['cpus']} cores, {meta['threads']} torch threads), "
+        f"torch {meta['torch']}, {meta['rounds']} interleaved rounds after "
+        f"{meta['warmup']} warm-up; times are medians over rounds, time ratios the median "
+        f"over rounds of the ratio within a round.  ",
+        f"Other processes on the machine used on average "
+        + ', '.join(f'{v:.2f} CPUs during {k}' for k, v in meta['others_cpus'].items())
+        + f" (load average {meta['loadavg']} at start, {meta['loadavg_end']} at end).  ",
         f"Date: {meta['date']}. Random initialisation.", '',
         'train = zero_grad + forward + backward + SGD(momentum 0.9) step, loss = sum of '
         'squares of the backbone outputs (linear probe: forward only, no graph); '
@@ -312,6 +389,9 @@ def main() -> None:
     parser.add_argument('--methods', nargs='+', default=list(METHODS))
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results'))
+    parser.add_argument('--profile', action='store_true',
+                        help='also profile one MSLoRA train step and inference per model '
+                             '(torch.profiler, top operators) into profile_mslora.md')
     args = parser.parse_args()
     batch = args.batch or (1 if args.quick else 2)
     img = args.img or (128 if args.quick else 224)
@@ -339,12 +419,21 @@ def main() -> None:
                                if line.startswith('model name'))
     except (OSError, StopIteration):
         pass
+    meta['cpus'] = os.cpu_count()
+    meta['others_cpus'] = {}
     results = {}
     for name in args.models:
         scope, cfg = configs[name]
+        meter = CpuMeter()
         results[name] = measure_backbone(name, scope, cfg, methods, batch, img, rounds,
                                          warmup, log)
+        others = meter.others()
+        if others is not None:
+            meta['others_cpus'][name] = others
+            log(f'[{name}] other processes used {others:.2f} CPUs meanwhile')
     meta['loadavg_end'] = ' '.join(f'{v:.2f}' for v in os.getloadavg())
+    if args.profile:
+        profile_mslora(configs, args.models, batch, img, args.out, log)
     os.makedirs(args.out, exist_ok=True)
     with open(osp.join(args.out, 'cost.json'), 'w') as f:
         json.dump(dict(meta=meta, targets=TARGETS, results=results), f, indent=2)

@@ -9,7 +9,9 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmslora  # noqa: F401
-from mmslora.engine.training import add_common_args, load_cli_config, prepare_test_config
+from mmslora.engine.training import (add_common_args, init_cpu_distributed, load_cli_config,
+                                     prepare_test_config)
+from mmslora.utils.data_check import check_data
 
 
 def parse_args(argv=None):
@@ -26,6 +28,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = prepare_test_config(load_cli_config(args), checkpoint=args.checkpoint,
                               show_dir=args.show_dir)
+    check_data(cfg, ('test_dataloader', ))  # name missing data up front
+    init_cpu_distributed(cfg)  # --launcher pytorch without GPUs: CPU DDP over gloo
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     return runner.test()
 

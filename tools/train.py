@@ -12,7 +12,9 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmslora  # noqa: F401  (registers mmslora.* and safe checkpoint loading)
-from mmslora.engine.training import add_common_args, load_cli_config, prepare_train_config
+from mmslora.engine.training import (add_common_args, init_cpu_distributed, load_cli_config,
+                                     prepare_train_config)
+from mmslora.utils.data_check import check_data
 
 
 def parse_args(argv=None):
@@ -31,6 +33,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = prepare_train_config(load_cli_config(args), amp=args.amp, resume=args.resume)
+    check_data(cfg, ('train_dataloader', 'val_dataloader'))  # name missing data up front
+    init_cpu_distributed(cfg)  # --launcher pytorch without GPUs: CPU DDP over gloo
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
 

@@ -1,6 +1,8 @@
 # Debian's Fashion-MNIST (tools/dataset_converters/fashion_mnist.py), upsampled to
 # 3 x 64 x 64 for ImageNet backbones. `indices` fixes the subset.
 fashion_root = 'data/fashion_mnist/'
+# how to create the data (mmslora.utils.data_check names it when files are missing)
+data_preparation = 'python tools/dataset_converters/fashion_mnist.py {data_root}'
 fashion_train_pipeline = [
     dict(type='mmslora.GrayToRGB'),
     dict(type='Resize', scale=(64, 64)),

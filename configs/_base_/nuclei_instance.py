@@ -1,6 +1,8 @@
 # The embedded nuclei data (tools/dataset_converters/nuclei.py: 256x256 tiles of the
 # stardist 2018 Data Science Bowl image, COCO instances) for mmdet.
 nuclei_root = 'data/nuclei/'
+# how to create the data (mmslora.utils.data_check names it when files are missing)
+data_preparation = 'python tools/dataset_converters/nuclei.py {data_root}'
 nuclei_metainfo = dict(classes=('nucleus', ), palette=[(220, 20, 60)])
 nuclei_train_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -1,6 +1,8 @@
 # The embedded nuclei data as two-class semantic maps (0 background, 1 nucleus) for
 # mmseg, written by tools/dataset_converters/nuclei.py.
 nuclei_root = 'data/nuclei/'
+# how to create the data (mmslora.utils.data_check names it when files are missing)
+data_preparation = 'python tools/dataset_converters/nuclei.py {data_root}'
 nuclei_seg_metainfo = dict(classes=('background', 'nucleus'), palette=[(0, 0, 0), (220, 20, 60)])
 nuclei_seg_train_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -1,4 +1,5 @@
-from .hooks import ParameterReportHook, RandomStateHook
+from .hooks import CheckpointFitHook, ParameterReportHook, RandomStateHook
 from .optim import TrainableOptimWrapperConstructor
 
-__all__ = ['ParameterReportHook', 'RandomStateHook', 'TrainableOptimWrapperConstructor']
+__all__ = ['CheckpointFitHook', 'ParameterReportHook', 'RandomStateHook',
+           'TrainableOptimWrapperConstructor']

@@ -8,7 +8,17 @@ from mmengine.config import Config, DictAction
 
 REPORT_HOOK = 'mmslora.ParameterReportHook'
 RANDOM_STATE_HOOK = 'mmslora.RandomStateHook'
-DEFAULT_HOOKS = (REPORT_HOOK, RANDOM_STATE_HOOK)
+FIT_HOOK = 'mmslora.CheckpointFitHook'
+
+
+def _add_hooks(cfg: Config, defaults) -> None:
+    """Append each default hook config unless ``custom_hooks`` has its type."""
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    for default in defaults:
+        names = (default['type'], default['type'].split('.', 1)[1])
+        if not any(h.get('type') in names for h in hooks):
+            hooks.append(dict(default))
+    cfg.custom_hooks = hooks
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -45,9 +55,11 @@ def prepare_train_config(cfg: Config, amp: bool = False, resume=None) -> Config:
             MMEngine's AMP wrapper cannot run.
         resume: None, ``'auto'`` (latest checkpoint of the work dir) or a path.
 
-    Also adds ``mmslora.ParameterReportHook`` (the parameter report at the start) and
-    ``mmslora.RandomStateHook`` (random state saved in checkpoints and restored on
-    resume, so a resumed run is the uninterrupted run) unless the config has them.
+    Also adds, unless the config has them, ``mmslora.ParameterReportHook`` (the
+    parameter report at the start), ``mmslora.RandomStateHook`` (random state saved in
+    checkpoints and restored on resume, so a resumed run is the uninterrupted run) and
+    ``mmslora.CheckpointFitHook`` (a checkpoint for another adapter config is refused
+    before anything is loaded).
     """
     if amp:
         if not torch.cuda.is_available():
@@ -62,19 +74,18 @@ def prepare_train_config(cfg: Config, amp: bool = False, resume=None) -> Config:
     elif resume is not None:
         cfg.resume = True
         cfg.load_from = resume
-    hooks = list(cfg.get('custom_hooks', None) or [])
-    for default in DEFAULT_HOOKS:  # the parameter report; exact resume
-        short = default.split('.', 1)[1]
-        if not any(h.get('type') in (default, short) for h in hooks):
-            hooks.append(dict(type=default))
-    cfg.custom_hooks = hooks
+    _add_hooks(cfg, [dict(type=REPORT_HOOK), dict(type=RANDOM_STATE_HOOK),
+                     dict(type=FIT_HOOK)])
     return cfg
 
 
 def prepare_test_config(cfg: Config, checkpoint: str, show_dir=None) -> Config:
     """Point ``cfg`` at ``checkpoint`` and, with ``show_dir``, turn on the upstream
-    visualisation hook (mmdet/mmseg ``visualization`` default hook)."""
+    visualisation hook (mmdet/mmseg ``visualization`` default hook). Adds
+    ``mmslora.CheckpointFitHook(strict=True)``: a checkpoint that does not fit the model
+    in every key and shape is refused rather than evaluated half-loaded."""
     cfg.load_from = checkpoint
+    _add_hooks(cfg, [dict(type=FIT_HOOK, strict=True)])
     if show_dir is not None:
         vis = cfg.default_hooks.get('visualization')
         if vis is None:
@@ -87,3 +98,38 @@ def prepare_test_config(cfg: Config, checkpoint: str, show_dir=None) -> Config:
         else:
             vis.show_dir = show_dir
     return cfg
+
+
+def init_cpu_distributed(cfg: Config) -> bool:
+    """Let ``--launcher pytorch`` run on a machine without GPUs (CPU DDP over gloo).
+
+    MMEngine's launcher setup calls ``torch.cuda.set_device`` and wraps the model in
+    DDP with ``device_ids=[LOCAL_RANK]``; both fail without CUDA. On such a machine
+    this initialises the process group itself (MMEngine then skips its own
+    ``init_dist``), with ``env_cfg.dist_cfg`` (``backend='nccl'``, which needs GPUs,
+    becomes ``'gloo'``), and sets ``model_wrapper_cfg`` to CPU DDP
+    (``device_ids=None``). Returns whether it did; with CUDA, or without a launcher,
+    it does nothing.
+    """
+    if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available():
+        return False
+    import torch.distributed as dist
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = dict(env_cfg.get('dist_cfg') or {})
+    if dist_cfg.get('backend', 'nccl') == 'nccl':
+        dist_cfg['backend'] = 'gloo'
+    env_cfg['dist_cfg'] = dist_cfg
+    if not dist.is_initialized():
+        kwargs = dict(dist_cfg)
+        if 'timeout' in kwargs and not hasattr(kwargs['timeout'], 'total_seconds'):
+            import datetime
+            kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
+        dist.init_process_group(**kwargs)
+    if cfg.get('runner_type') is None:  # FlexibleRunner strategies wrap by themselves
+        wrapper = dict(cfg.get('model_wrapper_cfg') or {})
+        wrapper.setdefault('type', 'MMDistributedDataParallel')
+        wrapper['device_ids'] = None
+        wrapper.setdefault('broadcast_buffers', False)
+        wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+        cfg.model_wrapper_cfg = wrapper
+    return True

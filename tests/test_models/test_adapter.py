@@ -68,3 +68,39 @@ def test_wrong_input_channels_named():
     adapter = MSLoRAAdapter(channels=16, hidden_dim=8, groups=2)
     with pytest.raises(ValueError, match=r'expects a \(B, 16, H, W\) feature map'):
         adapter(torch.randn(1, 8, 4, 4))
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels-last'])
+@pytest.mark.parametrize('kernel_sizes', [(3, 5, 7), (1, 5), (3, )])
+def test_fused_forward_equals_layer_by_layer(kernel_sizes, channels_last):
+    """``forward`` (fused_mslora) computes ``F + Proj(F) * Trans(F)`` of the modules,
+    values and gradients, with and without autograd."""
+    torch.manual_seed(0)
+    adapter = MSLoRAAdapter(channels=32, hidden_dim=16, groups=4, kernel_sizes=kernel_sizes)
+    for p in adapter.parameters():  # away from the zero start, so every branch counts
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 32, 9, 7)
+    if channels_last:  # token layouts hand over a channels-last strided map
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    with torch.no_grad():
+        reference = x + adapter.proj(x) * adapter.trans(x)
+        torch.testing.assert_close(adapter(x), reference, rtol=1e-5, atol=1e-5)
+    params = [x] + list(adapter.parameters())
+    want = torch.autograd.grad((x + adapter.residual(x)[0]).pow(2).sum(), params)
+    got = torch.autograd.grad(adapter(x).pow(2).sum(), params)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_in_training_uses_layer_by_layer_path():
+    torch.manual_seed(0)
+    adapter = MSLoRAAdapter(channels=16, hidden_dim=8, groups=2, dropout=0.5)
+    torch.nn.init.normal_(adapter.proj.up.weight)
+    x = torch.randn(1, 16, 5, 5)
+    adapter.eval()
+    torch.testing.assert_close(adapter(x), x + adapter.proj(x) * adapter.trans(x))
+    adapter.train()
+    out = adapter(x)
+    delta = out - x
+    assert (delta == 0).float().mean() > 0.2  # dropout zeroed part of H(F)
