@@ -18,14 +18,19 @@ around the same backbone config (random initialisation):
 * inference latency: ``eval()`` and ``torch.no_grad()``, as a ratio to the plain
   (unwrapped, frozen) backbone.
 
-Timings interleave the methods (the order rotates every round) after warm-up steps,
-and the medians over rounds are reported. Results go to ``--out``: ``cost.md``,
-``cost.json`` and ``cost.png``.
+Timings interleave the methods (the order rotates every round) after warm-up steps;
+times are medians over rounds, and a time ratio is the median over rounds of the ratio
+of two times measured in the same round (load from other processes cancels better).
+The CPU time that other processes used meanwhile is measured (``/proc/stat``) and
+reported: on a shared machine, read the ratios with it. Results go to ``--out``:
+``cost.md``, ``cost.json`` and ``cost.png`` (and ``profile_mslora.md`` with
+``--profile``).
 
 Usage::
 
     .venv/bin/python benchmarks/cost.py            # batch 2 at 224 x 224
     .venv/bin/python benchmarks/cost.py --quick    # batch 1 at 128 x 128, fewer rounds
+    .venv/bin/python benchmarks/cost.py --threads 1 --profile
 """
 import argparse
 import copy

@@ -371,6 +371,8 @@ def main(argv=None):
     parser.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'transfer'))
     parser.add_argument('--resume', action='store_true',
                         help='keep the runs already in OUT/transfer.json')
+    parser.add_argument('--report-only', action='store_true',
+                        help='rewrite transfer.md and the plot from OUT/transfer.json')
     parser.add_argument('--threads', type=int, default=None, help='torch threads')
     parser.add_argument('--note', action='append', default=[],
                         help='a line for the notes of transfer.md')
@@ -401,6 +403,19 @@ def main(argv=None):
         commands = prior['meta'].get('commands', [prior['meta']['command']])
         prior_min = prior['meta']['wall_min']
         schedules = dict(prior['meta']['schedules'], **schedules)
+    if args.report_only:
+        if not osp.exists(json_path):
+            raise FileNotFoundError(f'--report-only: no {json_path}')
+        with open(json_path) as f:
+            prior = json.load(f)
+        meta = dict(prior['meta'], notes=prior['meta'].get('notes', []) + list(args.note))
+        summary = summarize(prior['runs'])
+        with open(json_path, 'w') as f:
+            json.dump(dict(meta=meta, summary=summary, runs=prior['runs']), f, indent=1)
+        write_markdown(osp.join(args.out, 'transfer.md'), summary, meta)
+        plot_convergence(osp.join(args.out, 'transfer_convergence.png'), prior['runs'])
+        print(open(osp.join(args.out, 'transfer.md')).read())
+        return
     commands = commands + [command.strip()]
     notes = list(args.note)
     if 'det' not in tasks and not any(r['task'] == 'det' for r in records):

@@ -70,6 +70,8 @@ class _RestoreBeforeFetch:
         return next(self.iterator)
 
     def __getattr__(self, name):
+        if name == 'iterator':  # not set yet (copy/pickle): no recursion
+            raise AttributeError(name)
         return getattr(self.iterator, name)
 
 
@@ -211,7 +213,8 @@ class CheckpointFitHook(Hook):
       detector's checkpoint into a one-class head is normal fine-tuning.
 
     ``tools/train.py`` and ``tools/test.py`` add this hook. Models without an
-    ``MSLoRABackbone`` are not checked.
+    ``MSLoRABackbone`` are not checked, nor runs of MMEngine's ``FlexibleRunner``
+    (FSDP/DeepSpeed strategies may hand the hook sharded state dicts).
     """
 
     priority = 'VERY_HIGH'  # before EMAHook copies the checkpoint into its EMA model
@@ -222,8 +225,12 @@ class CheckpointFitHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         from mmengine.model import is_model_wrapper
 
+        from mmengine.runner import Runner
+
         from mmslora.utils.adapter_io import (CheckpointMismatchError, _wrappers,
                                               mismatch_summary, state_dict_mismatches)
+        if not isinstance(runner, Runner):
+            return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         wrappers = _wrappers(model)
         if not wrappers or not isinstance(checkpoint, dict):

@@ -135,9 +135,11 @@ def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
       (:func:`fused_multi_scale_kernel`), run in channels-last memory format under
       autograd (its weight gradient is about 2x faster there on CPU);
     * the channel attention's 1x1 convolutions on the pooled vector are linear maps;
-    * ``Expand``'s bias is added inside the product, and ``F + Proj * gate`` is one
+    * ``Expand``'s bias is added inside the product (a row of ones appended to its
+      input), and ``F + Proj * gate`` is one
       ``addcmul``; without autograd the C-channel intermediates are updated in place,
-      so only two of them are allocated.
+      so only two of them are allocated (memory allocation is a large part of
+      the cost of element-wise operations on CPU).
     """
     trans, proj = adapter.trans, adapter.proj
     b, c, h, w = x.shape
@@ -164,17 +166,17 @@ def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
     pooled = torch.cat([t.mean(dim=1, keepdim=True), t.amax(dim=1, keepdim=True)], dim=1)
     t = t * torch.sigmoid(trans.spatial_attn(pooled))
 
-    # gate = sigmoid(Expand(t)): (B*G, C/G, HW) = bias + (C/G, D/G) @ (D/G, HW) per group
-    expand = _grouped_weight(trans.expand, groups)
-    gate = torch.baddbmm(trans.expand.bias.view(1, groups, cg, 1).expand(b, -1, -1, -1)
-                         .reshape(b * groups, cg, 1),
-                         expand.expand(b, -1, -1, -1).reshape(b * groups, cg, dg),
-                         t.reshape(b * groups, dg, h * w))
-    gate = gate.sigmoid_().view(b, c, h, w)
+    # gate = sigmoid(Expand(t)), the bias inside the product: [W | b] @ [t; 1] per group
+    # (a D-channel copy of t instead of a C-channel pass for the bias)
+    expand = torch.cat([_grouped_weight(trans.expand, groups),
+                        trans.expand.bias.view(groups, cg, 1)], dim=2)
+    t = torch.cat([t.reshape(b, groups, dg, h * w), t.new_ones(1, 1, 1, 1).expand(
+        b, groups, 1, h * w)], dim=2)
+    gate = torch.matmul(expand, t).sigmoid_().view(b, c, h, w)
     up = torch.matmul(_grouped_weight(proj.up, groups), p).view(b, c, h, w)
     if grad:
         return torch.addcmul(x, up, gate)
-    return up.mul_(gate).add_(x)
+    return torch.addcmul(x, up, gate, out=up)  # in place: no autograd to keep `up` for
 
 
 @MODELS.register_module()
