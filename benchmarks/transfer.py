@@ -20,6 +20,15 @@ Tasks (demo configs under ``configs/demo``):
   bbox AP (and mask AP) on the held-out tile. About 2.8 s per iteration on 2 idle CPU
   cores, so ``--quick`` leaves it out (name it in ``--tasks`` to run it anyway).
 
+Schedules (:data:`SCHEDULES`): ``--quick`` trains cls 30 iterations at batch 16 on the
+first 2000 training images, evaluating on the first 300 test images every 10
+iterations, and seg 10 iterations (batch 4, the 5 training tiles) evaluated every 5.
+On 2 CPU cores a run took 70 to 170 s (cls) under a load average of 4 to 8 from other
+jobs, so the whole quick grid (2 tasks x 7 methods x 3 seeds) is more than the 20
+minutes aimed at; ``--seeds``, ``--methods`` and ``--resume`` split it into parts.
+The full schedule (cls 1000 iterations on 10000 / 2000 images, seg 500, det 300) is
+hours of CPU per task: meant for a GPU or a long CPU job.
+
 Adapter sizes (:data:`ADAPTER_OVERRIDES`): on this 3.4 M-parameter backbone every
 block adapter uses D = 32 (the demo configs' MSLoRA setting; bottleneck Adapter and
 Mona get the same width so that the comparison is at equal bottleneck width), MSLoRA
@@ -310,7 +319,8 @@ def plot_convergence(path: str, records: Sequence[dict]) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
     tasks = [t for t in TASKS if any(r['task'] == t for r in records)]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(5.5 * len(tasks), 7.5), 4.2),
+                             squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for method in ALL_METHODS:
             rs = [r for r in records if r['task'] == task and r['method'] == method]
@@ -328,7 +338,8 @@ def plot_convergence(path: str, records: Sequence[dict]) -> None:
         ax.set_ylabel(TASKS[task]['metric_name'])
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc='lower right')
-    fig.suptitle('Frozen ImageNet EfficientNet-Lite0: mean over seeds, band = +-1 std')
+    fig.suptitle('Frozen ImageNet EfficientNet-Lite0: mean over seeds, band = +-1 std',
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
