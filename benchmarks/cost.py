@@ -55,6 +55,16 @@ from mmslora.models.peers import METHODS, wrapper_cfg  # noqa: E402
 from mmslora.utils import count_parameters  # noqa: E402
 
 TARGETS = dict(train=0.8, memory=0.75, inference=1.10)  # MSLoRA's, vs full FT / plain
+# measured besides METHODS: name -> (method, wrapper_kwargs overrides)
+VARIANTS = {'mslora_cp': ('mslora', dict(adapter=dict(with_cp=True)))}
+
+
+def method_cfg(method: str, backbone: dict) -> dict:
+    """The wrapper config of a method of METHODS or of VARIANTS."""
+    if method in VARIANTS:
+        base, overrides = VARIANTS[method]
+        return wrapper_cfg(base, backbone, **overrides)
+    return wrapper_cfg(method, backbone)
 
 
 def backbone_configs(img: int) -> Dict[str, tuple]:
@@ -214,7 +224,7 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
     models = {}
     for method in methods:
         torch.manual_seed(0)
-        models[method] = build(scope, wrapper_cfg(method, cfg))
+        models[method] = build(scope, method_cfg(method, cfg))
     rows = {}
     for method, model in models.items():
         report = count_parameters(model)
@@ -328,7 +338,8 @@ def markdown(results: dict, meta: dict) -> str:
         'inference = eval + no_grad forward. Ratios: train and peak vs full fine-tuning, '
         'inference vs the plain backbone.', '',
         f"MSLoRA targets: train <= {TARGETS['train']}x, peak <= {TARGETS['memory']}x, "
-        f"inference <= {TARGETS['inference']}x.", '']
+        f"inference <= {TARGETS['inference']}x. `mslora_cp` is MSLoRA with "
+        "`with_cp=True` (gradient checkpointing of each adapter).", '']
     for name, result in results.items():
         lines += [f'## {name}', '',
                   '| method | trainable | share | train (s) | train / full | peak (MiB) | '
@@ -341,14 +352,17 @@ def markdown(results: dict, meta: dict) -> str:
                 f"{row['memory_ratio']:.2f} | {row['saved_mib']:.0f} | {row['infer_s']:.3f} | "
                 f"{row['infer_ratio']:.2f} |")
         lines.append(f"\nplain backbone inference: {result['plain_infer_s']:.3f} s\n")
-        if 'mslora' in result['rows']:
-            row = result['rows']['mslora']
+        for method in ('mslora', 'mslora_cp'):
+            if method not in result['rows']:
+                continue
+            row = result['rows'][method]
             checks = [('train', row['train_ratio'], TARGETS['train']),
                       ('peak memory', row['memory_ratio'], TARGETS['memory']),
                       ('inference', row['infer_ratio'], TARGETS['inference'])]
-            lines.append('MSLoRA: ' + '; '.join(
+            lines.append(f'{method}: ' + '; '.join(
                 f"{what} {value:.2f}x ({'meets' if value <= target else 'MISSES'} "
-                f'<= {target}x)' for what, value, target in checks) + '\n')
+                f'<= {target}x)' for what, value, target in checks) + '  ')
+        lines.append('')
     return '\n'.join(lines)
 
 
@@ -391,7 +405,8 @@ def main() -> None:
     parser.add_argument('--rounds', type=int)
     parser.add_argument('--warmup', type=int)
     parser.add_argument('--models', nargs='+', default=['R-50', 'Swin-T', 'ViT-B'])
-    parser.add_argument('--methods', nargs='+', default=list(METHODS))
+    parser.add_argument('--methods', nargs='+', default=list(METHODS) + list(VARIANTS),
+                        choices=list(METHODS) + list(VARIANTS))
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results'))
     parser.add_argument('--profile', action='store_true',

@@ -42,6 +42,7 @@ from typing import Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from mmengine.model import BaseModule
 
 from mmslora.registry import MODELS
@@ -124,6 +125,45 @@ def fused_multi_scale_kernel(trans: MultiScaleTransform) -> Tuple[torch.Tensor, 
     return kernel + centre, sum(conv.bias for conv in convs) / len(convs)
 
 
+class _GatedResidual(torch.autograd.Function):
+    """``F + (W_up @ p) * sigmoid(W_e @ t)`` per (batch, group), for autograd.
+
+    ``p`` (B, G, D/G, HW) and ``t`` (B, G, D/G + 1, HW) are D-channel maps; the two
+    C-channel maps ``W_up @ p`` and the gate are recomputed in backward instead of
+    being kept from forward to backward (two bmm and a sigmoid more per step, two
+    C-channel maps less memory per adapter).
+    """
+
+    @staticmethod
+    def forward(ctx, x, p, t, w_up, w_e):
+        ctx.save_for_backward(p, t, w_up, w_e)
+        up = torch.matmul(w_up, p).view(x.shape)
+        gate = torch.matmul(w_e, t).sigmoid_().view(x.shape)
+        return torch.addcmul(x, up, gate)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        p, t, w_up, w_e = ctx.saved_tensors
+        g = grad.reshape(p.shape[0], w_up.shape[0], w_up.shape[1], p.shape[-1])
+        up = torch.matmul(w_up, p)
+        gate = torch.matmul(w_e, t).sigmoid_()
+        grad_up = g * gate
+        # d/dz of up * sigmoid(z): grad * up * gate * (1 - gate), in up's memory
+        grad_z = torch.ops.aten.sigmoid_backward(up.mul_(g), gate)
+        del up, gate
+        grads = [grad if ctx.needs_input_grad[0] else None, None, None, None, None]
+        if ctx.needs_input_grad[1]:
+            grads[1] = torch.matmul(w_up.transpose(1, 2), grad_up)
+        if ctx.needs_input_grad[3]:
+            grads[3] = torch.matmul(grad_up, p.transpose(2, 3)).sum(0)
+        if ctx.needs_input_grad[2]:
+            grads[2] = torch.matmul(w_e.transpose(1, 2), grad_z)
+        if ctx.needs_input_grad[4]:
+            grads[4] = torch.matmul(grad_z, t.transpose(2, 3)).sum(0)
+        return tuple(grads)
+
+
 def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
     """``F + Proj(F) * Trans(F)`` with the parameters of ``adapter``, in fewer operations
     than layer by layer (same math, equal up to float rounding):
@@ -136,10 +176,11 @@ def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
       autograd (its weight gradient is about 2x faster there on CPU);
     * the channel attention's 1x1 convolutions on the pooled vector are linear maps;
     * ``Expand``'s bias is added inside the product (a row of ones appended to its
-      input), and ``F + Proj * gate`` is one
-      ``addcmul``; without autograd the C-channel intermediates are updated in place,
-      so only two of them are allocated (memory allocation is a large part of
-      the cost of element-wise operations on CPU).
+      input), and ``F + Proj * gate`` is one ``addcmul``; without autograd the
+      C-channel intermediates are updated in place, so only two of them are allocated
+      (memory allocation is a large part of the cost of element-wise operations on
+      CPU); under autograd :class:`_GatedResidual` keeps only D-channel maps for
+      backward and recomputes the two C-channel ones there.
     """
     trans, proj = adapter.trans, adapter.proj
     b, c, h, w = x.shape
@@ -172,10 +213,12 @@ def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
                         trans.expand.bias.view(groups, cg, 1)], dim=2)
     t = torch.cat([t.reshape(b, groups, dg, h * w), t.new_ones(1, 1, 1, 1).expand(
         b, groups, 1, h * w)], dim=2)
-    gate = torch.matmul(expand, t).sigmoid_().view(b, c, h, w)
-    up = torch.matmul(_grouped_weight(proj.up, groups), p).view(b, c, h, w)
+    w_up = _grouped_weight(proj.up, groups)
     if grad:
-        return torch.addcmul(x, up, gate)
+        # keep p alone (not the whole `hidden`) for backward
+        return _GatedResidual.apply(x, p.contiguous(), t, w_up, expand)
+    gate = torch.matmul(expand, t).sigmoid_().view(b, c, h, w)
+    up = torch.matmul(w_up, p).view(b, c, h, w)
     return torch.addcmul(x, up, gate, out=up)  # in place: no autograd to keep `up` for
 
 
@@ -195,13 +238,17 @@ class MSLoRAAdapter(BaseModule):
         reduction (int): squeeze ratio of the channel attention. Default 4.
         spatial_kernel (int): odd kernel of the spatial attention. Default 7.
         dropout (float): dropout on ``H(F)`` during training. Default 0.
+        with_cp (bool): gradient checkpointing of the adapter: keep only its input
+            from forward to backward and recompute the rest there (less training
+            memory, one more adapter forward per step; same values). Default False.
         init_cfg (dict, optional): MMEngine initialisation config. Default None
             (the zero start described above).
     """
 
     def __init__(self, channels: int, hidden_dim: int = 64, groups: int = 8,
                  kernel_sizes: Sequence[int] = (3, 5, 7), reduction: int = 4,
-                 spatial_kernel: int = 7, dropout: float = 0.0, init_cfg=None) -> None:
+                 spatial_kernel: int = 7, dropout: float = 0.0, with_cp: bool = False,
+                 init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         for name, value in (('channels', channels), ('hidden_dim', hidden_dim),
                             ('groups', groups), ('reduction', reduction)):
@@ -224,6 +271,7 @@ class MSLoRAAdapter(BaseModule):
         self.trans = MultiScaleTransform(channels, hidden_dim, groups, kernel_sizes,
                                          reduction, spatial_kernel)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.with_cp = with_cp
 
     def residual(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Return ``(H(F), Trans(F))`` for a (B, C, H, W) input, layer by layer."""
@@ -238,5 +286,10 @@ class MSLoRAAdapter(BaseModule):
                 f'MSLoRAAdapter expects a (B, {self.channels}, H, W) feature map, got shape '
                 f'{tuple(x.shape)}; check the layout given to the wrapper for this block.')
         if self.training and not isinstance(self.dropout, nn.Identity):
-            return x + self.residual(x)[0]
-        return fused_mslora(self, x)
+            compute = lambda f: f + self.residual(f)[0]  # noqa: E731
+        else:
+            compute = lambda f: fused_mslora(self, f)  # noqa: E731
+        if self.with_cp and torch.is_grad_enabled() and (
+                x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return checkpoint(compute, x, use_reentrant=False)
+        return compute(x)

@@ -41,12 +41,12 @@ from mmslora.utils.logs import latest_metrics
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CLS = 'configs/demo/effnet-lite0-mslora_fashion-mnist.py'
-MAX_ITERS, CKPT_AT = 10, 5
+MAX_ITERS, CKPT_AT = 8, 5
 
 
 def cls_options(root):
-    # 32 images, batch 8: 4 iterations per epoch, so the run crosses epochs and the
-    # resume replays across an epoch boundary; validation at the checkpoint iteration.
+    # 32 images, batch 8: 4 iterations per epoch, so the run crosses an epoch and the
+    # resume replays across the epoch boundary; validation at the checkpoint iteration.
     return [
         f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
         f'test_dataloader.dataset.data_root={root}', 'train_dataloader.dataset.indices=32',
