@@ -159,6 +159,8 @@ def build_cfg(task: str, method: str, seed: int, iters: int, val_interval: int,
     if 'visualization' in cfg.default_hooks:
         cfg.default_hooks.visualization = dict(
             type=cfg.default_hooks.visualization.type, draw=False)
+    if cfg.get('visualizer') is not None:  # a global instance: one name per run
+        cfg.visualizer.name = f'transfer_{task}_{method}_{seed}_{time.time_ns()}'
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[loader].num_workers = 0
         cfg[loader].persistent_workers = False

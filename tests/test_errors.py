@@ -19,7 +19,7 @@ from mmslora.engine.training import prepare_test_config, prepare_train_config
 from mmslora.models import MSLoRABackbone
 from mmslora.utils import load_adapter, save_adapter
 from mmslora.utils.adapter_io import CheckpointMismatchError
-from mmslora.utils.checkpoint import DamagedCheckpointError
+from mmslora.utils.checkpoint import DamagedCheckpointError, safe_torch_load
 from mmslora.utils.data_check import DataNotFoundError, check_data
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -287,6 +287,26 @@ def test_load_from_with_another_block_selection(fashion_root, cls_checkpoint, tm
     assert f"Cannot load checkpoint '{cls_checkpoint}'" in message
     assert "unexpected keys ['backbone.adapters.stages_4_0." in message
     assert 'blocks.pattern: checkpoint None vs config' in message
+
+
+def test_load_from_an_unwrapped_backbone_checkpoint_warns(fashion_root, cls_checkpoint,
+                                                          tmp_path):
+    """An upstream checkpoint (no adapters) loads as upstream does, but its backbone
+    keys, which inside the wrapper are ``backbone.backbone.*``, are named in a
+    warning instead of being dropped among mmengine's unexpected keys."""
+    state = safe_torch_load(cls_checkpoint, map_location='cpu')['state_dict']
+    upstream = {k.replace('backbone.backbone.', 'backbone.'): v for k, v in state.items()
+                if not k.startswith('backbone.adapters.')}
+    path = str(tmp_path / 'upstream.pth')
+    torch.save(dict(state_dict=upstream), path)
+    runner = Runner.from_cfg(prepare_train_config(
+        cls_cfg(fashion_root, tmp_path, 'errors_upstream', load_from=path)))
+    runner.load_checkpoint(path)  # no error
+    assert torch.equal(runner.model.head.fc.weight, state['head.fc.weight'])
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert ("CheckpointFitHook: 294 keys of the checkpoint, e.g. ['backbone.stem.conv.weight'"
+            in log)
+    assert "belong to an unwrapped backbone and are not loaded" in log
 
 
 def test_test_tool_refuses_an_adapter_only_file(fashion_root, cls_checkpoint, tmp_path):

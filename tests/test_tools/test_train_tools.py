@@ -18,7 +18,7 @@ CLS = 'configs/demo/effnet-lite0-mslora_fashion-mnist.py'
 
 
 def run_tool(*args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -116,7 +116,7 @@ def test_count_params_tool_prints_the_report():
 def test_amp_on_cpu_is_refused_with_the_fix(tmp_path):
     if torch.cuda.is_available():
         pytest.skip('a GPU is present')
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, 'tools/train.py', DET, '--amp', '--work-dir',
                            str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode != 0
