@@ -215,7 +215,8 @@ class CpuMeter:
 
 
 def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch: int,
-                     img: int, rounds: int, warmup: int, log) -> dict:
+                     img: int, rounds: int, warmup: int, log,
+                     infer_rounds: Optional[int] = None) -> dict:
     torch.manual_seed(0)
     x = torch.randn(batch, 3, img, img)
     plain = build(scope, cfg)
@@ -264,7 +265,7 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
         return run
 
     infer_fns = {'plain': infer(plain), **{m: infer(model) for m, model in models.items()}}
-    infer_times = interleaved_times(infer_fns, rounds, warmup)
+    infer_times = interleaved_times(infer_fns, infer_rounds or rounds, warmup)
     log(f'[{name}] inference (s): ' + ', '.join(
         f'{m} {statistics.median(v):.3f}' for m, v in infer_times.items()))
 
@@ -323,7 +324,8 @@ def markdown(results: dict, meta: dict) -> str:
         f"Command: `{meta['command']}`  ",
         f"Input: batch {meta['batch']} x 3 x {meta['img']} x {meta['img']}, float32, "
         f"CPU ({meta['cpu']}, {meta['cpus']} cores, {meta['threads']} torch threads), "
-        f"torch {meta['torch']}, {meta['rounds']} interleaved rounds after "
+        f"torch {meta['torch']}, {meta['rounds']} interleaved training rounds and "
+        f"{meta.get('infer_rounds', meta['rounds'])} inference rounds after "
         f"{meta['warmup']} warm-up; times are medians over rounds, time ratios the median "
         f"over rounds of the ratio within a round.  ",
         f"Other processes on the machine used on average "
@@ -339,7 +341,9 @@ def markdown(results: dict, meta: dict) -> str:
         'inference vs the plain backbone.', '',
         f"MSLoRA targets: train <= {TARGETS['train']}x, peak <= {TARGETS['memory']}x, "
         f"inference <= {TARGETS['inference']}x. `mslora_cp` is MSLoRA with "
-        "`with_cp=True` (gradient checkpointing of each adapter).", '']
+        "`with_cp=True` (gradient checkpointing of each adapter); at inference it runs "
+        "the same code as `mslora`, so the difference of their inference ratios, like "
+        "that of full / linear probe / BitFit from 1.00, shows the measurement noise.", '']
     for name, result in results.items():
         lines += [f'## {name}', '',
                   '| method | trainable | share | train (s) | train / full | peak (MiB) | '
@@ -403,6 +407,9 @@ def main() -> None:
     parser.add_argument('--batch', type=int)
     parser.add_argument('--img', type=int)
     parser.add_argument('--rounds', type=int)
+    parser.add_argument('--infer-rounds', type=int,
+                        help='rounds of the inference timing (default 3x --rounds: it is '
+                             'cheap, and its ratios are the closest to 1)')
     parser.add_argument('--warmup', type=int)
     parser.add_argument('--models', nargs='+', default=['R-50', 'Swin-T', 'ViT-B'])
     parser.add_argument('--methods', nargs='+', default=list(METHODS) + list(VARIANTS),
@@ -417,6 +424,7 @@ def main() -> None:
     img = args.img or (128 if args.quick else 224)
     rounds = args.rounds or (3 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    infer_rounds = args.infer_rounds or 3 * rounds
     methods = args.methods
     if 'full' not in methods:
         methods = ['full'] + methods  # the reference of the ratios
@@ -428,7 +436,7 @@ def main() -> None:
         print(message, flush=True)
 
     meta = dict(command=' '.join(['python', 'benchmarks/cost.py'] + sys.argv[1:]),
-                batch=batch, img=img, rounds=rounds, warmup=warmup,
+                batch=batch, img=img, rounds=rounds, infer_rounds=infer_rounds, warmup=warmup,
                 threads=torch.get_num_threads(), torch=torch.__version__,
                 cpu=platform.processor() or platform.machine(),
                 loadavg=' '.join(f'{v:.2f}' for v in os.getloadavg()),
@@ -446,7 +454,7 @@ def main() -> None:
         scope, cfg = configs[name]
         meter = CpuMeter()
         results[name] = measure_backbone(name, scope, cfg, methods, batch, img, rounds,
-                                         warmup, log)
+                                         warmup, log, infer_rounds)
         others = meter.others()
         if others is not None:
             meta['others_cpus'][name] = others

@@ -48,7 +48,7 @@ def test_cost_table_on_a_tiny_backbone(tmp_path):
     # the wrapped backbone's weights, gradients and momentum: full FT holds the most
     assert rows['full']['peak_mib'] > rows['linear_probe']['peak_mib']
     assert rows['mslora']['trainable'] == rows['mslora_cp']['trainable'] > 0
-    meta = dict(command='test', batch=1, img=32, rounds=2, warmup=1, threads=1, torch='x',
+    meta = dict(command='test', batch=1, img=32, rounds=2, infer_rounds=2, warmup=1, threads=1, torch='x',
                 cpu='cpu', cpus=2, loadavg='0', loadavg_end='0', date='today',
                 others_cpus={'R-18': 0.0})
     text = cost.markdown({'R-18': result}, meta)
