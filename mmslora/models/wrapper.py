@@ -6,6 +6,7 @@ adapters on the backbone's own layers (``placement = 'layer'``: LoRA), no adapte
 all (linear probe, BitFit) and full fine-tuning (``freeze=False``).
 """
 import copy
+import functools
 import re
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -214,11 +215,13 @@ class MSLoRABackbone(BaseModule):
                     f"has no module {self.grid_from!r}; set grid_from to the patch "
                     f'embedding (e.g. one of {[n for n in modules if "embed" in n][:5]}).')
             self._hooks.append(modules[self.grid_from].register_forward_hook(self._grid_hook))
+        # bound methods in partials (not closures), so copy.deepcopy of the wrapper
+        # (EMA models, mean teachers) hooks the copy's own adapters
         for name, layout in self.block_layouts.items():
-            hook = self._make_block_hook(self.adapters[_adapter_key(name)], layout)
+            hook = functools.partial(self._block_hook, _adapter_key(name), layout)
             self._hooks.append(modules[name].register_forward_hook(hook, with_kwargs=True))
         for name in self.layer_names:
-            hook = self._make_layer_hook(self.adapters[_adapter_key(name)])
+            hook = functools.partial(self._layer_hook, _adapter_key(name))
             self._hooks.append(modules[name].register_forward_hook(hook, with_kwargs=True))
 
     def _grid_hook(self, module, args, output) -> None:
@@ -227,20 +230,16 @@ class MSLoRABackbone(BaseModule):
         else:
             self._grid = tuple(output.shape[-2:])  # a (B, C, H, W) map
 
-    def _make_block_hook(self, adapter: nn.Module, layout: str):
-        def hook(module, args, kwargs, output):
-            if isinstance(output, (tuple, list)):
-                first = apply_in_layout(adapter, output[0], layout, args, kwargs, self._grid)
-                return type(output)([first, *output[1:]])
-            return apply_in_layout(adapter, output, layout, args, kwargs, self._grid)
-        return hook
+    def _block_hook(self, key: str, layout: str, module, args, kwargs, output):
+        adapter = self.adapters[key]
+        if isinstance(output, (tuple, list)):
+            first = apply_in_layout(adapter, output[0], layout, args, kwargs, self._grid)
+            return type(output)([first, *output[1:]])
+        return apply_in_layout(adapter, output, layout, args, kwargs, self._grid)
 
-    @staticmethod
-    def _make_layer_hook(adapter: nn.Module):
-        def hook(module, args, kwargs, output):
-            x = args[0] if args else next(iter(kwargs.values()))
-            return output + adapter(x)
-        return hook
+    def _layer_hook(self, key: str, module, args, kwargs, output):
+        x = args[0] if args else next(iter(kwargs.values()))
+        return output + self.adapters[key](x)
 
     # --------------------------------------------------------- frozen state
     def freeze_backbone(self) -> None:

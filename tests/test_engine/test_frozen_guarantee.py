@@ -182,12 +182,6 @@ def test_gradient_checkpointing_with_ema(fashion_root, tmp_path, monkeypatch):
     assert_frozen_and_trained(runner, probe, str(tmp_path / f'iter_{ITERS}.pth'))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'MSLoRABackbone registers its block hooks as closures over the adapter modules; '
-    'copy.deepcopy (ExponentialMovingAverage, mean-teacher models) copies the adapters '
-    'but keeps the closures, so the copy runs the ORIGINAL adapters. EMAHook is not '
-    'affected (it swaps averaged weights into the source model). Fix in wrapper.py: '
-    'register functools.partial(self._bound_method, key, layout) so deepcopy rebinds.'))
 def test_deep_copied_wrapper_runs_its_own_adapters():
     torch.manual_seed(0)
     model = MSLoRABackbone(backbone=dict(type='mmdet.ResNet', depth=18, init_cfg=None),
