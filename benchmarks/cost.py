@@ -289,8 +289,10 @@ def profile_mslora(configs: dict, names: List[str], batch: int, img: int, out: s
     torch.manual_seed(0)
     x = torch.randn(batch, 3, img, img)
     lines = ['# Where the time goes: MSLoRA vs full fine-tuning', '',
-             f'batch {batch} x 3 x {img} x {img}; one step after two warm-up steps; '
-             'top operators by self CPU time (torch.profiler, input shapes grouped).', '']
+             f'batch {batch} x 3 x {img} x {img}, {torch.get_num_threads()} torch threads; '
+             'one step after two warm-up steps; top operators by self CPU time '
+             '(torch.profiler, input shapes grouped). Command: `python benchmarks/cost.py '
+             + ' '.join(sys.argv[1:]) + '`.', '']
     for name in names:
         scope, cfg = configs[name]
         for method in ('mslora', 'full'):
@@ -419,6 +421,8 @@ def main() -> None:
     parser.add_argument('--profile', action='store_true',
                         help='also profile one MSLoRA train step and inference per model '
                              '(torch.profiler, top operators) into profile_mslora.md')
+    parser.add_argument('--profile-only', action='store_true',
+                        help='write profile_mslora.md only (no cost tables)')
     args = parser.parse_args()
     batch = args.batch or (1 if args.quick else 2)
     img = args.img or (128 if args.quick else 224)
@@ -447,6 +451,10 @@ def main() -> None:
                                if line.startswith('model name'))
     except (OSError, StopIteration):
         pass
+    if args.profile_only:
+        os.makedirs(args.out, exist_ok=True)
+        profile_mslora(configs, args.models, batch, img, args.out, log)
+        return
     meta['cpus'] = os.cpu_count()
     meta['others_cpus'] = {}
     results = {}
