@@ -1,22 +1,11 @@
-import importlib.util
 import os.path as osp
 import sys
 
 import pytest
+import torch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-
-def load_tool(relative_path: str):
-    """Import a script under tools/ as a module (tools/ is not a package)."""
-    path = osp.join(ROOT, relative_path)
-    name = 'mmslora_tool_' + relative_path.replace('/', '_').replace('.py', '')
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from mmslora_testing import load_tool  # noqa: E402
 
 
 @pytest.fixture(scope='session')
@@ -32,3 +21,13 @@ def fashion_root(tmp_path_factory):
     out = tmp_path_factory.mktemp('fashion_mnist')
     load_tool('tools/dataset_converters/fashion_mnist.py').convert_fashion_mnist(str(out))
     return str(out) + '/'
+
+
+@pytest.fixture
+def one_thread():
+    """Train in-process on one thread: on a shared 2-core machine two intra-op threads
+    per process oversubscribe the cores and run many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

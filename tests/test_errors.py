@@ -21,34 +21,13 @@ from mmslora.utils import load_adapter, save_adapter
 from mmslora.utils.adapter_io import CheckpointMismatchError
 from mmslora.utils.checkpoint import DamagedCheckpointError, safe_torch_load
 from mmslora.utils.data_check import DataNotFoundError, check_data
+from mmslora_testing import CLS, DET, SEG, load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DET = osp.join(ROOT, 'configs/demo/mask-rcnn_effnet-lite0-mslora_fpn_nuclei.py')
-SEG = osp.join(ROOT, 'configs/demo/upernet_effnet-lite0-mslora_nuclei-256x256.py')
-CLS = osp.join(ROOT, 'configs/demo/effnet-lite0-mslora_fashion-mnist.py')
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Train in-process on one thread: on a shared 2-core machine two intra-op threads
-    per process oversubscribe the cores and run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def train_tool():
-    """tools/train.py as a module (tools/ is not a package)."""
-    import importlib.util
-    name = 'mmslora_tool_tools_train'
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools/train.py'))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 def resnet_wrapper(depth=18, **adapter):
     torch.manual_seed(0)
@@ -330,7 +309,7 @@ def test_damaged_checkpoint_through_the_train_tool(fashion_root, cls_checkpoint,
     damaged = tmp_path / 'iter_1.pth'
     data = open(cls_checkpoint, 'rb').read()
     damaged.write_bytes(data[:len(data) - 4096])
-    train = train_tool()
+    train = load_tool('tools/train.py')
     with pytest.raises(DamagedCheckpointError,
                        match=r"Checkpoint '.*iter_1\.pth' is damaged or incomplete: "):
         train.main([CLS, '--work-dir', str(tmp_path / 'work'), '--resume', str(damaged),
@@ -391,7 +370,7 @@ def test_segmentation_image_folder_empty(nuclei_root, tmp_path):
 def test_classification_data_missing_through_the_train_tool(tmp_path):
     """The check runs before the Runner is built: no model, no pretrained download."""
     root = str(tmp_path / 'nothing_here') + '/'
-    train = train_tool()
+    train = load_tool('tools/train.py')
     with pytest.raises(DataNotFoundError) as info:
         train.main([CLS, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
                     f'train_dataloader.dataset.data_root={root}',

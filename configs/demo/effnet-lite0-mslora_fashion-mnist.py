@@ -22,11 +22,8 @@ train_dataloader = dict(
     num_workers=1,
     persistent_workers=False,
     dataset=dict(
-        _delete_=True,
-        type='FashionMNIST',
-        data_root=_base_.fashion_root,
+        _base_.fashion_dataset,
         split='train',
-        download=False,
         indices=2000,
         pipeline=_base_.fashion_train_pipeline))
 val_dataloader = dict(
@@ -34,11 +31,8 @@ val_dataloader = dict(
     num_workers=1,
     persistent_workers=False,
     dataset=dict(
-        _delete_=True,
-        type='FashionMNIST',
-        data_root=_base_.fashion_root,
+        _base_.fashion_dataset,
         split='test',
-        download=False,
         indices=1000,
         pipeline=_base_.fashion_test_pipeline))
 test_dataloader = val_dataloader

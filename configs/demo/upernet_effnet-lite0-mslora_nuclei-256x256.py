@@ -28,12 +28,7 @@ train_dataloader = dict(
     num_workers=1,
     persistent_workers=False,
     dataset=dict(
-        _delete_=True,
-        type='BaseSegDataset',
-        data_root=_base_.nuclei_root,
-        metainfo=_base_.nuclei_seg_metainfo,
-        img_suffix='.png',
-        seg_map_suffix='.png',
+        _base_.nuclei_seg_dataset,
         data_prefix=dict(img_path='images/train', seg_map_path='seg_maps/train'),
         pipeline=_base_.nuclei_seg_train_pipeline))
 val_dataloader = dict(
@@ -41,12 +36,7 @@ val_dataloader = dict(
     num_workers=1,
     persistent_workers=False,
     dataset=dict(
-        _delete_=True,
-        type='BaseSegDataset',
-        data_root=_base_.nuclei_root,
-        metainfo=_base_.nuclei_seg_metainfo,
-        img_suffix='.png',
-        seg_map_suffix='.png',
+        _base_.nuclei_seg_dataset,
         data_prefix=dict(img_path='images/val', seg_map_path='seg_maps/val'),
         pipeline=_base_.nuclei_seg_test_pipeline))
 test_dataloader = val_dataloader

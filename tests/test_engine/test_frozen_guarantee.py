@@ -27,23 +27,14 @@ import mmslora  # noqa: F401
 from mmslora.engine.training import prepare_train_config
 from mmslora.models import MSLoRABackbone
 from mmslora.utils.checkpoint import safe_torch_load
+from mmslora_testing import CLS, DET, SEG
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DET = osp.join(ROOT, 'configs/demo/mask-rcnn_effnet-lite0-mslora_fpn_nuclei.py')
-SEG = osp.join(ROOT, 'configs/demo/upernet_effnet-lite0-mslora_nuclei-256x256.py')
-CLS = osp.join(ROOT, 'configs/demo/effnet-lite0-mslora_fashion-mnist.py')
 ITERS = 2  # a zero-initialised adapter branch passes gradients from step 2 on
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Train in-process on one thread: on a shared 2-core machine two intra-op threads
-    per process oversubscribe the cores and run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 class FrozenProbe(Hook):
     """Snapshots the wrapped backbone and the adapters when training starts (after

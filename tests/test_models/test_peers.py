@@ -6,13 +6,13 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from mmengine.registry import DefaultScope
 
 from mmslora.models import MSLoRAAdapter, MSLoRABackbone
 from mmslora.models.peers import (METHODS, BottleneckAdapter, LoRA, MonaAdapter,
                                   wrapper_cfg, wrapper_kwargs)
 from mmslora.utils import count_parameters
 from mmslora.utils.adapter_io import adapter_meta, adapter_state_dict
+from mmslora_testing import build_in_scope, flat
 
 TINY_SWIN = dict(embed_dims=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
                  out_indices=(0, 1), strides=(4, 2), init_cfg=None)
@@ -38,27 +38,6 @@ ADAPTER_CLASSES = dict(lora=LoRA, adapter=BottleneckAdapter, mona=MonaAdapter,
 # the zero-initialised weight of each adapter: it must move on the first step
 ZERO_INIT = dict(lora='lora_B.weight', adapter='up.weight', mona='up.weight',
                  mslora='proj.up.weight')
-
-
-def registry_of(scope):
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-    elif scope == 'mmseg':
-        from mmseg.registry import MODELS
-    else:
-        from mmpretrain.registry import MODELS
-    return MODELS
-
-
-def build_in_scope(scope, cfg):
-    with DefaultScope.overwrite_default_scope(scope):
-        return registry_of(scope).build(copy.deepcopy(cfg))
-
-
-def flat(outputs):
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    return [t for item in outputs for t in flat(item)]
 
 
 @pytest.fixture(params=BACKBONES, ids=[b[0] for b in BACKBONES])

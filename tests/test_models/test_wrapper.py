@@ -1,13 +1,12 @@
 """One table of backbones from mmdet, mmseg and mmpretrain, each checked the same way."""
-import copy
 
 import pytest
 import torch
-from mmengine.registry import DefaultScope
 
 from mmslora.models import MSLoRABackbone
 from mmslora.models.layouts import apply_in_layout
 from mmslora.utils import count_parameters
+from mmslora_testing import build_in_scope, flat
 
 TINY_SWIN = dict(embed_dims=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
                  out_indices=(0, 1), init_cfg=None)
@@ -38,29 +37,8 @@ CASES = [
 IDS = [case[0] for case in CASES]
 
 
-def registry_of(scope):
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-    elif scope == 'mmseg':
-        from mmseg.registry import MODELS
-    else:
-        from mmpretrain.registry import MODELS
-    return MODELS
-
-
-def build_in_scope(scope, cfg):
-    with DefaultScope.overwrite_default_scope(scope):
-        return registry_of(scope).build(copy.deepcopy(cfg))
-
-
 def wrap(backbone_cfg, **kwargs):
     return dict(type='mmslora.MSLoRABackbone', backbone=backbone_cfg, **kwargs)
-
-
-def flat(outputs):
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    return [t for item in outputs for t in flat(item)]
 
 
 def backbone_state(model):
