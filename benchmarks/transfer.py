@@ -20,14 +20,19 @@ Tasks (demo configs under ``configs/demo``):
   bbox AP (and mask AP) on the held-out tile. About 2.8 s per iteration on 2 idle CPU
   cores, so ``--quick`` leaves it out (name it in ``--tasks`` to run it anyway).
 
-Schedules (:data:`SCHEDULES`): ``--quick`` trains cls 30 iterations at batch 16 on the
-first 2000 training images, evaluating on the first 300 test images every 10
-iterations, and seg 10 iterations (batch 4, the 5 training tiles) evaluated every 5.
-On 2 CPU cores a run took 70 to 170 s (cls) under a load average of 4 to 8 from other
-jobs, so the whole quick grid (2 tasks x 7 methods x 3 seeds) is more than the 20
-minutes aimed at; ``--seeds``, ``--methods`` and ``--resume`` split it into parts.
-The full schedule (cls 1000 iterations on 10000 / 2000 images, seg 500, det 300) is
-hours of CPU per task: meant for a GPU or a long CPU job.
+Schedules (:data:`SCHEDULES`, ``--schedule``):
+
+* ``quick`` (``--quick``): cls 30 iterations at batch 16 on the first 2000 training
+  images, evaluated on the first 300 test images every 10 iterations; seg 10
+  iterations (batch 4, the 5 training tiles) evaluated every 5. On 2 idle cores a run
+  takes 15-25 s, the grid (2 tasks x 7 methods x 3 seeds) about 15 minutes.
+* ``medium``: cls 120 iterations on 4000 / 600 images, seg 40, det 20; all three tasks,
+  about 70 minutes on 2 idle cores: the longest grid that fits a CPU session.
+* ``full`` (default): cls 1000 iterations on 10000 / 2000 images, seg 500, det 300;
+  hours of CPU per task, meant for a GPU or a long CPU job.
+
+A JSON resumed with another schedule keeps its other runs, but the table and the plot
+report only the runs of the schedule given.
 
 Adapter sizes (:data:`ADAPTER_OVERRIDES`): on this 3.4 M-parameter backbone every
 block adapter uses D = 32 (the demo configs' MSLoRA setting; bottleneck Adapter and
@@ -44,7 +49,8 @@ every run, and ``--resume`` skips runs it already holds.
 Usage::
 
     .venv/bin/python benchmarks/transfer.py --quick            # cls + seg, 3 seeds
-    .venv/bin/python benchmarks/transfer.py                    # cls + seg + det, longer
+    .venv/bin/python benchmarks/transfer.py --schedule medium  # cls + seg + det, ~70 min
+    .venv/bin/python benchmarks/transfer.py                    # cls + seg + det, long
     .venv/bin/python benchmarks/transfer.py --quick --tasks cls --methods mslora lora
 """
 import argparse
@@ -92,12 +98,18 @@ SCHEDULES = dict(
     quick=dict(cls=dict(iters=30, val_interval=10, n_train=2000, n_val=300, batch_size=16),
                seg=dict(iters=10, val_interval=5),
                det=dict(iters=30, val_interval=15)),
+    # about 70 min on 2 idle cores, all three tasks
+    medium=dict(cls=dict(iters=120, val_interval=30, n_train=4000, n_val=600, batch_size=16),
+                seg=dict(iters=40, val_interval=10),
+                det=dict(iters=20, val_interval=10)),
     full=dict(cls=dict(iters=1000, val_interval=100, n_train=10000, n_val=2000),
               seg=dict(iters=500, val_interval=50),
               det=dict(iters=300, val_interval=50)),
 )
-QUICK_TASKS = ('cls', 'seg')  # det: ~2.8 s/iteration x 21 runs does not fit 20 minutes
-FULL_TASKS = ('cls', 'seg', 'det')
+# the tasks each schedule runs by default (det: ~2.8 s/iteration x 21 runs does not fit
+# the quick budget of about 20 minutes)
+DEFAULT_TASKS = dict(quick=('cls', 'seg'), medium=('cls', 'seg', 'det'),
+                     full=('cls', 'seg', 'det'))
 
 
 def method_kwargs(method: str) -> dict:
@@ -249,6 +261,13 @@ def _scale(task: str, value: float) -> float:
     return value * 100 if task == 'det' else value
 
 
+def on_schedule(records: Sequence[dict], schedules: Dict[str, dict]) -> List[dict]:
+    """The records run with the iterations of ``schedules`` (a resumed JSON may also
+    hold runs of another schedule; they are kept in it but not reported)."""
+    return [r for r in records
+            if r['task'] in schedules and r['iters'] == schedules[r['task']]['iters']]
+
+
 def summarize(records: Sequence[dict]) -> List[dict]:
     """Mean and (sample) standard deviation over seeds, per (task, method)."""
     groups: Dict[tuple, List[dict]] = {}
@@ -373,7 +392,11 @@ def run_grid(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--quick', action='store_true', help='the short schedule (~20 min)')
+    parser.add_argument('--schedule', choices=list(SCHEDULES), default='full',
+                        help='quick: ~20 min on 2 cores (cls, seg); medium: ~70 min on 2 '
+                             'cores (cls, seg, det); full: long schedules (a GPU or a '
+                             'long CPU job)')
+    parser.add_argument('--quick', action='store_true', help='same as --schedule quick')
     parser.add_argument('--tasks', nargs='+', choices=list(TASKS), default=None)
     parser.add_argument('--methods', nargs='+', choices=list(ALL_METHODS),
                         default=list(ALL_METHODS))
@@ -395,8 +418,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger('mmengine').setLevel(logging.WARNING)
-    mode = 'quick' if args.quick else 'full'
-    tasks = args.tasks or (QUICK_TASKS if args.quick else FULL_TASKS)
+    mode = 'quick' if args.quick else args.schedule
+    tasks = args.tasks or DEFAULT_TASKS[mode]
     schedules = copy.deepcopy({t: SCHEDULES[mode][t] for t in tasks})
     for s in schedules.values():
         if args.iters:
@@ -422,11 +445,12 @@ def main(argv=None):
         with open(json_path) as f:
             prior = json.load(f)
         meta = dict(prior['meta'], notes=prior['meta'].get('notes', []) + list(args.note))
-        summary = summarize(prior['runs'])
+        reported = on_schedule(prior['runs'], meta['schedules'])
+        summary = summarize(reported)
         with open(json_path, 'w') as f:
             json.dump(dict(meta=meta, summary=summary, runs=prior['runs']), f, indent=1)
         write_markdown(osp.join(args.out, 'transfer.md'), summary, meta)
-        plot_convergence(osp.join(args.out, 'transfer_convergence.png'), prior['runs'])
+        plot_convergence(osp.join(args.out, 'transfer_convergence.png'), reported)
         print(open(osp.join(args.out, 'transfer.md')).read())
         return
     commands = commands + [command.strip()]
@@ -434,15 +458,16 @@ def main(argv=None):
     if 'det' not in tasks and not any(r['task'] == 'det' for r in records):
         notes.append('Detection (Mask R-CNN, ~2.8 s/iteration on 2 idle cores) is not in '
                      'this run: 7 methods x 3 seeds of it do not fit the quick budget; '
-                     '`--tasks det` runs it.')
+                     '`--tasks det` or `--schedule medium` runs it.')
     start = time.time()
 
     def save(recs):
-        summary = summarize(recs)
+        reported = on_schedule(recs, schedules)
+        summary = summarize(reported)
         meta = dict(date=datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M UTC'),
                     command=' && '.join(commands), commands=commands, mode=mode,
-                    schedules=schedules, seeds=sorted({r['seed'] for r in recs}),
-                    methods=[m for m in ALL_METHODS if any(r['method'] == m for r in recs)],
+                    schedules=schedules, seeds=sorted({r['seed'] for r in reported}),
+                    methods=[m for m in ALL_METHODS if any(r['method'] == m for r in reported)],
                     wall_min=prior_min + (time.time() - start) / 60,
                     machine=f'{platform.machine()}, {os.cpu_count()} CPUs',
                     torch=torch.__version__, threads=torch.get_num_threads(), notes=notes,
@@ -450,7 +475,7 @@ def main(argv=None):
         with open(json_path, 'w') as f:
             json.dump(dict(meta=meta, summary=summary, runs=recs), f, indent=1)
         write_markdown(osp.join(args.out, 'transfer.md'), summary, meta)
-        plot_convergence(osp.join(args.out, 'transfer_convergence.png'), recs)
+        plot_convergence(osp.join(args.out, 'transfer_convergence.png'), reported)
 
     records = run_grid(tasks, args.methods, args.seeds, {t: schedules[t] for t in tasks},
                        args.work_dir,
