@@ -61,7 +61,10 @@ def visualize(config: str, checkpoint: str, image: str, out_dir: str, size: int 
         fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
         for ax, (title, value, cmap) in zip(axes, panels):
             shown = value if cmap is None else value.cpu().numpy()
-            im = ax.imshow(shown, cmap=cmap)
+            # the diverging map is centred: white = unchanged, red = amplified, blue = damped
+            limit = max(abs(float(shown.min())), abs(float(shown.max())), 1e-6)
+            scale = dict(vmin=-limit, vmax=limit) if cmap == 'coolwarm' else {}
+            im = ax.imshow(shown, cmap=cmap, **scale)
             if cmap is not None:
                 fig.colorbar(im, ax=ax, fraction=0.046)
             ax.set_title(title)
