@@ -6,6 +6,8 @@ import os.path as osp
 import sys
 
 import torch
+import torch.nn as nn
+from mmengine.model import BaseModel
 from mmengine.registry import DefaultScope
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -47,3 +49,34 @@ def flat(outputs):
     if isinstance(outputs, torch.Tensor):
         return [outputs]
     return [t for item in outputs for t in flat(item)]
+
+
+def assert_same_outputs(model, plain, x):
+    """``model`` and ``plain`` give bitwise-equal outputs on ``x`` (eval, no grad)."""
+    model.eval()
+    plain.eval()
+    with torch.no_grad():
+        got, want = flat(model(x)), flat(plain(x))
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        assert torch.equal(a, b)
+
+
+class ToyRegressor(BaseModel):
+    """``body(inputs).squeeze(-1)`` as an MMEngine model: squared-error loss in
+    ``'loss'`` mode, a list of predictions in ``'predict'`` mode."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, inputs, labels=None, mode='tensor'):
+        inputs = torch.stack(inputs) if isinstance(inputs, list) else inputs
+        out = self.body(inputs).squeeze(-1)
+        if mode == 'loss':
+            labels = torch.stack(labels) if isinstance(labels, list) else labels
+            return dict(loss=((out - labels)**2).mean())
+        if mode == 'predict':
+            return list(out.detach())
+        return out

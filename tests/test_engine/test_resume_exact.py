@@ -31,13 +31,13 @@ import torch
 import torch.nn as nn
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import mmslora  # noqa: F401
 from mmslora.utils.checkpoint import safe_torch_load
 from mmslora.utils.logs import latest_metrics
+from mmslora_testing import ToyRegressor
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CLS = 'configs/demo/effnet-lite0-mslora_fashion-mnist.py'
@@ -133,22 +133,10 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(fashion_root, tmp_path)
 # --------------------------------------------------------------------------
 # In-process: why the hook is needed, and what it covers (a toy model, seconds)
 # --------------------------------------------------------------------------
-class DropoutModel(BaseModel):
+def dropout_model() -> ToyRegressor:
     """Draws from torch's RNG in the forward (dropout)."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.drop, self.fc2 = nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 1)
-
-    def forward(self, inputs, labels=None, mode='tensor'):
-        inputs = torch.stack(inputs) if isinstance(inputs, list) else inputs
-        out = self.fc2(self.drop(self.fc1(inputs).relu())).squeeze(-1)
-        if mode == 'loss':
-            labels = torch.stack(labels) if isinstance(labels, list) else labels
-            return dict(loss=((out - labels)**2).mean())
-        if mode == 'predict':
-            return list(out.detach())
-        return out
+    return ToyRegressor(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5),
+                                      nn.Linear(16, 1)))
 
 
 class NoisyDataset(Dataset):
@@ -192,7 +180,7 @@ def toy_runner(work_dir, name, hook, by_epoch=False, **kwargs):
         checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=3,
                           save_best='toy/mae', rule='less')
     return Runner(
-        model=DropoutModel(), work_dir=str(work_dir), experiment_name=name,
+        model=dropout_model(), work_dir=str(work_dir), experiment_name=name,
         train_dataloader=loader,
         val_dataloader=dict(loader, sampler=dict(type='DefaultSampler', shuffle=False)),
         val_evaluator=dict(type=MAE), val_cfg=dict(), train_cfg=train_cfg,

@@ -12,7 +12,7 @@ from mmslora.models.peers import (METHODS, BottleneckAdapter, LoRA, MonaAdapter,
                                   wrapper_cfg, wrapper_kwargs)
 from mmslora.utils import count_parameters
 from mmslora.utils.adapter_io import adapter_meta, adapter_state_dict
-from mmslora_testing import build_in_scope, flat
+from mmslora_testing import assert_same_outputs, build_in_scope, flat
 
 TINY_SWIN = dict(embed_dims=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
                  out_indices=(0, 1), strides=(4, 2), init_cfg=None)
@@ -66,14 +66,7 @@ def test_pretrained_at_init_and_parameters_reported(method, backbone_case):
     trainable = dict(model.backbone.named_parameters())
     for name, param in plain.named_parameters():
         param.requires_grad_(trainable[name].requires_grad)
-    model.eval()
-    plain.eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        got, want = flat(model(x)), flat(plain(x))
-    assert len(got) == len(want) > 0
-    for a, b in zip(got, want):
-        assert torch.equal(a, b)
+    assert_same_outputs(model, plain, torch.randn(2, 3, 64, 64))
 
     report = count_parameters(model)
     n_backbone = sum(p.numel() for p in model.backbone.parameters())

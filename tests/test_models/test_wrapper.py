@@ -6,7 +6,7 @@ import torch
 from mmslora.models import MSLoRABackbone
 from mmslora.models.layouts import apply_in_layout
 from mmslora.utils import count_parameters
-from mmslora_testing import build_in_scope, flat
+from mmslora_testing import assert_same_outputs, build_in_scope, flat
 
 TINY_SWIN = dict(embed_dims=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
                  out_indices=(0, 1), init_cfg=None)
@@ -72,15 +72,7 @@ def test_state_dict_keys_load_into_plain_backbone_and_outputs_equal(case):
     # frozen like the wrapped one: torch's MultiheadAttention takes its fused fast path
     # only when no parameter requires grad, which changes the last bits of the output
     plain.requires_grad_(False)
-    model.eval()
-    plain.eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        got, want = flat(model(x)), flat(plain(x))
-    assert len(got) == len(want) > 0
-    for a, b in zip(got, want):
-        assert a.shape == b.shape
-        assert torch.equal(a, b)
+    assert_same_outputs(model, plain, torch.randn(2, 3, 64, 64))
 
 
 def test_only_adapters_train_and_backbone_state_is_unchanged(case):

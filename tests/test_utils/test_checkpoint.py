@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from mmengine.runner import checkpoint as mm_checkpoint
 from torch.utils.data import Dataset
@@ -21,26 +20,14 @@ import mmslora  # noqa: F401  (installs the safe loader)
 from mmslora.utils import checkpoint as safe_ckpt
 from mmslora.utils.checkpoint import (DamagedCheckpointError, UnsafeCheckpointError,
                                       allow_globals, safe_torch_load)
+from mmslora_testing import ToyRegressor
 
 # mmengine's own local loader, kept by its module under its original name.
 MMENGINE_LOAD_FROM_LOCAL = mm_checkpoint.load_from_local
 
 
-class ToyModel(BaseModel):
-
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(2, 1)
-
-    def forward(self, inputs, labels=None, mode='tensor'):
-        inputs = torch.stack(inputs) if isinstance(inputs, list) else inputs
-        out = self.linear(inputs).squeeze(-1)
-        if mode == 'loss':
-            labels = torch.stack(labels) if isinstance(labels, list) else labels
-            return dict(loss=((out - labels)**2).mean())
-        if mode == 'predict':
-            return list(out.detach())
-        return out
+def toy_model() -> ToyRegressor:
+    return ToyRegressor(nn.Linear(2, 1))
 
 
 class ToyDataset(Dataset):
@@ -97,7 +84,7 @@ def make_runner(work_dir, name, by_epoch=False, max_iters=4, max_epochs=2, **kwa
         checkpoint = dict(type='CheckpointHook', interval=2, by_epoch=False,
                           save_best='toy/mae', rule='less')
     return Runner(
-        model=ToyModel(),
+        model=toy_model(),
         work_dir=str(work_dir),
         experiment_name=name,
         train_dataloader=dict(dataset=ToyDataset(),
@@ -214,7 +201,7 @@ def test_runner_load_from_with_resume_epoch_based(tmp_path):
 # --------------------------------------------------------------------------
 def test_mmengine_load_checkpoint(trained, tmp_path):
     path = copy_ckpt(trained, tmp_path)
-    model = ToyModel()
+    model = toy_model()
     ckpt = mm_checkpoint.load_checkpoint(model, str(path), map_location='cpu')
     assert ckpt['meta']['iter'] == 4
     for key, value in trained[1].items():
@@ -236,7 +223,7 @@ def test_malicious_checkpoint_is_refused(tmp_path, monkeypatch, via):
         if via == 'safe_torch_load':
             safe_torch_load(path)
         elif via == 'load_checkpoint':
-            mm_checkpoint.load_checkpoint(ToyModel(), str(path))
+            mm_checkpoint.load_checkpoint(toy_model(), str(path))
         else:
             make_runner(tmp_path / 'work', 'evil', load_from=str(path)).load_or_resume()
     message = str(info.value)
@@ -302,9 +289,9 @@ def test_trusted_file_needs_an_opt_in(tmp_path, monkeypatch):
     assert safe_torch_load(path)['ratio'] == fractions.Fraction(3, 4)
     assert len(warnings) == 1 and str(path) in warnings[0]
     model_file = tmp_path / 'model.pth'  # also through mmengine
-    torch.save({'state_dict': ToyModel().state_dict(), 'x': fractions.Fraction(1)},
+    torch.save({'state_dict': toy_model().state_dict(), 'x': fractions.Fraction(1)},
                str(model_file))
-    mm_checkpoint.load_checkpoint(ToyModel(), str(model_file))
+    mm_checkpoint.load_checkpoint(toy_model(), str(model_file))
 
     # opt-in 2: allowlist just that global, loading stays weights-only
     monkeypatch.delenv(safe_ckpt.TRUST_ENV_VAR)
@@ -352,7 +339,7 @@ def test_damaged_checkpoint_is_reported(trained, tmp_path, damage):
     assert 'download it again' in message
     # and the same through mmengine
     with pytest.raises(DamagedCheckpointError, match='damaged'):
-        mm_checkpoint.load_checkpoint(ToyModel(), str(path))
+        mm_checkpoint.load_checkpoint(toy_model(), str(path))
 
 
 def test_truncated_legacy_format_is_reported(tmp_path):
