@@ -71,7 +71,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import mmslora  # noqa: E402,F401  (registers the modules)
-from mmslora.models.peers import METHODS, wrapper_kwargs  # noqa: E402
+from mmslora.models.peers import METHODS, apply_method, wrapper_kwargs  # noqa: E402
 from mmslora.utils import count_parameters  # noqa: E402
 
 ALL_METHODS = ('full', 'linear_probe', 'bitfit', 'lora', 'adapter', 'mona', 'mslora')
@@ -112,12 +112,17 @@ DEFAULT_TASKS = dict(quick=('cls', 'seg'), medium=('cls', 'seg', 'det'),
                      full=('cls', 'seg', 'det'))
 
 
-def method_kwargs(method: str) -> dict:
-    """The wrapper kwargs of ``method`` on EfficientNet-Lite0 (with ADAPTER_OVERRIDES)."""
+def method_overrides(method: str) -> dict:
+    """The :data:`ADAPTER_OVERRIDES` of ``method`` as overrides of ``wrapper_kwargs``."""
     override = ADAPTER_OVERRIDES.get(method)
     if override and METHODS[method].get('adapter') is not None:
-        return wrapper_kwargs(method, adapter=dict(override))
-    return wrapper_kwargs(method)
+        return dict(adapter=dict(override))
+    return {}
+
+
+def method_kwargs(method: str) -> dict:
+    """The wrapper kwargs of ``method`` on EfficientNet-Lite0 (with ADAPTER_OVERRIDES)."""
+    return wrapper_kwargs(method, **method_overrides(method))
 
 
 def prepare_data(task: str) -> None:
@@ -141,9 +146,7 @@ def build_cfg(task: str, method: str, seed: int, iters: int, val_interval: int,
     (cls) subset sizes changed."""
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(ROOT, TASKS[task]['config']))
-    inner = copy.deepcopy(cfg.model.backbone.backbone)
-    cfg.model.backbone = dict(type='mmslora.MSLoRABackbone', backbone=inner,
-                              **method_kwargs(method))
+    cfg.model.backbone = apply_method(cfg.model.backbone, method, **method_overrides(method))
     cfg.work_dir = work_dir
     cfg.randomness = dict(seed=seed)
     cfg.log_level = 'WARNING'

@@ -1,6 +1,7 @@
 """Every shipped config loads, inherits an upstream config, wraps its backbone in
 MSLoRABackbone, builds offline in its toolbox's scope, and trains < 5% of its
 backbone."""
+import argparse
 import glob
 import os.path as osp
 import re
@@ -9,9 +10,12 @@ import pytest
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
+from mmslora.engine.training import add_common_args, load_cli_config
 from mmslora.models import MSLoRABackbone
+from mmslora.models.peers import METHODS, apply_method
 from mmslora.utils import count_parameters
 from mmslora.utils.config import build_model_from_config, disable_pretrained
+from mmslora_testing import build_in_scope
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TASK_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'mm*', '*.py')))
@@ -83,3 +87,47 @@ def test_the_documented_recipe_turns_any_upstream_config_into_mslora(tmp_path, u
     trainable = {n.split('.')[0] for n, p in model.named_parameters() if p.requires_grad}
     assert 'backbone' in trainable  # the adapters
     assert not any(p.requires_grad for p in model.backbone.backbone.parameters())
+
+
+SWITCH_CONFIGS = ['mmdet/mask-rcnn_r50-mslora_fpn_1x_coco.py',
+                  'mmpretrain/swin-tiny-mslora_16xb64-ft30e_in1k.py']
+
+
+@pytest.mark.parametrize('config', SWITCH_CONFIGS)
+@pytest.mark.parametrize('method', list(METHODS))
+def test_method_switch_builds_every_peer_from_a_config(config, method):
+    """``tools/train.py CONFIG --method NAME``: the same config, another method."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument('config')
+    add_common_args(parser)
+    args = parser.parse_args([osp.join(ROOT, 'configs', config), '--method', method])
+    cfg = load_cli_config(args)
+    assert cfg.work_dir.endswith('_' + method)
+    original = Config.fromfile(args.config).model.backbone
+    assert cfg.model.backbone.backbone == original.backbone  # only the method changed
+    model = build_model_from_config(disable_pretrained(cfg))
+    report = count_parameters(model)
+    backbone = model.backbone
+    adapters = sum(p.numel() for p in backbone.adapters.parameters())
+    if method == 'full':  # the wrapper freezes nothing (R-50's own frozen_stages=1 stays)
+        plain = build_in_scope(cfg.default_scope, original.backbone)
+        assert report.backbone_trainable == sum(
+            p.numel() for p in plain.parameters() if p.requires_grad) > 0.9 * report.backbone
+    elif method == 'linear_probe':
+        assert report.backbone_trainable == 0
+    elif method == 'bitfit':
+        trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+        assert trainable and all(n.endswith('bias') for n in trainable)
+    else:  # an adapter method: only its modules train, under 10% of the backbone
+        adapter_type = METHODS[method]['adapter']['type'].split('.')[-1]
+        assert adapter_type in {type(m).__name__ for m in backbone.modules()}
+        assert report.backbone_trainable == adapters > 0
+        assert report.backbone_share < 0.10
+
+
+def test_method_switch_needs_the_wrapper(tmp_path):
+    path = tmp_path / 'plain.py'
+    path.write_text("_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n")
+    upstream = Config.fromfile(str(path))
+    with pytest.raises(ValueError, match=r"mmslora.MSLoRABackbone.*'ResNet'.*_base_"):
+        apply_method(upstream.model.backbone, 'lora')

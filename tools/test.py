@@ -1,6 +1,6 @@
 """Evaluate a checkpoint with an mm* config (the upstream flags).
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR] [--method NAME]
                          [--cfg-options k=v ...] [--launcher ...]
 """
 import argparse

@@ -1,6 +1,6 @@
 """Train a model from an mm* config with MSLoRA available (the upstream flags).
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--method NAME]
                           [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 
 Runs on CPU when no GPU is present. ``import mmslora`` registers the adapters and

@@ -6,6 +6,8 @@ import os.path as osp
 import torch
 from mmengine.config import Config, DictAction
 
+from mmslora.models.peers import METHODS, apply_method
+
 REPORT_HOOK = 'mmslora.ParameterReportHook'
 RANDOM_STATE_HOOK = 'mmslora.RandomStateHook'
 FIT_HOOK = 'mmslora.CheckpointFitHook'
@@ -29,21 +31,32 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument(
+        '--method', choices=list(METHODS),
+        help='switch the MSLoRABackbone of the config to this fine-tuning method (its '
+             'defaults, mmslora.models.peers.METHODS; tune it with --cfg-options, e.g. '
+             'model.backbone.adapter.hidden_dim=32); the default work dir gets the '
+             'method as suffix')
 
 
 def load_cli_config(args: argparse.Namespace) -> Config:
-    """Load ``args.config`` and apply ``--cfg-options``, ``--launcher`` and
-    ``--work-dir`` (default ``./work_dirs/<config name>``), as upstream's tools do."""
+    """Load ``args.config`` and apply ``--method`` (then ``--cfg-options``, so they can
+    tune the method), ``--launcher`` and ``--work-dir`` (default
+    ``./work_dirs/<config name>[_<method>]``), as upstream's tools do."""
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
+    method = getattr(args, 'method', None)
+    if method is not None:
+        cfg.model.backbone = apply_method(cfg.model.get('backbone'), method)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+        name = osp.splitext(osp.basename(args.config))[0]
+        cfg.work_dir = osp.join('./work_dirs', f'{name}_{method}' if method else name)
     return cfg
 
 

@@ -3,8 +3,8 @@ bottleneck adapters, Mona, LoRA, and the presets of :mod:`.methods` (full
 fine-tuning, linear probe, BitFit, ...)."""
 from .bottleneck import BottleneckAdapter
 from .lora import LoRA
-from .methods import METHODS, wrapper_cfg, wrapper_kwargs
+from .methods import METHODS, apply_method, wrapper_cfg, wrapper_kwargs
 from .mona import MonaAdapter, MonaFilter
 
 __all__ = ['BottleneckAdapter', 'LoRA', 'MonaAdapter', 'MonaFilter', 'METHODS',
-           'wrapper_kwargs', 'wrapper_cfg']
+           'apply_method', 'wrapper_kwargs', 'wrapper_cfg']

@@ -23,7 +23,8 @@ Use::
     backbone = dict(type='mmslora.MSLoRABackbone', backbone=dict(type='mmdet.ResNet', depth=50),
                     **wrapper_kwargs('lora', adapter=dict(rank=4)))
 
-or :func:`wrapper_cfg` for the whole config dict.
+or :func:`wrapper_cfg` for the whole config dict, or :func:`apply_method` to switch an
+existing wrapper config (``tools/train.py CONFIG --method mona`` does that).
 """
 import copy
 from typing import Dict
@@ -63,3 +64,28 @@ def wrapper_cfg(method: str, backbone: dict, **overrides) -> dict:
     """``dict(type='mmslora.MSLoRABackbone', backbone=backbone, **wrapper_kwargs(...))``."""
     return dict(type='mmslora.MSLoRABackbone', backbone=copy.deepcopy(backbone),
                 **wrapper_kwargs(method, **overrides))
+
+
+WRAPPER_TYPES = ('mmslora.MSLoRABackbone', 'MSLoRABackbone')
+METHOD_KEYS = ('adapter', 'freeze', 'trainable')  # what a method sets in the wrapper
+
+
+def apply_method(wrapper: dict, method: str, **overrides) -> dict:
+    """A copy of the ``MSLoRABackbone`` config ``wrapper`` switched to ``method``.
+
+    The method's keys (``adapter``, ``freeze``, ``trainable``) replace the wrapper's;
+    everything else (the inner backbone, ``pretrained``, ``blocks``, ``norm_eval``, ...)
+    is kept, so the methods compared differ in nothing but the method.
+    ``overrides`` as in :func:`wrapper_kwargs`.
+    """
+    if not isinstance(wrapper, dict) or wrapper.get('type') not in WRAPPER_TYPES:
+        kind = wrapper.get('type') if isinstance(wrapper, dict) else type(wrapper).__name__
+        raise ValueError(
+            f'switching to method {method!r} needs model.backbone to be '
+            f"'mmslora.MSLoRABackbone', but it is {kind!r}; wrap the backbone first: "
+            "model = dict(backbone=dict(_base_.mslora_backbone, backbone=<your "
+            "backbone>)) with configs/_base_/mslora.py among the _base_ files.")
+    switched = {k: copy.deepcopy(v) for k, v in wrapper.items()
+                if k not in METHOD_KEYS and k != '_delete_'}
+    switched.update(wrapper_kwargs(method, **overrides))
+    return switched
