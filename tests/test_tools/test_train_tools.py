@@ -98,14 +98,38 @@ def test_segmentation_trains_and_validates(nuclei_root, tmp_path):
     assert 0 <= latest_metrics(str(tmp_path), 'mIoU')['mIoU'] <= 100
 
 
+def cls_options(root):
+    return [f'train_dataloader.dataset.data_root={root}',
+            f'val_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.data_root={root}',
+            'train_dataloader.dataset.indices=64', 'val_dataloader.dataset.indices=64',
+            'test_dataloader.dataset.indices=64', 'train_dataloader.batch_size=8']
+
+
 def test_classification_trains_and_validates(fashion_root, tmp_path):
-    cls = [f'train_dataloader.dataset.data_root={fashion_root}',
-           f'val_dataloader.dataset.data_root={fashion_root}',
-           'train_dataloader.dataset.indices=64', 'val_dataloader.dataset.indices=64',
-           'train_dataloader.batch_size=8']
     run_tool('tools/train.py', CLS, '--work-dir', str(tmp_path), '--cfg-options',
-             *iters_options(2), *cls)
+             *iters_options(2), *cls_options(fashion_root))
     assert 0 <= latest_metrics(str(tmp_path), 'accuracy/top1')['accuracy/top1'] <= 100
+
+
+def test_method_switch_trains_and_tests_a_peer(fashion_root, tmp_path):
+    """``--method mona``: the same config trains Mona; its checkpoint is evaluated with
+    the same switch and refused, naming the mismatch, without it."""
+    work, mona = str(tmp_path / 'train'), ['model.backbone.adapter.hidden_dim=16']
+    log = run_tool('tools/train.py', CLS, '--method', 'mona', '--work-dir', work,
+                   '--cfg-options', *iters_options(2), *cls_options(fashion_root), *mona)
+    assert 'MonaAdapter' in log and 'trainable / backbone' in log
+    ckpt = osp.join(work, 'iter_2.pth')
+    log = run_tool('tools/test.py', CLS, ckpt, '--method', 'mona', '--work-dir',
+                   str(tmp_path / 'test'), '--cfg-options', *cls_options(fashion_root), *mona)
+    assert 'accuracy/top1' in log
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, 'tools/test.py', CLS, ckpt, '--work-dir',
+                           str(tmp_path / 'refused'), '--cfg-options',
+                           *cls_options(fashion_root)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert 'does not fit the model (nothing was loaded)' in proc.stderr
 
 
 def test_count_params_tool_prints_the_report():
