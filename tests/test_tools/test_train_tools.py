@@ -130,6 +130,7 @@ def test_method_switch_trains_and_tests_a_peer(fashion_root, tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert 'does not fit the model (nothing was loaded)' in proc.stderr
+    assert "adapter.type: checkpoint 'mmslora.MonaAdapter'" in proc.stderr
 
 
 def test_count_params_tool_prints_the_report():
