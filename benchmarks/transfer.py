@@ -242,8 +242,11 @@ def run_one(task: str, method: str, seed: int, work_root: str, keep_work_dir=Fal
     wall = time.time() - start
     report = count_parameters(runner.model)
     key = TASKS[task]['metric']
-    curve = [dict(iter=p['iter'], **{k: p[k] for k in (key, ) + TASKS[task]['extra'] if k in p})
-             for p in recorder.curve]
+    keys = (key, ) + TASKS[task]['extra']
+    curve = [dict(iter=p['iter'], **{k: p[k] for k in keys if k in p}) for p in recorder.curve]
+    if task == 'det':  # CocoMetric returns no metrics when nothing was detected: AP 0
+        curve = [dict({k: 0.0 for k in keys}, no_detections=True, **p) if key not in p else p
+                 for p in curve]
     if not curve or key not in curve[-1]:
         raise RuntimeError(f'{task}/{method}/seed {seed}: no {key!r} in {recorder.curve}')
     record = dict(task=task, method=method, seed=seed, iters=schedule['iters'],
@@ -351,7 +354,9 @@ def plot_convergence(path: str, records: Sequence[dict]) -> None:
             if not rs:
                 continue
             its = [p['iter'] for p in rs[0]['curve']]
-            vals = np.array([[_scale(task, p[r['metric']]) for p in r['curve']] for r in rs
+            # mmdet's CocoMetric returns no metrics when nothing was detected: AP 0
+            vals = np.array([[_scale(task, p.get(r['metric'], 0.0)) for p in r['curve']]
+                             for r in rs
                              if len(r['curve']) == len(its)])
             mean, std = vals.mean(0), vals.std(0, ddof=1) if len(vals) > 1 else 0 * vals[0]
             style = dict(lw=2.5, color='black') if method == 'mslora' else dict(lw=1.3)
