@@ -25,9 +25,9 @@ Schedules (:data:`SCHEDULES`, ``--schedule``):
 * ``quick`` (``--quick``): cls 30 iterations at batch 16 on the first 2000 training
   images, evaluated on the first 300 test images every 10 iterations; seg 10
   iterations (batch 4, the 5 training tiles) evaluated every 5. On 2 idle cores a run
-  takes 15-25 s, the grid (2 tasks x 7 methods x 3 seeds) about 15 minutes.
+  takes 9-19 s, the grid (2 tasks x 7 methods x 3 seeds) 10.6 minutes.
 * ``medium``: cls 120 iterations on 4000 / 600 images, seg 40, det 20; all three tasks,
-  about 70 minutes on 2 idle cores: the longest grid that fits a CPU session.
+  59 minutes on 2 idle cores: the longest grid that fits a CPU session.
 * ``full`` (default): cls 1000 iterations on 10000 / 2000 images, seg 500, det 300;
   hours of CPU per task, meant for a GPU or a long CPU job.
 
@@ -49,7 +49,7 @@ every run, and ``--resume`` skips runs it already holds.
 Usage::
 
     .venv/bin/python benchmarks/transfer.py --quick            # cls + seg, 3 seeds
-    .venv/bin/python benchmarks/transfer.py --schedule medium  # cls + seg + det, ~70 min
+    .venv/bin/python benchmarks/transfer.py --schedule medium  # cls + seg + det, ~60 min
     .venv/bin/python benchmarks/transfer.py                    # cls + seg + det, long
     .venv/bin/python benchmarks/transfer.py --quick --tasks cls --methods mslora lora
 """
@@ -98,7 +98,7 @@ SCHEDULES = dict(
     quick=dict(cls=dict(iters=30, val_interval=10, n_train=2000, n_val=300, batch_size=16),
                seg=dict(iters=10, val_interval=5),
                det=dict(iters=30, val_interval=15)),
-    # about 70 min on 2 idle cores, all three tasks
+    # about 60 min on 2 idle cores, all three tasks
     medium=dict(cls=dict(iters=120, val_interval=30, n_train=4000, n_val=600, batch_size=16),
                 seg=dict(iters=40, val_interval=10),
                 det=dict(iters=20, val_interval=10)),
@@ -401,7 +401,7 @@ def run_grid(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--schedule', choices=list(SCHEDULES), default='full',
-                        help='quick: ~20 min on 2 cores (cls, seg); medium: ~70 min on 2 '
+                        help='quick: ~11 min on 2 cores (cls, seg); medium: ~60 min on 2 '
                              'cores (cls, seg, det); full: long schedules (a GPU or a '
                              'long CPU job)')
     parser.add_argument('--quick', action='store_true', help='same as --schedule quick')
