@@ -330,7 +330,7 @@ def markdown(results: dict, meta: dict) -> str:
         f"{meta.get('infer_rounds', meta['rounds'])} inference rounds after "
         f"{meta['warmup']} warm-up; times are medians over rounds, time ratios the median "
         f"over rounds of the ratio within a round.  ",
-        f"Other processes on the machine used on average "
+        "Other processes on the machine used on average "
         + ', '.join(f'{v:.2f} CPUs during {k}' for k, v in meta['others_cpus'].items())
         + f" (load average {meta['loadavg']} at start, {meta['loadavg_end']} at end).  ",
         f"Date: {meta['date']}. Random initialisation.", '',

@@ -242,11 +242,9 @@ def run_one(task: str, method: str, seed: int, work_root: str, keep_work_dir=Fal
     wall = time.time() - start
     report = count_parameters(runner.model)
     key = TASKS[task]['metric']
-    keys = (key, ) + TASKS[task]['extra']
-    curve = [dict(iter=p['iter'], **{k: p[k] for k in keys if k in p}) for p in recorder.curve]
-    if task == 'det':  # CocoMetric returns no metrics when nothing was detected: AP 0
-        curve = [dict({k: 0.0 for k in keys}, no_detections=True, **p) if key not in p else p
-                 for p in curve]
+    curve = complete_curve(task, [
+        dict(iter=p['iter'], **{k: p[k] for k in (key, ) + TASKS[task]['extra'] if k in p})
+        for p in recorder.curve])
     if not curve or key not in curve[-1]:
         raise RuntimeError(f'{task}/{method}/seed {seed}: no {key!r} in {recorder.curve}')
     record = dict(task=task, method=method, seed=seed, iters=schedule['iters'],
@@ -260,6 +258,26 @@ def run_one(task: str, method: str, seed: int, work_root: str, keep_work_dir=Fal
     if not keep_work_dir:
         shutil.rmtree(work_dir, ignore_errors=True)
     return record
+
+
+def complete_curve(task: str, curve: List[dict]) -> List[dict]:
+    """``curve`` with every detection evaluation that has no metrics set to AP 0 and
+    marked ``no_detections`` (mmdet's CocoMetric returns no metrics when nothing was
+    detected)."""
+    if task != 'det':
+        return curve
+    keys = (TASKS[task]['metric'], ) + TASKS[task]['extra']
+    return [p if keys[0] in p else dict({k: 0.0 for k in keys}, no_detections=True, **p)
+            for p in curve]
+
+
+def load_results(json_path: str) -> dict:
+    """A transfer.json, its curves completed as :func:`complete_curve` does."""
+    with open(json_path) as f:
+        results = json.load(f)
+    for r in results['runs']:
+        r['curve'] = complete_curve(r['task'], r['curve'])
+    return results
 
 
 def _scale(task: str, value: float) -> float:
@@ -354,9 +372,7 @@ def plot_convergence(path: str, records: Sequence[dict]) -> None:
             if not rs:
                 continue
             its = [p['iter'] for p in rs[0]['curve']]
-            # mmdet's CocoMetric returns no metrics when nothing was detected: AP 0
-            vals = np.array([[_scale(task, p.get(r['metric'], 0.0)) for p in r['curve']]
-                             for r in rs
+            vals = np.array([[_scale(task, p[r['metric']]) for p in r['curve']] for r in rs
                              if len(r['curve']) == len(its)])
             mean, std = vals.mean(0), vals.std(0, ddof=1) if len(vals) > 1 else 0 * vals[0]
             style = dict(lw=2.5, color='black') if method == 'mslora' else dict(lw=1.3)
@@ -441,8 +457,7 @@ def main(argv=None):
     command = '.venv/bin/python benchmarks/transfer.py ' + ' '.join(
         argv if argv is not None else sys.argv[1:])
     if args.resume and osp.exists(json_path):
-        with open(json_path) as f:
-            prior = json.load(f)
+        prior = load_results(json_path)
         records = prior['runs']
         commands = prior['meta'].get('commands', [prior['meta']['command']])
         prior_min = prior['meta']['wall_min']
@@ -450,8 +465,7 @@ def main(argv=None):
     if args.report_only:
         if not osp.exists(json_path):
             raise FileNotFoundError(f'--report-only: no {json_path}')
-        with open(json_path) as f:
-            prior = json.load(f)
+        prior = load_results(json_path)
         meta = dict(prior['meta'], notes=prior['meta'].get('notes', []) + list(args.note))
         reported = on_schedule(prior['runs'], meta['schedules'])
         summary = summarize(reported)

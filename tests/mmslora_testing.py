@@ -17,7 +17,8 @@ CLS = osp.join(ROOT, 'configs/demo/effnet-lite0-mslora_fashion-mnist.py')
 
 
 def load_tool(relative_path: str):
-    """Import a script under tools/ as a module (tools/ is not a package)."""
+    """Import a script of the repository (tools/, benchmarks/: not packages) as a
+    module, once."""
     name = 'mmslora_tool_' + relative_path.replace('/', '_').replace('.py', '')
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, relative_path))

@@ -23,11 +23,8 @@ from mmslora.utils.checkpoint import DamagedCheckpointError, safe_torch_load
 from mmslora.utils.data_check import DataNotFoundError, check_data
 from mmslora_testing import CLS, DET, SEG, load_tool
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-
-
 pytestmark = pytest.mark.usefixtures('one_thread')
+
 
 def resnet_wrapper(depth=18, **adapter):
     torch.manual_seed(0)

@@ -47,7 +47,7 @@ def load_cli_config(args: argparse.Namespace) -> Config:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
-    method = getattr(args, 'method', None)
+    method = args.method
     if method is not None:
         cfg.model.backbone = apply_method(cfg.model.get('backbone'), method)
     if args.cfg_options is not None:

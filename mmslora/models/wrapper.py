@@ -10,7 +10,6 @@ import functools
 import re
 from typing import Dict, List, Optional, Sequence, Union
 
-import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 

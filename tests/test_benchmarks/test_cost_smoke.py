@@ -1,25 +1,15 @@
 """Smoke test of benchmarks/cost.py on a tiny ResNet: every column is filled and the
 memory accounting sees what it should."""
-import importlib.util
 import json
-import os.path as osp
 
 import torch
 import torch.nn as nn
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        'mmslora_bench_cost', osp.join(ROOT, 'benchmarks', 'cost.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from mmslora_testing import load_tool
 
 
 def test_step_peak_bytes_sees_a_large_temporary():
-    cost = _load()
+    cost = load_tool('benchmarks/cost.py')
     size = 4 * 2 ** 20  # floats: 16 MiB
 
     def step():
@@ -33,7 +23,7 @@ def test_step_peak_bytes_sees_a_large_temporary():
 
 
 def test_cost_table_on_a_tiny_backbone(tmp_path):
-    cost = _load()
+    cost = load_tool('benchmarks/cost.py')
     cfg = dict(type='mmdet.ResNet', depth=18, out_indices=(3, ), init_cfg=None)
     methods = ['full', 'linear_probe', 'lora', 'mslora', 'mslora_cp']
     result = cost.measure_backbone('R-18', 'mmdet', cfg, methods, batch=1, img=32, rounds=2,
@@ -59,7 +49,7 @@ def test_cost_table_on_a_tiny_backbone(tmp_path):
 
 
 def test_saved_activation_bytes_leave_parameters_out():
-    cost = _load()
+    cost = load_tool('benchmarks/cost.py')
     model = nn.Linear(256, 256)
     trainer = cost.Trainer(model, torch.randn(8, 256))
     # Linear saves its input (8 x 256 floats) for the weight gradient and the loss's

@@ -1,21 +1,11 @@
 """Smoke test of benchmarks/transfer.py: 2 iterations of two methods on tiny subsets."""
-import importlib.util
 import json
-import os.path as osp
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        'mmslora_bench_transfer', osp.join(ROOT, 'benchmarks', 'transfer.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from mmslora_testing import load_tool
 
 
 def test_transfer_smoke(tmp_path):
-    transfer = _load()
+    transfer = load_tool('benchmarks/transfer.py')
     assert set(transfer.ALL_METHODS) <= set(transfer.METHODS)
     schedules = dict(cls=dict(iters=2, val_interval=1, n_train=16, n_val=16, batch_size=8))
     records = transfer.run_grid(['cls'], ['linear_probe', 'mslora'], [0], schedules,
@@ -51,3 +41,19 @@ def test_transfer_smoke(tmp_path):
     transfer.plot_convergence(str(png), records)
     assert png.stat().st_size > 1000
     json.dumps(records)  # serialisable
+
+
+def test_an_evaluation_without_detections_counts_as_ap_zero(tmp_path):
+    """mmdet's CocoMetric returns no metrics when nothing was detected; the report
+    (also of a JSON written before this rule) reads that as AP 0, marked."""
+    transfer = load_tool('benchmarks/transfer.py')
+    curve = [dict(iter=10), dict(iter=20, **{'coco/bbox_mAP': 0.3, 'coco/segm_mAP': 0.2,
+                                             'coco/bbox_mAP_50': 0.5})]
+    done = transfer.complete_curve('det', curve)
+    assert done[0] == {'iter': 10, 'coco/bbox_mAP': 0.0, 'coco/segm_mAP': 0.0,
+                       'coco/bbox_mAP_50': 0.0, 'no_detections': True}
+    assert done[1] == curve[1]
+    assert transfer.complete_curve('cls', [dict(iter=1)]) == [dict(iter=1)]
+    path = tmp_path / 'transfer.json'
+    path.write_text(json.dumps(dict(runs=[dict(task='det', curve=curve)])))
+    assert transfer.load_results(str(path))['runs'][0]['curve'] == done

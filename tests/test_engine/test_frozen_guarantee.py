@@ -13,7 +13,6 @@ gradient checkpointing (``with_cp=True`` on an mmdet ResNet-18 inside
 * every adapter tensor received a non-zero gradient, and the adapters moved.
 """
 import copy
-import os.path as osp
 
 import pytest
 import torch
@@ -29,12 +28,10 @@ from mmslora.models import MSLoRABackbone
 from mmslora.utils.checkpoint import safe_torch_load
 from mmslora_testing import CLS, DET, SEG
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 ITERS = 2  # a zero-initialised adapter branch passes gradients from step 2 on
 
-
-
 pytestmark = pytest.mark.usefixtures('one_thread')
+
 
 class FrozenProbe(Hook):
     """Snapshots the wrapped backbone and the adapters when training starts (after

@@ -62,8 +62,8 @@ def wrapper_kwargs(method: str, **overrides) -> dict:
 
 def wrapper_cfg(method: str, backbone: dict, **overrides) -> dict:
     """``dict(type='mmslora.MSLoRABackbone', backbone=backbone, **wrapper_kwargs(...))``."""
-    return dict(type='mmslora.MSLoRABackbone', backbone=copy.deepcopy(backbone),
-                **wrapper_kwargs(method, **overrides))
+    return apply_method(dict(type='mmslora.MSLoRABackbone', backbone=backbone), method,
+                        **overrides)
 
 
 WRAPPER_TYPES = ('mmslora.MSLoRABackbone', 'MSLoRABackbone')
