@@ -52,7 +52,7 @@ sys.path.insert(0, ROOT)
 
 import mmslora  # noqa: E402,F401  (registers the modules)
 from mmslora.models.peers import METHODS, wrapper_cfg  # noqa: E402
-from mmslora.utils import count_parameters  # noqa: E402
+from mmslora.models import count_parameters  # noqa: E402
 
 TARGETS = dict(train=0.8, memory=0.75, inference=1.10)  # MSLoRA's, vs full FT / plain
 # measured besides METHODS: name -> (method, wrapper_kwargs overrides)

@@ -72,7 +72,7 @@ sys.path.insert(0, ROOT)
 
 import mmslora  # noqa: E402,F401  (registers the modules)
 from mmslora.models.peers import METHODS, apply_method, wrapper_kwargs  # noqa: E402
-from mmslora.utils import count_parameters  # noqa: E402
+from mmslora.models import count_parameters  # noqa: E402
 
 ALL_METHODS = ('full', 'linear_probe', 'bitfit', 'lora', 'adapter', 'mona', 'mslora')
 METHOD_NAMES = dict(full='Full fine-tuning', linear_probe='Linear probe', bitfit='BitFit',

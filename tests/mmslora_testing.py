@@ -2,13 +2,18 @@
 folder on sys.path; the name avoids mmseg's top-level `tests` package)."""
 import copy
 import importlib.util
+import os
 import os.path as osp
 import sys
 
+import numpy as np
 import torch
 import torch.nn as nn
+from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
 from mmengine.registry import DefaultScope
+from mmengine.runner import Runner
+from torch.utils.data import Dataset
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET = osp.join(ROOT, 'configs/demo/mask-rcnn_effnet-lite0-mslora_fpn_nuclei.py')
@@ -81,3 +86,112 @@ class ToyRegressor(BaseModel):
         if mode == 'predict':
             return list(out.detach())
         return out
+
+
+# Tiny backbone configs shared by the model tests (fast on CPU, real mm* classes).
+TINY_SWIN = dict(embed_dims=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
+                 out_indices=(0, 1), strides=(4, 2), init_cfg=None)
+TINY_VIT_MMSEG = dict(img_size=(64, 64), patch_size=16, embed_dims=32, num_layers=2,
+                      num_heads=2, mlp_ratio=2, out_indices=(1, ), init_cfg=None)
+TINY_VIT_MMPRETRAIN = dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2,
+                                     feedforward_channels=64),
+                           img_size=64, patch_size=16, out_type='featmap', init_cfg=None)
+RESNET18 = dict(type='mmdet.ResNet', depth=18, init_cfg=None)
+
+
+def wrap(backbone_cfg, **kwargs):
+    """An ``mmslora.MSLoRABackbone`` config around ``backbone_cfg``."""
+    return dict(type='mmslora.MSLoRABackbone', backbone=backbone_cfg, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# Checkpoint tests: a toy Runner whose checkpoints hold what OpenMMLab's do
+# (HistoryBuffers, numpy scalars, a MultiStepLR), and loaded-state comparisons
+# --------------------------------------------------------------------------
+def snapshot(model):
+    """Detached copies of ``model``'s state dict."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, before):
+    """``model``'s state dict equals the ``snapshot`` ``before``."""
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
+    assert not changed, f'the failed load changed {changed[:5]}'
+
+
+def toy_model() -> ToyRegressor:
+    return ToyRegressor(nn.Linear(2, 1))
+
+
+class ToyDataset(Dataset):
+    """16 fixed random (2 features, 1 target) samples."""
+
+    def __init__(self):
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(16, 2, generator=gen)
+        self.y = torch.randn(16, generator=gen)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, idx):
+        return dict(inputs=self.x[idx], labels=self.y[idx])
+
+
+class ToyMetric(BaseMetric):
+    """Returns numpy scalars, as many OpenMMLab metrics do."""
+    default_prefix = 'toy'
+
+    def process(self, data_batch, data_samples):
+        labels = torch.stack(data_batch['labels'])
+        err = (torch.stack(data_samples) - labels).abs().mean()
+        self.results.append(float(err))
+
+    def compute_metrics(self, results):
+        return dict(mae=np.float32(np.mean(results)),
+                    mae64=np.float64(np.mean(results)),
+                    n=np.int64(len(results)))
+
+
+def checkpointing_runner(work_dir, name, by_epoch=False, max_iters=4, max_epochs=2,
+                         **kwargs):
+    """A Runner of :func:`toy_model` on :class:`ToyDataset` that validates with
+    :class:`ToyMetric` and writes checkpoints (every 2 iterations, or every epoch)."""
+    if by_epoch:
+        train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=1)
+        checkpoint = dict(type='CheckpointHook', interval=1)
+    else:
+        train_cfg = dict(by_epoch=False, max_iters=max_iters, val_interval=2)
+        checkpoint = dict(type='CheckpointHook', interval=2, by_epoch=False,
+                          save_best='toy/mae', rule='less')
+    return Runner(
+        model=toy_model(),
+        work_dir=str(work_dir),
+        experiment_name=name,
+        train_dataloader=dict(dataset=ToyDataset(),
+                              sampler=dict(type='DefaultSampler', shuffle=True),
+                              batch_size=4, num_workers=0),
+        val_dataloader=dict(dataset=ToyDataset(),
+                            sampler=dict(type='DefaultSampler', shuffle=False),
+                            batch_size=4, num_workers=0),
+        val_evaluator=dict(type=ToyMetric),
+        val_cfg=dict(),
+        train_cfg=train_cfg,
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9)),
+        param_scheduler=dict(type='MultiStepLR', milestones=[3], by_epoch=False),
+        default_hooks=dict(checkpoint=checkpoint),
+        randomness=dict(seed=0),
+        log_level='WARNING',
+        **kwargs)
+
+
+def evil_checkpoint(path, marker):
+    """A checkpoint whose unpickling runs ``touch marker``."""
+    class Payload:
+
+        def __reduce__(self):
+            return (os.system, (f'touch {marker}', ))
+
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': Payload()}, str(path))

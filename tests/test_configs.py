@@ -10,10 +10,9 @@ import pytest
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
-from mmslora.engine.training import add_common_args, load_cli_config
-from mmslora.models import MSLoRABackbone
+from mmslora.cli import add_common_args, load_cli_config
+from mmslora.models import MSLoRABackbone, count_parameters
 from mmslora.models.peers import METHODS, apply_method
-from mmslora.utils import count_parameters
 from mmslora.utils.config import build_model_from_config, disable_pretrained
 from mmslora_testing import build_in_scope
 

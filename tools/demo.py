@@ -65,7 +65,7 @@ def main(argv=None):
     run('4/6 evaluation (CocoMetric bbox + segm) and painted predictions',
         'tools/test.py', CONFIG, checkpoint, '--work-dir', work, '--show-dir', 'predictions',
         '--cfg-options', *options)
-    adapter = osp.join(work, 'adapter.pth')
+    adapter = osp.join(work, 'adapter')
     run('5/6 adapter-only checkpoint', 'tools/export_adapter.py', CONFIG, checkpoint, adapter,
         '--verify')
     run('6/6 where the adapters reweight', 'tools/analysis_tools/visualize_reweighting.py',
@@ -77,7 +77,7 @@ def main(argv=None):
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
         print(f'{key:<20} {metrics.get(key)}')
     print(f'training checkpoint  {checkpoint}')
-    print(f'adapter-only file    {adapter}')
+    print(f'adapter files        {adapter}/ (safetensors + JSON)')
     print(f'painted predictions  {newest(osp.join(work, "*", "predictions"))}')
     print(f'reweighting maps     {osp.join(work, "reweighting")}')
     print(f'logs and metrics     {work}/<run>/')

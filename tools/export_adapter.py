@@ -1,16 +1,19 @@
-"""Turn a training checkpoint into an adapter-only file.
+"""Turn a training checkpoint into adapter files.
 
-    python tools/export_adapter.py CONFIG CHECKPOINT OUT [--cfg-options k=v ...]
+    python tools/export_adapter.py CONFIG CHECKPOINT OUT [--verify] [--cfg-options k=v ...]
 
-The file holds every tensor that training changed (adapters, necks, heads, any
-unfrozen backbone parameter) and, in ``meta``, the adapter configs and the mmslora
-version; the frozen pretrained backbone is left out. Load it with
-``mmslora.utils.load_adapter(model, OUT)`` onto a model built from CONFIG with its
+OUT is a directory that gets ``adapter_model.safetensors`` (every tensor that training
+changed: adapters, necks, heads, any unfrozen backbone parameter; no pickle) and
+``adapter_config.json`` (the adapter configs, the backbone's type, the mmslora and
+torch versions); the frozen pretrained backbone is left out. An OUT ending in ``.pth``
+writes the earlier single-file format (deprecated). Load it with
+``mmslora.models.load_adapter(model, OUT)`` onto a model built from CONFIG with its
 pretrained backbone: the predictions are those of the trained model, exactly.
 """
 import argparse
 import io
 import os
+import os.path as osp
 
 import torch
 
@@ -18,7 +21,8 @@ from mmengine.config import DictAction
 from mmengine.runner import load_checkpoint
 
 import mmslora
-from mmslora.utils import load_adapter, save_adapter
+from mmslora.models import load_adapter, save_adapter
+from mmslora.models.adapter_io import CONFIG_NAME, WEIGHTS_NAME
 from mmslora.utils.config import build_model_from_config, disable_pretrained, load_config
 
 
@@ -37,10 +41,18 @@ def verify_adapter(config: str, trained, adapter_file: str, cfg_options=None) ->
     return len(want)
 
 
+def written_bytes(out: str) -> int:
+    """The size of the adapter files at ``out`` (a directory or a ``.pth``)."""
+    if osp.isdir(out):
+        return sum(osp.getsize(osp.join(out, name)) for name in (WEIGHTS_NAME, CONFIG_NAME))
+    return osp.getsize(out)
+
+
 def export_adapter(config: str, checkpoint: str, out: str, cfg_options=None,
                    verify: bool = False) -> dict:
     """Export; return ``dict(meta, checkpoint_bytes, weights_bytes, adapter_bytes)``
-    (``weights_bytes``: the model's full state dict serialised, for the size ratio)."""
+    (``weights_bytes``: the model's full state dict serialised, for the size ratio;
+    ``adapter_bytes``: both adapter files)."""
     cfg = disable_pretrained(load_config(config, cfg_options))
     model = build_model_from_config(cfg)
     load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
@@ -51,7 +63,7 @@ def export_adapter(config: str, checkpoint: str, out: str, cfg_options=None,
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return dict(meta=meta, checkpoint_bytes=os.path.getsize(checkpoint),
-                weights_bytes=buffer.tell(), adapter_bytes=os.path.getsize(out))
+                weights_bytes=buffer.tell(), adapter_bytes=written_bytes(out))
 
 
 def main(argv=None):

@@ -42,10 +42,9 @@ from typing import Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
-from mmengine.model import BaseModule
 
 from mmslora.registry import MODELS
+from .base import BlockAdapter
 
 
 def _check_divisible(name: str, value: int, groups: int) -> None:
@@ -223,11 +222,11 @@ def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
 
 
 @MODELS.register_module()
-class MSLoRAAdapter(BaseModule):
+class MSLoRAAdapter(BlockAdapter):
     """MSLoRA: ``F_hat = F + Proj(F) * Trans(F)`` on a (B, C, H, W) feature map.
 
-    See the module docstring for the equations and for which details are the
-    paper's and which are mmslora's choices.
+    A :class:`~mmslora.models.base.BlockAdapter`. See the module docstring for the
+    equations and for which details are the paper's and which are mmslora's choices.
 
     Args:
         channels (int): C, channels of the block output it adapts.
@@ -241,17 +240,19 @@ class MSLoRAAdapter(BaseModule):
         with_cp (bool): gradient checkpointing of the adapter: keep only its input
             from forward to backward and recompute the rest there (less training
             memory, one more adapter forward per step; same values). Default False.
-        init_cfg (dict, optional): MMEngine initialisation config. Default None
-            (the zero start described above).
+        init_cfg (dict, optional): MMEngine initialisation config. Default None.
+            ``Proj``'s up-projection is set back to zero after it (the zero start).
     """
+
+    zero_init = ('proj.up.weight', )
 
     def __init__(self, channels: int, hidden_dim: int = 64, groups: int = 8,
                  kernel_sizes: Sequence[int] = (3, 5, 7), reduction: int = 4,
                  spatial_kernel: int = 7, dropout: float = 0.0, with_cp: bool = False,
                  init_cfg=None) -> None:
-        super().__init__(init_cfg=init_cfg)
-        for name, value in (('channels', channels), ('hidden_dim', hidden_dim),
-                            ('groups', groups), ('reduction', reduction)):
+        super().__init__(channels, dropout=dropout, with_cp=with_cp, init_cfg=init_cfg)
+        for name, value in (('hidden_dim', hidden_dim), ('groups', groups),
+                            ('reduction', reduction)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f'MSLoRAAdapter: {name} must be a positive int, got {value!r}.')
         _check_divisible('channels', channels, groups)
@@ -265,31 +266,23 @@ class MSLoRAAdapter(BaseModule):
                 raise ValueError(
                     f'MSLoRAAdapter: kernel size {k} must be odd and positive so the '
                     f'feature map keeps its size (use e.g. 3, 5 or 7).')
-        self.channels = channels
         self.groups = groups
         self.proj = LowRankProjection(channels, hidden_dim, groups)
         self.trans = MultiScaleTransform(channels, hidden_dim, groups, kernel_sizes,
                                          reduction, spatial_kernel)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.with_cp = with_cp
 
-    def residual(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(H(F), Trans(F))`` for a (B, C, H, W) input, layer by layer."""
+    def residual_and_gate(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(H(F), Trans(F))`` for a (B, C, H, W) input, layer by layer."""
         gate = self.trans(x)
         return self.dropout(self.proj(x) * gate), gate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``F + H(F)``: :func:`fused_mslora` (``F + residual(F)[0]`` computed in fewer
-        operations), or layer by layer while dropout is active."""
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(
-                f'MSLoRAAdapter expects a (B, {self.channels}, H, W) feature map, got shape '
-                f'{tuple(x.shape)}; check the layout given to the wrapper for this block.')
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``H(F) = Proj(F) * Trans(F)``, (B, C, H, W), layer by layer."""
+        return self.residual_and_gate(x)[0]
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """``F + H(F)``: :func:`fused_mslora` (the same values in fewer operations), or
+        layer by layer while dropout is active."""
         if self.training and not isinstance(self.dropout, nn.Identity):
-            compute = lambda f: f + self.residual(f)[0]  # noqa: E731
-        else:
-            compute = lambda f: fused_mslora(self, f)  # noqa: E731
-        if self.with_cp and torch.is_grad_enabled() and (
-                x.requires_grad or any(p.requires_grad for p in self.parameters())):
-            return checkpoint(compute, x, use_reentrant=False)
-        return compute(x)
+            return x + self.residual(x)
+        return fused_mslora(self, x)

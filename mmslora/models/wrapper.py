@@ -1,35 +1,65 @@
 """``MSLoRABackbone``: a frozen backbone with one MSLoRA adapter after each block.
 
-The same wrapper carries the peer methods (:mod:`mmslora.models.peers`): adapters
-placed after blocks (``placement = 'block'``: MSLoRA, bottleneck adapters, Mona),
-adapters on the backbone's own layers (``placement = 'layer'``: LoRA), no adapter at
-all (linear probe, BitFit) and full fine-tuning (``freeze=False``).
+The same wrapper carries the peer methods (:mod:`mmslora.models.peers`): block
+adapters (:class:`~mmslora.models.base.BlockAdapter`: MSLoRA, bottleneck adapters,
+Mona), layer adapters (:class:`~mmslora.models.base.LayerAdapter`: LoRA), no adapter at
+all (linear probe, BitFit) and full fine-tuning (``freeze=False``); and several named
+adapter sets on one frozen backbone (:meth:`MSLoRABackbone.add_adapter`).
 """
+import contextlib
 import copy
 import functools
 import re
-from typing import Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import torch.nn as nn
-from mmengine.model import BaseModule
 
 from mmslora.registry import MODELS
+from .base import AdapterHost, BlockAdapter, LayerAdapter
 from .block_presets import find_blocks, infer_channels, iter_norms
 from .layouts import apply_in_layout
+from .params import ParameterReport, print_trainable_parameters
 
 TRAINABLE_OPTIONS = ('norm', 'bias')
-PLACEMENTS = ('block', 'layer')
 DEFAULT_ADAPTER = dict(type='mmslora.MSLoRAAdapter')
-# the layer types a 'layer' adapter is offered when it does not name its own
-DEFAULT_LAYER_TYPES = (nn.Linear, nn.Conv2d)
+#: the set built from the constructor's ``adapter``; its adapters are ``adapters.*``
+DEFAULT_SET = 'default'
 
 
-def _adapter_key(block_name: str) -> str:
-    return block_name.replace('.', '_')
+def adapter_key(module_name: str) -> str:
+    """The key of the adapter of backbone module ``module_name`` in its set's
+    ``ModuleDict`` (``'layer1.0'`` -> ``'layer1_0'``)."""
+    return module_name.replace('.', '_')
+
+
+@dataclass
+class AdapterSet:
+    """One named set of adapters on the wrapped backbone.
+
+    Attributes:
+        name (str): the set's name (``'default'`` for the constructor's adapter).
+        cfg (dict | None): the adapter config it was built from.
+        modules (nn.ModuleDict): the adapters, keyed by :func:`adapter_key`.
+        blocks (dict[str, str]): block name -> layout, for block adapters.
+        layers (list[str]): the adapted layers, for layer adapters.
+        skipped_layers (dict[str, str]): layers a layer adapter declined, with why.
+    """
+    name: str
+    cfg: Optional[dict]
+    modules: nn.ModuleDict
+    blocks: Dict[str, str] = field(default_factory=dict)
+    layers: List[str] = field(default_factory=list)
+    skipped_layers: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def placement(self) -> Optional[str]:
+        """``'block'``, ``'layer'``, or None for a set without adapters."""
+        return 'block' if self.blocks else 'layer' if self.layers else None
 
 
 @MODELS.register_module()
-class MSLoRABackbone(BaseModule):
+class MSLoRABackbone(AdapterHost):
     """Wrap any backbone, freeze it, and reweight each block's output with an adapter.
 
     For every matched block with output ``F`` the wrapper returns
@@ -48,29 +78,32 @@ class MSLoRABackbone(BaseModule):
     never drift. Dropout and drop-path of the backbone follow ``train()`` as usual.
     ``freeze=False`` (full fine-tuning) turns all of this off.
 
-    Peers (:mod:`mmslora.models.peers`, presets in ``peers.METHODS``) use the same
-    wrapper: another block adapter (``BottleneckAdapter``, ``MonaAdapter``), a layer
-    adapter (``LoRA``, hooked on the backbone's own Linear/Conv2d layers, adapters
-    under ``adapters.<layer name with '.' as '_'>``), ``adapter=None`` (linear probe,
-    BitFit) or ``freeze=False`` (full fine-tuning).
+    Switching: ``with wrapper.disable_adapters():`` runs the plain frozen backbone;
+    :meth:`remove_adapters` detaches the hooks for good. Named sets (the way peft
+    serves several tasks from one base model): :meth:`add_adapter` builds another set
+    on the same frozen backbone (its adapters under ``adapter_sets.<name>.*``),
+    :meth:`set_adapter` picks the one that runs and trains, :meth:`adapters_of` gives a
+    set's modules; ``mmslora.models.save_adapter(model, dir, adapter_name=...)`` writes
+    one set.
 
     Args:
         backbone (dict): config of the backbone to wrap, e.g.
             ``dict(type='mmdet.ResNet', depth=50)``.
-        adapter (dict, optional): config of the adapter. Its class's ``placement``
-            attribute says where it goes (``'block'`` when absent):
+        adapter (dict, optional): config of the adapter; its class says where it goes:
 
-            * ``'block'``: one adapter after each block, built with ``channels``
-              inferred per block; ``forward(F)`` returns ``F + H(F)``.
-            * ``'layer'``: one adapter on each targeted ``nn.Linear`` / ``nn.Conv2d``
-              of the backbone, built by ``cls.from_layer(layer, **cfg)``; the hook
-              returns ``layer(x) + adapter(x)``. ``targets`` in the config (a regex,
-              or a list of them, matched in full against ``named_modules()`` names)
-              picks the layers; default: every layer of ``cls.layer_types`` (Linear
-              and Conv2d). Layers the class declines (``cls.skip_reason(layer)``, e.g.
-              LoRA on grouped/depthwise convolutions) and the projections of
-              ``torch.nn.MultiheadAttention`` (used functionally, so a hook on them
-              never fires) are listed in ``skipped_layers`` with the reason.
+            * a :class:`~mmslora.models.base.BlockAdapter` (MSLoRA, Adapter, Mona):
+              one adapter after each block, built with ``channels`` inferred per
+              block; ``forward(F)`` returns ``F + H(F)``.
+            * a :class:`~mmslora.models.base.LayerAdapter` (LoRA): one adapter on each
+              targeted layer of ``cls.layer_types`` (Linear and Conv2d for LoRA),
+              built by ``cls.from_layer(layer, **cfg)``; the hook returns
+              ``layer(x) + adapter(x)``. ``targets`` in the config (a regex, or a list
+              of them, matched in full against ``named_modules()`` names) picks the
+              layers; default: every layer of ``cls.layer_types``. Layers the class
+              declines (``cls.skip_reason(layer)``, e.g. LoRA on grouped/depthwise
+              convolutions) and the projections of ``torch.nn.MultiheadAttention``
+              (used functionally, so a hook on them never fires) are listed in
+              ``skipped_layers`` with the reason.
 
             ``None``: no adapter (with ``trainable=('bias',)`` that is BitFit; with
             nothing trainable only the modules outside the backbone train, a linear
@@ -116,60 +149,153 @@ class MSLoRABackbone(BaseModule):
             raise ValueError(
                 f'MSLoRABackbone: trainable={tuple(trainable)!r} has no meaning with '
                 f'freeze=False (every backbone parameter trains); drop one of them.')
-        if adapter is not None and not (isinstance(adapter, dict) and 'type' in adapter):
-            raise TypeError(
-                "MSLoRABackbone: `adapter` must be None or a config dict with a 'type', e.g. "
-                f"dict(type='mmslora.MSLoRAAdapter'); got {adapter!r}.")
         backbone = copy.deepcopy(backbone)
         if pretrained is not None:
             backbone['init_cfg'] = dict(
                 type='Pretrained',
                 **(pretrained if isinstance(pretrained, dict) else dict(checkpoint=pretrained)))
         self.backbone = _build_backbone(backbone)
-        self.adapter_cfg = copy.deepcopy(adapter) if adapter is not None else None
         self.trainable = tuple(trainable)
         self.freeze = freeze
         self.norm_eval = freeze if norm_eval is None else norm_eval
         self.grid_from = grid_from
 
-        self.block_layouts: Dict[str, str] = {}
-        self.layer_names: List[str] = []
-        self.skipped_layers: Dict[str, str] = {}
-        self.adapters = nn.ModuleDict()
-        modules = dict(self.backbone.named_modules())
-        self.placement = None
-        if self.adapter_cfg is not None:
-            adapter_cls = _adapter_class(self.adapter_cfg)
-            self.placement = getattr(adapter_cls, 'placement', 'block')
-            if self.placement not in PLACEMENTS:
-                raise ValueError(f'MSLoRABackbone: {adapter_cls.__name__}.placement is '
-                                 f'{self.placement!r}; it must be one of {PLACEMENTS}.')
-            if self.placement == 'block':
-                self._build_block_adapters(modules, blocks)
+        self.adapters = nn.ModuleDict()  # the default set: state-dict keys adapters.*
+        self.adapter_sets = nn.ModuleDict()  # the other named sets
+        self._sets: Dict[str, AdapterSet] = {}
+        self._hooks: Dict[str, list] = {}
+        self._grid = None
+        self._active = DEFAULT_SET
+        self._enabled = True
+        self._add_set(DEFAULT_SET, adapter, blocks)
+        self.freeze_backbone()
+
+    # ------------------------------------------------------- adapter sets
+    @property
+    def adapter_names(self) -> List[str]:
+        """The names of the adapter sets, ``'default'`` first."""
+        return list(self._sets)
+
+    @property
+    def active_adapter(self) -> str:
+        """The set that runs in ``forward`` and trains."""
+        return self._active
+
+    def adapter_set(self, name: Optional[str] = None) -> AdapterSet:
+        """The :class:`AdapterSet` called ``name`` (default: the active one)."""
+        name = self._active if name is None else name
+        if name not in self._sets:
+            raise KeyError(f'MSLoRABackbone: no adapter set {name!r}; the sets are '
+                           f'{self.adapter_names}.')
+        return self._sets[name]
+
+    def adapters_of(self, name: Optional[str] = None) -> nn.ModuleDict:
+        """The adapters of set ``name`` (default: the active one), by adapter key."""
+        return self.adapter_set(name).modules
+
+    def adapter_modules(self) -> nn.Module:
+        return nn.ModuleList([self.adapters, self.adapter_sets])
+
+    def add_adapter(self, name: str, adapter: dict, blocks=None) -> AdapterSet:
+        """Build another adapter set on the same frozen backbone.
+
+        ``adapter`` and ``blocks`` as in the constructor. The new set's adapters are
+        under ``adapter_sets.<name>.*`` in the state dict; they start at their zero
+        start and stay frozen and inactive until :meth:`set_adapter` picks them.
+        """
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f'MSLoRABackbone: adapter set name {name!r} must be a Python '
+                             f"identifier, e.g. 'coco' or 'task_b'.")
+        if name in self._sets:
+            raise ValueError(f'MSLoRABackbone: an adapter set {name!r} exists already; '
+                             f'delete_adapter({name!r}) first or choose another name.')
+        if adapter is None:
+            raise ValueError('MSLoRABackbone.add_adapter: give an adapter config, e.g. '
+                             "dict(type='mmslora.MSLoRAAdapter').")
+        added = self._add_set(name, adapter, blocks)
+        added.modules.requires_grad_(False)
+        return added
+
+    def set_adapter(self, name: str) -> None:
+        """Run and train set ``name``: its parameters get ``requires_grad=True``, every
+        other set's ``False`` (switching builds nothing). Switch before the optimizer
+        and any DDP wrapper are built."""
+        self.adapter_set(name)
+        for set_name, adapter_set in self._sets.items():
+            adapter_set.modules.requires_grad_(set_name == name)
+        self._active = name
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove set ``name`` (not the default set) and its hooks."""
+        if name == DEFAULT_SET:
+            raise ValueError('MSLoRABackbone: the default adapter set cannot be deleted; '
+                             'build the wrapper with adapter=None for none.')
+        self.adapter_set(name)
+        for handle in self._hooks.pop(name, []):
+            handle.remove()
+        del self._sets[name]
+        del self.adapter_sets[name]
+        if self._active == name:
+            self.set_adapter(DEFAULT_SET)
+
+    @contextlib.contextmanager
+    def disable_adapters(self) -> Iterator['MSLoRABackbone']:
+        """Within the context the wrapper computes the plain frozen backbone, exactly."""
+        enabled, self._enabled = self._enabled, False
+        try:
+            yield self
+        finally:
+            self._enabled = enabled
+
+    def remove_adapters(self) -> None:
+        """Detach every adapter hook: from now on ``forward`` is the plain backbone's.
+        The adapter modules (and their state-dict keys) stay."""
+        for handles in self._hooks.values():
+            for handle in handles:
+                handle.remove()
+        self._hooks.clear()
+
+    # ---------------------------------------------------- building a set
+    def _add_set(self, name: str, adapter: Optional[dict], blocks) -> AdapterSet:
+        if adapter is not None and not (isinstance(adapter, dict) and 'type' in adapter):
+            raise TypeError(
+                "MSLoRABackbone: `adapter` must be None or a config dict with a 'type', e.g. "
+                f"dict(type='mmslora.MSLoRAAdapter'); got {adapter!r}.")
+        adapter_set = AdapterSet(name, copy.deepcopy(adapter), nn.ModuleDict())
+        modules_by_name = dict(self.backbone.named_modules())
+        if adapter is not None:
+            adapter_cls = _adapter_class(adapter)
+            if issubclass(adapter_cls, BlockAdapter):
+                self._build_block_adapters(adapter_set, modules_by_name, blocks)
             else:
                 if blocks is not None:
                     raise ValueError(
                         f'MSLoRABackbone: `blocks` selects blocks for block adapters, but '
-                        f'{adapter_cls.__name__} goes on layers; select its layers with '
+                        f'{adapter_cls.__name__} is a LayerAdapter; select its layers with '
                         f'`targets` in the adapter config instead.')
-                self._build_layer_adapters(adapter_cls)
-        self._grid = None
-        self._hooks = []
-        self._register_hooks(modules)
-        self.freeze_backbone()
+                self._build_layer_adapters(adapter_set, adapter_cls)
+        self._hooks[name] = self._register_hooks(adapter_set, modules_by_name)
+        # attached only once built: a set that fails to build leaves nothing behind
+        if name == DEFAULT_SET:
+            self.adapters = adapter_set.modules
+        else:
+            self.adapter_sets[name] = adapter_set.modules
+        self._sets[name] = adapter_set
+        return adapter_set
 
-    def _build_block_adapters(self, modules: Dict[str, nn.Module], blocks) -> None:
+    def _build_block_adapters(self, adapter_set: AdapterSet, modules: Dict[str, nn.Module],
+                              blocks) -> None:
         for name, (layout, channels) in find_blocks(self.backbone, blocks).items():
             channels = channels or infer_channels(modules[name])
-            self.adapters[_adapter_key(name)] = MODELS.build(
-                dict(self.adapter_cfg, channels=channels))
-            self.block_layouts[name] = layout
+            adapter_set.modules[adapter_key(name)] = MODELS.build(
+                dict(adapter_set.cfg, channels=channels))
+            adapter_set.blocks[name] = layout
 
-    def _build_layer_adapters(self, adapter_cls) -> None:
-        cfg = {k: v for k, v in self.adapter_cfg.items() if k not in ('type', 'targets')}
-        targets = self.adapter_cfg.get('targets')
+    def _build_layer_adapters(self, adapter_set: AdapterSet, adapter_cls) -> None:
+        cfg = {k: v for k, v in adapter_set.cfg.items() if k not in ('type', 'targets')}
+        targets = adapter_set.cfg.get('targets')
         patterns = [targets] if isinstance(targets, str) else list(targets or [])
-        layer_types = tuple(getattr(adapter_cls, 'layer_types', DEFAULT_LAYER_TYPES))
+        layer_types = tuple(adapter_cls.layer_types)
         functional = set()  # modules whose weights nn.MultiheadAttention uses directly
         for name, module in self.backbone.named_modules():
             if isinstance(module, nn.MultiheadAttention):
@@ -186,42 +312,45 @@ class MSLoRABackbone(BaseModule):
                 reason = ('inside torch.nn.MultiheadAttention, which uses its weights '
                           'functionally: a forward hook on it never fires')
             else:
-                skip_reason = getattr(adapter_cls, 'skip_reason', None)
-                reason = skip_reason(module) if skip_reason else None
+                reason = adapter_cls.skip_reason(module)
             if reason:
-                self.skipped_layers[name] = reason
+                adapter_set.skipped_layers[name] = reason
                 continue
-            key = _adapter_key(name)
-            if key in self.adapters:
+            key = adapter_key(name)
+            if key in adapter_set.modules:
                 raise ValueError(f'MSLoRABackbone: two layers map to the adapter key {key!r}.')
-            self.adapters[key] = adapter_cls.from_layer(module, **cfg)
-            self.layer_names.append(name)
-        if not self.layer_names:
+            adapter_set.modules[key] = adapter_cls.from_layer(module, **cfg)
+            adapter_set.layers.append(name)
+        if not adapter_set.layers:
             tried = f'targets {patterns}' if patterns else 'the default targets'
             raise ValueError(
                 f'MSLoRABackbone: {adapter_cls.__name__} found no layer of '
                 f'{type(self.backbone).__name__} to adapt ({tried}, layer types '
                 f'{[t.__name__ for t in layer_types]}; skipped: '
-                f'{dict(list(self.skipped_layers.items())[:5])}). Candidate layers: '
+                f'{dict(list(adapter_set.skipped_layers.items())[:5])}). Candidate layers: '
                 f'{candidates[:8]}.')
 
     # ----------------------------------------------------------------- hooks
-    def _register_hooks(self, modules: Dict[str, nn.Module]) -> None:
-        if 'tokens' in self.block_layouts.values():
+    def _register_hooks(self, adapter_set: AdapterSet, modules: Dict[str, nn.Module]) -> list:
+        handles = []
+        if 'tokens' in adapter_set.blocks.values() and 'grid' not in self._hooks:
             if self.grid_from not in modules:
                 raise ValueError(
                     f"MSLoRABackbone: layout 'tokens' needs the patch grid, but the backbone "
                     f"has no module {self.grid_from!r}; set grid_from to the patch "
                     f'embedding (e.g. one of {[n for n in modules if "embed" in n][:5]}).')
-            self._hooks.append(modules[self.grid_from].register_forward_hook(self._grid_hook))
+            self._hooks['grid'] = [
+                modules[self.grid_from].register_forward_hook(self._grid_hook)]
         # bound methods in partials (not closures), so copy.deepcopy of the wrapper
         # (EMA models, mean teachers) hooks the copy's own adapters
-        for name, layout in self.block_layouts.items():
-            hook = functools.partial(self._block_hook, _adapter_key(name), layout)
-            self._hooks.append(modules[name].register_forward_hook(hook, with_kwargs=True))
-        for name in self.layer_names:
-            hook = functools.partial(self._layer_hook, _adapter_key(name))
-            self._hooks.append(modules[name].register_forward_hook(hook, with_kwargs=True))
+        for name, layout in adapter_set.blocks.items():
+            hook = functools.partial(self._block_hook, adapter_set.name, adapter_key(name),
+                                     layout)
+            handles.append(modules[name].register_forward_hook(hook, with_kwargs=True))
+        for name in adapter_set.layers:
+            hook = functools.partial(self._layer_hook, adapter_set.name, adapter_key(name))
+            handles.append(modules[name].register_forward_hook(hook, with_kwargs=True))
+        return handles
 
     def _grid_hook(self, module, args, output) -> None:
         if isinstance(output, (tuple, list)) and len(output) > 1:
@@ -229,16 +358,49 @@ class MSLoRABackbone(BaseModule):
         else:
             self._grid = tuple(output.shape[-2:])  # a (B, C, H, W) map
 
-    def _block_hook(self, key: str, layout: str, module, args, kwargs, output):
-        adapter = self.adapters[key]
+    def _runs(self, set_name: str) -> bool:
+        return self._enabled and self._active == set_name
+
+    def _block_hook(self, set_name: str, key: str, layout: str, module, args, kwargs, output):
+        if not self._runs(set_name):
+            return None
+        adapter = self._sets[set_name].modules[key]
         if isinstance(output, (tuple, list)):
             first = apply_in_layout(adapter, output[0], layout, args, kwargs, self._grid)
             return type(output)([first, *output[1:]])
         return apply_in_layout(adapter, output, layout, args, kwargs, self._grid)
 
-    def _layer_hook(self, key: str, module, args, kwargs, output):
+    def _layer_hook(self, set_name: str, key: str, module, args, kwargs, output):
+        if not self._runs(set_name):
+            return None
         x = args[0] if args else next(iter(kwargs.values()))
-        return output + self.adapters[key](x)
+        return output + self._sets[set_name].modules[key](x)
+
+    # ------------------------------------------- the default set's records
+    @property
+    def adapter_cfg(self) -> Optional[dict]:
+        """The adapter config of the default set."""
+        return self._sets[DEFAULT_SET].cfg
+
+    @property
+    def placement(self) -> Optional[str]:
+        """``'block'`` or ``'layer'`` for the default set's adapters, None without."""
+        return self._sets[DEFAULT_SET].placement
+
+    @property
+    def block_layouts(self) -> Dict[str, str]:
+        """Block name -> layout of the default set's block adapters."""
+        return self._sets[DEFAULT_SET].blocks
+
+    @property
+    def layer_names(self) -> List[str]:
+        """The layers of the default set's layer adapters."""
+        return self._sets[DEFAULT_SET].layers
+
+    @property
+    def skipped_layers(self) -> Dict[str, str]:
+        """Layers the default set's layer adapter declined, with the reason."""
+        return self._sets[DEFAULT_SET].skipped_layers
 
     # --------------------------------------------------------- frozen state
     def freeze_backbone(self) -> None:
@@ -256,9 +418,15 @@ class MSLoRABackbone(BaseModule):
                     param.requires_grad_(True)
 
     def init_weights(self) -> None:
-        """Run the backbone's own ``init_weights`` (pretrained ``init_cfg``), then
+        """Run the backbone's own ``init_weights`` (pretrained ``init_cfg``) and the
+        adapters' (their ``init_cfg``, after which they keep their zero start), then
         re-assert the frozen state, which some backbones change there."""
         super().init_weights()
+        # MMEngine recurses only into children with init_weights; a ModuleDict has none
+        for adapter_set in self._sets.values():
+            for adapter in adapter_set.modules.values():
+                if not adapter.is_init:
+                    adapter.init_weights()
         self.freeze_backbone()
 
     def train(self, mode: bool = True) -> 'MSLoRABackbone':
@@ -270,9 +438,8 @@ class MSLoRABackbone(BaseModule):
         return self
 
     # ------------------------------------------------------------- report
-    def print_trainable_parameters(self):
+    def print_trainable_parameters(self) -> ParameterReport:
         """Print peft's ``trainable params: ... || all params: ... || trainable%`` line."""
-        from mmslora.utils.params import print_trainable_parameters
         return print_trainable_parameters(self)
 
     # ------------------------------------------------------------- forward
@@ -282,14 +449,18 @@ class MSLoRABackbone(BaseModule):
 
 
 def _adapter_class(cfg: dict) -> type:
-    """The class an adapter config builds (for its ``placement``)."""
+    """The class an adapter config builds; it must implement one of the adapter bases."""
     adapter_type = cfg['type']
-    if isinstance(adapter_type, type):
-        return adapter_type
-    cls = MODELS.get(adapter_type)
+    cls = adapter_type if isinstance(adapter_type, type) else MODELS.get(adapter_type)
     if cls is None:
         raise KeyError(f'MSLoRABackbone: adapter type {adapter_type!r} is not registered; '
                        f"write it fully scoped, e.g. 'mmslora.MSLoRAAdapter' or 'mmslora.LoRA'.")
+    if not (isinstance(cls, type) and issubclass(cls, (BlockAdapter, LayerAdapter))):
+        raise TypeError(
+            f'MSLoRABackbone: adapter type {adapter_type!r} ({cls!r}) implements neither '
+            f'mmslora.models.BlockAdapter (after blocks: forward(F) = F + residual(F)) nor '
+            f'mmslora.models.LayerAdapter (beside layers: from_layer, forward(x) = update); '
+            f'derive it from one of them (README, "Your own adapter").')
     return cls
 
 

@@ -7,17 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmslora.models import MSLoRAAdapter, MSLoRABackbone
+from mmslora.models import MSLoRAAdapter, MSLoRABackbone, count_parameters
+from mmslora.models.adapter_io import adapter_meta, adapter_state_dict
 from mmslora.models.peers import (METHODS, BottleneckAdapter, LoRA, MonaAdapter,
                                   wrapper_cfg, wrapper_kwargs)
-from mmslora.utils import count_parameters
-from mmslora.utils.adapter_io import adapter_meta, adapter_state_dict
-from mmslora_testing import assert_same_outputs, build_in_scope, flat
-
-TINY_SWIN = dict(embed_dims=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
-                 out_indices=(0, 1), strides=(4, 2), init_cfg=None)
-TINY_VIT = dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64),
-                img_size=64, patch_size=16, out_type='featmap', init_cfg=None)
+from mmslora_testing import (TINY_SWIN, TINY_VIT_MMPRETRAIN, assert_same_outputs,
+                             build_in_scope, flat)
 
 # (id, toolbox scope, backbone config)
 BACKBONES = [
@@ -26,7 +21,7 @@ BACKBONES = [
     # which a pretrained backbone does not have
     ('mmdet-resnet18', 'mmdet', dict(type='mmdet.ResNet', depth=18, zero_init_residual=False,
                                      init_cfg=None)),
-    ('mmpretrain-vit', 'mmpretrain', dict(type='mmpretrain.VisionTransformer', **TINY_VIT)),
+    ('mmpretrain-vit', 'mmpretrain', dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN)),
     ('mmdet-swin', 'mmdet', dict(type='mmdet.SwinTransformer', **TINY_SWIN)),
     # depthwise convolutions: LoRA must leave them alone
     ('effnet-lite0', 'mmpretrain', dict(type='mmslora.EfficientNetLite', out_indices=(2, 4, 7),
@@ -297,5 +292,5 @@ def test_mona_identity_at_init_and_formula():
 
 @pytest.mark.parametrize('cls', [BottleneckAdapter, MonaAdapter])
 def test_block_peers_name_a_wrong_input(cls):
-    with pytest.raises(ValueError, match=r'expects a \(B, 16, H, W\) map'):
+    with pytest.raises(ValueError, match=rf'{cls.__name__} expects a \(B, 16, H, W\) feature map'):
         cls(channels=16)(torch.randn(1, 8, 4, 4))

@@ -1,30 +1,23 @@
 """One table of backbones from mmdet, mmseg and mmpretrain, each checked the same way."""
 
+import copy
+import re
+
 import pytest
 import torch
+from mmengine.registry import DefaultScope
 
-from mmslora.models import MSLoRABackbone
-from mmslora.models.layouts import apply_in_layout
-from mmslora.utils import count_parameters
-from mmslora_testing import assert_same_outputs, build_in_scope, flat
-
-TINY_SWIN = dict(embed_dims=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
-                 out_indices=(0, 1), init_cfg=None)
-TINY_VIT_MMSEG = dict(img_size=(64, 64), patch_size=16, embed_dims=32, num_layers=2,
-                      num_heads=2, mlp_ratio=2, out_indices=(1, ), init_cfg=None)
-TINY_VIT_MMPRETRAIN = dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2,
-                                     feedforward_channels=64),
-                           img_size=64, patch_size=16, out_type='featmap', init_cfg=None)
+from mmslora.models import MSLoRABackbone, count_parameters
+from mmslora_testing import (RESNET18, TINY_SWIN, TINY_VIT_MMPRETRAIN, TINY_VIT_MMSEG,
+                             assert_same_outputs, build_in_scope, flat, wrap)
 
 # (id, toolbox scope, backbone config, number of blocks adapted)
 CASES = [
     ('mmdet-resnet18', 'mmdet', dict(type='mmdet.ResNet', depth=18, init_cfg=None), 8),
     ('mmdet-resnet50', 'mmdet', dict(type='mmdet.ResNet', depth=50, init_cfg=None), 16),
-    ('mmdet-swin', 'mmdet', dict(type='mmdet.SwinTransformer', strides=(4, 2),
-                                 **TINY_SWIN), 4),
+    ('mmdet-swin', 'mmdet', dict(type='mmdet.SwinTransformer', **TINY_SWIN), 4),
     ('mmseg-resnetv1c', 'mmseg', dict(type='mmseg.ResNetV1c', depth=18, init_cfg=None), 8),
-    ('mmseg-swin', 'mmseg', dict(type='mmseg.SwinTransformer', strides=(4, 2),
-                                 **TINY_SWIN), 4),
+    ('mmseg-swin', 'mmseg', dict(type='mmseg.SwinTransformer', **TINY_SWIN), 4),
     ('mmseg-vit', 'mmseg', dict(type='mmseg.VisionTransformer', **TINY_VIT_MMSEG), 2),
     ('mmpretrain-resnet18', 'mmpretrain',
      dict(type='mmpretrain.ResNet', depth=18, init_cfg=None), 8),
@@ -35,10 +28,6 @@ CASES = [
      dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN), 2),
 ]
 IDS = [case[0] for case in CASES]
-
-
-def wrap(backbone_cfg, **kwargs):
-    return dict(type='mmslora.MSLoRABackbone', backbone=backbone_cfg, **kwargs)
 
 
 def backbone_state(model):
@@ -164,22 +153,32 @@ def test_gradient_checkpointing_blocks_still_train_adapters():
         assert adapter.trans.expand.weight.grad.abs().sum() > 0
 
 
-def test_custom_block_pattern_for_any_backbone():
-    model = build_in_scope('mmpretrain', wrap(
-        dict(type='mmpretrain.MobileNetV2', widen_factor=0.5, out_indices=(7, ), init_cfg=None),
-        blocks=dict(pattern=r'layer[1-7]', layout='nchw'),
-        adapter=dict(type='mmslora.MSLoRAAdapter', hidden_dim=8, groups=4)))
-    assert sorted(model.adapters) == [f'layer{i}' for i in range(1, 8)]
-    x = torch.randn(1, 3, 32, 32)
-    model.eval()
-    assert model(x)[0].shape[1] == 1280  # MobileNetV2 keeps 1280 channels below width 1
+def test_unscoped_backbone_outside_the_toolbox_scope_says_to_scope_it():
+    # outside any toolbox's scope: MMEngine's own (a script with no default scope
+    # searches mmslora's registry and its parent, MMEngine's, the same way)
+    with DefaultScope.overwrite_default_scope('mmengine'), pytest.raises(KeyError) as info:
+        MSLoRABackbone(backbone=dict(type='ResNet', depth=18, init_cfg=None))
+    message = str(info.value)
+    assert "backbone type 'ResNet' is not registered where it was looked up" in message
+    assert re.search(r'ResNet is not in the (mmslora|mmengine)::model registry', message)
+    assert "Write it fully scoped, e.g. 'mmdet.ResNet'" in message
+    assert "default_scope='mmdet'" in message
 
 
-def test_no_block_matched_lists_patterns_and_candidates():
-    with pytest.raises(ValueError, match=r"matched the patterns 'nothing\\\.here'.*"
-                                         r"candidate module names: \['layer1'"):
-        build_in_scope('mmdet', wrap(dict(type='mmdet.ResNet', depth=18, init_cfg=None),
-                                     blocks=dict(pattern=r'nothing\.here')))
+def test_misspelled_scoped_backbone_names_the_type():
+    with pytest.raises(KeyError) as info:
+        MSLoRABackbone(backbone=dict(type='mmseg.VisionTransformerX'))
+    message = str(info.value)
+    assert "backbone type 'mmseg.VisionTransformerX' is not registered" in message
+    assert "'mmseg.VisionTransformer'" in message  # the spelling it should have
+
+
+def test_unscoped_backbone_builds_in_the_toolbox_default_scope():
+    """`type='ResNet'` is fine where the toolbox is the default scope (its configs)."""
+    from mmdet.models.backbones import ResNet
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MSLoRABackbone(backbone=dict(type='ResNet', depth=18, init_cfg=None))
+    assert type(model.backbone) is ResNet
 
 
 def test_unknown_backbone_type_says_how_to_fix():
@@ -194,15 +193,123 @@ def test_groups_not_dividing_channels():
                                                   hidden_dim=63)))
 
 
-def test_tokens_that_do_not_fit_the_patch_grid():
-    with pytest.raises(ValueError, match=r'\(1, 12, 8\) does not fit the patch grid 4x4'):
-        apply_in_layout(lambda t: t, torch.randn(1, 12, 8), 'tokens', (), {}, grid=(4, 4))
-    with pytest.raises(ValueError, match='does not fit the patch grid 4x4'):
-        apply_in_layout(lambda t: t, torch.randn(1, 17, 8), 'nlc', (None, (4, 4)), {})
+# ------------------------------------------------ switching and named adapter sets
+def trained_resnet(seed=0, **kwargs):
+    """A wrapped ResNet-18 whose default adapters have been moved off their zero start."""
+    torch.manual_seed(seed)
+    model = MSLoRABackbone(backbone=RESNET18, **kwargs)
+    model.init_weights()
+    perturb(model.adapters_of())
+    return model
 
 
-def test_tokens_layout_keeps_extra_tokens():
-    x = torch.randn(2, 3 + 6, 8)
-    out = apply_in_layout(lambda t: t * 2, x, 'tokens', (), {}, grid=(2, 3))
-    assert torch.equal(out[:, :3], x[:, :3])
-    assert torch.equal(out[:, 3:], 2 * x[:, 3:])
+def perturb(adapters, std=0.05):
+    with torch.no_grad():
+        for adapter in adapters.values():
+            for name in adapter.zero_init:
+                dict(adapter.named_parameters())[name].normal_(std=std)
+
+
+def plain_of(model):
+    plain = build_in_scope('mmdet', RESNET18)
+    plain.load_state_dict(model.backbone.state_dict())
+    return plain
+
+
+def outputs(model, x):
+    model.eval()
+    with torch.no_grad():
+        return flat(model(x))
+
+
+def differ(a, b):
+    return any(not torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_disable_adapters_gives_the_plain_backbone_exactly():
+    model = trained_resnet()
+    x = torch.randn(2, 3, 32, 32)
+    adapted = outputs(model, x)
+    with model.disable_adapters():
+        assert_same_outputs(model, plain_of(model), x)
+    assert not differ(outputs(model, x), adapted)  # back on after the context
+    assert differ(adapted, outputs(plain_of(model), x))
+
+
+def test_remove_adapters_detaches_the_hooks_for_good():
+    model = trained_resnet()
+    copy_ = copy.deepcopy(model)
+    model.remove_adapters()
+    x = torch.randn(1, 3, 32, 32)
+    assert_same_outputs(model, plain_of(model), x)
+    assert 'adapters.layer1_0.proj.up.weight' in model.state_dict()  # modules stay
+    # a deep copy (EMA) has hooks of its own, untouched by the original's removal
+    assert differ(outputs(copy_, x), outputs(model, x))
+
+
+def test_two_named_sets_switch_outputs_without_rebuilding():
+    model = trained_resnet()
+    added = model.add_adapter('task_b', dict(type='mmslora.MSLoRAAdapter', hidden_dim=16))
+    assert model.adapter_names == ['default', 'task_b'] and model.active_adapter == 'default'
+    assert added.blocks == model.block_layouts
+    assert not any(p.requires_grad for p in model.adapters_of('task_b').parameters())
+    x = torch.randn(1, 3, 32, 32)
+    out_default = outputs(model, x)
+
+    model.set_adapter('task_b')
+    assert all(p.requires_grad for p in model.adapters_of('task_b').parameters())
+    assert not any(p.requires_grad for p in model.adapters.parameters())
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert_same_outputs(model, plain_of(model), x)  # task_b is at its zero start
+    modules_before = list(model.modules())
+    perturb(model.adapters_of('task_b'))
+    out_b = outputs(model, x)
+    assert differ(out_b, out_default)
+
+    model.set_adapter('default')
+    assert not differ(outputs(model, x), out_default)
+    model.set_adapter('task_b')
+    assert not differ(outputs(model, x), out_b)
+    assert list(model.modules()) == modules_before  # switching builds nothing
+    assert {k.split('.')[0] for k in model.state_dict()} == {'backbone', 'adapters',
+                                                              'adapter_sets'}
+    assert 'adapter_sets.task_b.layer1_0.proj.up.weight' in model.state_dict()
+
+
+def test_named_set_of_another_method_and_its_errors():
+    model = trained_resnet()
+    model.add_adapter('lora', dict(type='mmslora.LoRA', rank=2))
+    model.set_adapter('lora')
+    assert model.adapter_set('lora').placement == 'layer' and model.placement == 'block'
+    with pytest.raises(ValueError, match="exists already"):
+        model.add_adapter('lora', dict(type='mmslora.LoRA'))
+    with pytest.raises(ValueError, match='must be a Python identifier'):
+        model.add_adapter('task.b', dict(type='mmslora.LoRA'))
+    with pytest.raises(KeyError, match=r"no adapter set 'nope'; the sets are \['default', "
+                                       r"'lora'\]"):
+        model.set_adapter('nope')
+    with pytest.raises(ValueError, match='no block of ResNet matched'):
+        model.add_adapter('bad', dict(type='mmslora.MSLoRAAdapter'),
+                          blocks=dict(pattern='nothing'))
+    assert model.adapter_names == ['default', 'lora'] and 'bad' not in model.adapter_sets
+    model.delete_adapter('lora')
+    assert model.adapter_names == ['default'] and model.active_adapter == 'default'
+    with pytest.raises(ValueError, match='cannot be deleted'):
+        model.delete_adapter('default')
+
+
+def test_sets_train_separately():
+    model = trained_resnet()
+    model.add_adapter('task_b', dict(type='mmslora.MSLoRAAdapter', hidden_dim=16))
+    default_before = {k: v.clone() for k, v in model.adapters.state_dict().items()}
+    model.set_adapter('task_b')
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    x = torch.randn(2, 3, 32, 32)
+    for _ in range(2):
+        opt.zero_grad()
+        sum(t.pow(2).mean() for t in flat(model(x))).backward()
+        opt.step()
+    assert all(torch.equal(v, model.adapters.state_dict()[k]) for k, v in default_before.items())
+    assert any(p.abs().sum() > 0 for n, p in model.adapters_of('task_b').named_parameters()
+               if n.endswith('proj.up.weight'))

@@ -1,6 +1,7 @@
 """tools/train.py, tools/test.py and the adapter export, run as a user runs them: in a
 subprocess, on the embedded data, with the real pretrained EfficientNet-Lite0."""
 import glob
+import json
 import os
 import os.path as osp
 import subprocess
@@ -66,18 +67,29 @@ def test_resume_continues_the_run(det_run, nuclei_root):
     assert safe_torch_load(osp.join(work, 'iter_4.pth'))['meta']['iter'] == 4
 
 
-def test_export_adapter_round_trip_is_exact(det_run, tmp_path):
+def test_export_adapter_round_trip_is_exact(det_run, nuclei_root, tmp_path):
     work, _ = det_run
-    out = str(tmp_path / 'adapter.pth')
+    out = str(tmp_path / 'adapter')
     log = run_tool('tools/export_adapter.py', DET, osp.join(work, 'iter_2.pth'), out,
                    '--verify')
     assert 'verified' in log
-    adapter = torch.load(out, weights_only=True)
-    assert adapter['meta']['format'] == 'mmslora-adapter-v1'
+    from safetensors import safe_open
+    with safe_open(osp.join(out, 'adapter_model.safetensors'), 'pt') as f:
+        keys = list(f.keys())
+    with open(osp.join(out, 'adapter_config.json')) as f:
+        config = json.load(f)
+    assert config['format'] == 'mmslora-adapter-v2' and config['config'] == osp.basename(DET)
+    assert config['wrappers']['backbone']['backbone'] == 'EfficientNetLite'
     assert not any('.backbone.backbone.' in k or k.startswith('backbone.backbone.')
-                   for k in adapter['state_dict'])
-    assert any(k.startswith('backbone.adapters.') for k in adapter['state_dict'])
-    assert osp.getsize(out) < osp.getsize(osp.join(work, 'iter_2.pth'))
+                   for k in keys)
+    assert any(k.startswith('backbone.adapters.') for k in keys)
+    assert osp.getsize(osp.join(out, 'adapter_model.safetensors')) < osp.getsize(
+        osp.join(work, 'iter_2.pth'))
+    # the adapter files drive the reweighting figures as a training checkpoint does
+    image = sorted(glob.glob(osp.join(nuclei_root, 'images', 'val', '*.png')))[0]
+    run_tool('tools/analysis_tools/visualize_reweighting.py', DET, out, image,
+             '--out-dir', str(tmp_path / 'maps'))
+    assert len(glob.glob(str(tmp_path / 'maps' / '*.png'))) == 7
 
 
 def test_test_tool_evaluates_and_paints(det_run, nuclei_root, tmp_path):

@@ -10,7 +10,7 @@ import argparse
 from mmengine.config import DictAction
 
 import mmslora  # noqa: F401
-from mmslora.utils import count_parameters
+from mmslora.models import count_parameters
 from mmslora.utils.config import build_model_from_config, disable_pretrained, load_config
 
 

@@ -3,8 +3,8 @@
     python tools/analysis_tools/visualize_reweighting.py CONFIG CHECKPOINT IMAGE
         [--out-dir DIR] [--size 256] [--all-blocks]
 
-CHECKPOINT is a training checkpoint or an adapter-only file (tools/export_adapter.py;
-then the backbone's pretrained init_cfg of CONFIG is loaded). For the last block of
+CHECKPOINT is a training checkpoint or adapter files (a directory or ``.pth`` written by
+tools/export_adapter.py; then the backbone's pretrained init_cfg of CONFIG is loaded). For the last block of
 each stage the figure shows the image, ||F|| and ||F + H(F)|| (L2 over channels), the
 relative change ||F + H(F)|| / ||F|| - 1 and the mean of the ``Trans`` gate.
 """
@@ -21,13 +21,17 @@ import torch  # noqa: E402
 from mmengine.runner import load_checkpoint  # noqa: E402
 
 import mmslora  # noqa: F401,E402
-from mmslora.utils import load_adapter  # noqa: E402
+from mmslora.models import load_adapter, record_reweighting  # noqa: E402
+from mmslora.models.reweighting import last_block_per_stage  # noqa: E402
 from mmslora.utils.checkpoint import safe_torch_load  # noqa: E402
 from mmslora.utils.config import build_model_from_config, load_config  # noqa: E402
-from mmslora.utils.reweighting import last_block_per_stage, record_reweighting  # noqa: E402
 
 
 def load_any(model, checkpoint: str) -> None:
+    """Load a training checkpoint or adapter files (directory or legacy ``.pth``)."""
+    if osp.isdir(checkpoint) or checkpoint.endswith('.safetensors'):
+        load_adapter(model, checkpoint)
+        return
     content = safe_torch_load(checkpoint, map_location='cpu')
     if isinstance(content, dict) and content.get('meta', {}).get('format', '').startswith(
             'mmslora-adapter'):

@@ -18,15 +18,15 @@ comparison with MSLoRA (also after each block) needs.
 """
 import torch
 import torch.nn as nn
-from mmengine.model import BaseModule
 
 from mmslora.registry import MODELS
+from ..base import BlockAdapter
 
 _ACTIVATIONS = {'relu': nn.ReLU, 'gelu': nn.GELU}
 
 
 @MODELS.register_module()
-class BottleneckAdapter(BaseModule):
+class BottleneckAdapter(BlockAdapter):
     """``F_hat = F + s * Up(act(Down(F)))`` on a (B, C, H, W) map.
 
     Args:
@@ -35,34 +35,29 @@ class BottleneckAdapter(BaseModule):
         scale (float): s. Default 0.1 (AdaptFormer).
         dropout (float): dropout after the activation during training. Default 0.
         act (str): ``'relu'`` (AdaptFormer, Houlsby) or ``'gelu'``. Default ``'relu'``.
+        with_cp (bool): gradient checkpointing of the adapter. Default False.
         init_cfg (dict, optional): MMEngine init config (default: ``Down``
-            Kaiming-uniform, ``Up`` and both biases zero).
+            Kaiming-uniform, ``Down``'s bias zero; ``Up`` and its bias are zero
+            after any init_cfg, the zero start).
     """
 
-    placement = 'block'
+    zero_init = ('up.weight', 'up.bias')
 
     def __init__(self, channels: int, hidden_dim: int = 64, scale: float = 0.1,
-                 dropout: float = 0., act: str = 'relu', init_cfg=None) -> None:
-        super().__init__(init_cfg=init_cfg)
+                 dropout: float = 0., act: str = 'relu', with_cp: bool = False,
+                 init_cfg=None) -> None:
+        super().__init__(channels, dropout=dropout, with_cp=with_cp, init_cfg=init_cfg)
         if act not in _ACTIVATIONS:
             raise ValueError(f'BottleneckAdapter: act must be one of {sorted(_ACTIVATIONS)}, '
                              f'got {act!r}.')
-        self.channels, self.hidden_dim, self.scale = channels, hidden_dim, scale
+        self.hidden_dim, self.scale = hidden_dim, scale
         self.down = nn.Conv2d(channels, hidden_dim, 1)
         self.act = _ACTIVATIONS[act]()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.up = nn.Conv2d(hidden_dim, channels, 1)
         nn.init.kaiming_uniform_(self.down.weight, a=5 ** 0.5)
         nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        self.zero_start_()
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """``s * Up(act(Down(F)))``, (B, C, H, W)."""
         return self.up(self.dropout(self.act(self.down(x)))) * self.scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f'BottleneckAdapter expects a (B, {self.channels}, H, W) map, '
-                             f'got shape {tuple(x.shape)}.')
-        return x + self.residual(x)

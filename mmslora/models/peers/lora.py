@@ -38,9 +38,9 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from mmengine.model import BaseModule
 
 from mmslora.registry import MODELS
+from ..base import LayerAdapter
 
 
 def _standard_conv_forwards() -> tuple:
@@ -60,11 +60,11 @@ def _pair(value) -> Tuple[int, int]:
 
 
 @MODELS.register_module()
-class LoRA(BaseModule):
+class LoRA(LayerAdapter):
     """LoRA update ``(alpha / r) B A x`` of one ``nn.Linear`` or ``nn.Conv2d``.
 
-    Placed by :class:`~mmslora.models.MSLoRABackbone` on layers (``placement =
-    'layer'``), e.g. ``adapter=dict(type='mmslora.LoRA', rank=8, alpha=8,
+    A :class:`~mmslora.models.base.LayerAdapter`: placed by
+    :class:`~mmslora.models.MSLoRABackbone` beside the backbone's layers, e.g. ``adapter=dict(type='mmslora.LoRA', rank=8, alpha=8,
     targets=r'.*\\.(qkv|proj)')``; built per layer by :meth:`from_layer`. The forward
     returns the update only; the wrapper adds it to the layer's output.
 
@@ -78,11 +78,11 @@ class LoRA(BaseModule):
         kernel_size, stride, padding, dilation: the convolution's geometry; a linear
             layer when ``kernel_size`` is None (default).
         init_cfg (dict, optional): MMEngine init config (default: ``A`` Kaiming-uniform
-            as ``nn.Linear``, ``B`` zero).
+            as ``nn.Linear``; ``B`` is zero after any init_cfg, the zero start).
     """
 
-    placement = 'layer'
     layer_types = (nn.Linear, nn.Conv2d)
+    zero_init = ('lora_B.weight', )
 
     def __init__(self, in_channels: int, out_channels: int, rank: int = 8,
                  alpha: float = 8., dropout: float = 0.,
@@ -104,7 +104,7 @@ class LoRA(BaseModule):
                                     padding=padding, dilation=dilation, bias=False)
             self.lora_B = nn.Conv2d(rank, out_channels, 1, bias=False)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=5 ** 0.5)
-        nn.init.zeros_(self.lora_B.weight)
+        self.zero_start_()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     # ------------------------------------------------------------ placement

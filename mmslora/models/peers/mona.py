@@ -19,9 +19,9 @@ wrapper puts one after each block, the same placement MSLoRA gets.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.model import BaseModule
 
 from mmslora.registry import MODELS
+from ..base import BlockAdapter
 
 
 class MonaFilter(nn.Module):
@@ -40,7 +40,7 @@ class MonaFilter(nn.Module):
 
 
 @MODELS.register_module()
-class MonaAdapter(BaseModule):
+class MonaAdapter(BlockAdapter):
     """Mona after a block: ``F + Up(Dropout(GELU(Filter(Down(ScaledLN(F))))))``.
 
     Args:
@@ -49,24 +49,24 @@ class MonaAdapter(BaseModule):
         dropout (float): dropout before ``Up``. Default 0.1 (the paper's).
         kernel_sizes (tuple[int]): depthwise kernels. Default (3, 5, 7).
         gamma_init (float): start value of the LayerNorm branch's scale. Default 1e-6.
-        init_cfg (dict, optional): MMEngine init config (default: ``Up`` zero).
+        with_cp (bool): gradient checkpointing of the adapter. Default False.
+        init_cfg (dict, optional): MMEngine init config (``Up`` and its bias are zero
+            after it, the zero start).
     """
 
-    placement = 'block'
+    zero_init = ('up.weight', 'up.bias')
 
     def __init__(self, channels: int, hidden_dim: int = 64, dropout: float = 0.1,
-                 kernel_sizes=(3, 5, 7), gamma_init: float = 1e-6, init_cfg=None) -> None:
-        super().__init__(init_cfg=init_cfg)
-        self.channels = channels
+                 kernel_sizes=(3, 5, 7), gamma_init: float = 1e-6, with_cp: bool = False,
+                 init_cfg=None) -> None:
+        super().__init__(channels, dropout=dropout, with_cp=with_cp, init_cfg=init_cfg)
         self.norm = nn.LayerNorm(channels)
         self.gamma = nn.Parameter(torch.full((channels, ), gamma_init))
         self.gamma_x = nn.Parameter(torch.ones(channels))
         self.down = nn.Linear(channels, hidden_dim)
         self.filter = MonaFilter(hidden_dim, kernel_sizes)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.up = nn.Linear(hidden_dim, channels)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        self.zero_start_()
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """The update ``Up(...)`` of a (B, C, H, W) map, (B, C, H, W)."""
@@ -74,9 +74,3 @@ class MonaAdapter(BaseModule):
         t = self.down(self.norm(f) * self.gamma + f * self.gamma_x)
         t = self.filter(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.up(self.dropout(F.gelu(t))).permute(0, 3, 1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f'MonaAdapter expects a (B, {self.channels}, H, W) map, '
-                             f'got shape {tuple(x.shape)}.')
-        return x + self.residual(x)

@@ -5,13 +5,17 @@ from typing import Dict, Iterator
 import torch
 import torch.nn as nn
 
+from .base import find_wrappers
+from .wrapper import adapter_key
+
 
 @contextmanager
 def record_reweighting(model: nn.Module) -> Iterator[Dict[str, dict]]:
-    """Within the context, each forward fills ``records[block name]`` with (B, H, W)
-    maps of the first image: ``before`` = ||F||, ``after`` = ||F + H(F)|| (L2 over
-    channels), and for MSLoRA adapters ``gate`` = the channel mean of ``Trans(F)``."""
-    from mmslora.models.wrapper import MSLoRABackbone
+    """Within the context, each forward fills ``records[block name]`` with (H, W)
+    maps of the first image, for the block adapters of each wrapper's active set:
+    ``before`` = ||F||, ``after`` = ||F + H(F)|| (L2 over channels), and ``gate`` = the
+    channel mean of the adapter's gate (``Trans(F)`` for MSLoRA) where
+    :meth:`~mmslora.models.base.BlockAdapter.residual_and_gate` gives one."""
     records: Dict[str, dict] = {}
     handles = []
 
@@ -19,18 +23,20 @@ def record_reweighting(model: nn.Module) -> Iterator[Dict[str, dict]]:
         def hook(adapter, args, output):
             feature = args[0].detach()
             entry = dict(before=feature[0].norm(dim=0), after=output.detach()[0].norm(dim=0))
-            if hasattr(adapter, 'trans'):
-                with torch.no_grad():
-                    entry['gate'] = adapter.trans(feature)[0].mean(dim=0)
+            with torch.no_grad():
+                _, gate = adapter.residual_and_gate(feature)
+            if gate is not None:
+                entry['gate'] = gate[0].mean(dim=0)
             records[name] = entry
         return hook
 
-    for wrapper in (m for m in model.modules() if isinstance(m, MSLoRABackbone)):
-        for block_name in wrapper.block_layouts:
-            adapter = wrapper.adapters[block_name.replace('.', '_')]
+    for wrapper in find_wrappers(model).values():
+        adapters = wrapper.adapters_of()
+        for block_name in wrapper.adapter_set().blocks:
+            adapter = adapters[adapter_key(block_name)]
             handles.append(adapter.register_forward_hook(make_hook(block_name)))
     if not handles:
-        raise ValueError('the model has no MSLoRABackbone adapters to visualise.')
+        raise ValueError('the model has no MSLoRABackbone block adapters to visualise.')
     try:
         yield records
     finally:

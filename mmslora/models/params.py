@@ -3,6 +3,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from .base import find_wrappers
+
 
 @dataclass(frozen=True)
 class ParameterReport:
@@ -49,14 +51,13 @@ def _numel(module: nn.Module, trainable_only: bool = False) -> int:
 
 def count_parameters(model: nn.Module) -> ParameterReport:
     """Count ``model``'s parameters, attributing them to wrapped backbones and adapters
-    by module ownership (every ``MSLoRABackbone`` in ``model``)."""
-    from mmslora.models.wrapper import MSLoRABackbone
-    wrappers = [m for m in model.modules() if isinstance(m, MSLoRABackbone)]
+    (all adapter sets) by module ownership (every ``MSLoRABackbone`` in ``model``)."""
+    wrappers = list(find_wrappers(model).values())
     return ParameterReport(
         total=_numel(model),
         trainable=_numel(model, trainable_only=True),
         backbone=sum(_numel(w.backbone) for w in wrappers),
-        adapter=sum(_numel(w.adapters) for w in wrappers),
+        adapter=sum(_numel(w.adapter_modules()) for w in wrappers),
         backbone_trainable=sum(_numel(w, trainable_only=True) for w in wrappers))
 
 

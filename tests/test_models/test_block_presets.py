@@ -1,0 +1,24 @@
+"""Which modules are blocks (mmslora/models/block_presets.py): presets, user patterns,
+and the errors when nothing matches."""
+import pytest
+import torch
+
+from mmslora_testing import build_in_scope, wrap
+
+
+def test_custom_block_pattern_for_any_backbone():
+    model = build_in_scope('mmpretrain', wrap(
+        dict(type='mmpretrain.MobileNetV2', widen_factor=0.5, out_indices=(7, ), init_cfg=None),
+        blocks=dict(pattern=r'layer[1-7]', layout='nchw'),
+        adapter=dict(type='mmslora.MSLoRAAdapter', hidden_dim=8, groups=4)))
+    assert sorted(model.adapters) == [f'layer{i}' for i in range(1, 8)]
+    x = torch.randn(1, 3, 32, 32)
+    model.eval()
+    assert model(x)[0].shape[1] == 1280  # MobileNetV2 keeps 1280 channels below width 1
+
+
+def test_no_block_matched_lists_patterns_and_candidates():
+    with pytest.raises(ValueError, match=r"matched the patterns 'nothing\\\.here'.*"
+                                         r"candidate module names: \['layer1'"):
+        build_in_scope('mmdet', wrap(dict(type='mmdet.ResNet', depth=18, init_cfg=None),
+                                     blocks=dict(pattern=r'nothing\.here')))
