@@ -15,6 +15,8 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
+from mmslora.models.peers import wrapper_cfg
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET = osp.join(ROOT, 'configs/demo/mask-rcnn_effnet-lite0-mslora_fpn_nuclei.py')
 SEG = osp.join(ROOT, 'configs/demo/upernet_effnet-lite0-mslora_nuclei-256x256.py')
@@ -195,3 +197,28 @@ def evil_checkpoint(path, marker):
             return (os.system, (f'touch {marker}', ))
 
     torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': Payload()}, str(path))
+
+
+# The backbones every fine-tuning method is checked on: (id, toolbox scope, config)
+PEER_BACKBONES = [
+    # zero_init_residual (mmdet's default for random init) zeroes each block's last BN
+    # scale: in a frozen random backbone no gradient would reach the layers before it,
+    # which a pretrained backbone does not have
+    ('mmdet-resnet18', 'mmdet', dict(type='mmdet.ResNet', depth=18, zero_init_residual=False,
+                                     init_cfg=None)),
+    ('mmpretrain-vit', 'mmpretrain',
+     dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN)),
+    ('mmdet-swin', 'mmdet', dict(type='mmdet.SwinTransformer', **TINY_SWIN)),
+    # depthwise convolutions: LoRA must leave them alone
+    ('effnet-lite0', 'mmpretrain', dict(type='mmslora.EfficientNetLite', out_indices=(2, 4, 7),
+                                         init_cfg=None)),
+]
+
+
+def build_method(method, scope, cfg, **overrides):
+    """``cfg`` wrapped for fine-tuning ``method`` (peers.METHODS), built in ``scope`` and
+    initialised, seeded."""
+    torch.manual_seed(0)
+    model = build_in_scope(scope, wrapper_cfg(method, cfg, **overrides))
+    model.init_weights()
+    return model

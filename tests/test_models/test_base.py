@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmslora.models import BlockAdapter, LayerAdapter, MSLoRABackbone, find_wrappers
+from mmslora.models import (BlockAdapter, LayerAdapter, MSLoRAAdapter, MSLoRABackbone,
+                            find_wrappers)
+from mmslora.models.peers import BottleneckAdapter, MonaAdapter
 from mmslora.registry import MODELS
 from mmslora_testing import RESNET18, TINY_VIT_MMPRETRAIN, assert_same_outputs, flat, wrap
 
@@ -99,6 +101,12 @@ def test_block_adapter_base_checks_its_input():
     assert adapter.residual_and_gate(torch.randn(1, 8, 2, 2))[1] is None
     with pytest.raises(ValueError, match='channels must be a positive int'):
         ScaledChannelAdapter(0)
+
+
+@pytest.mark.parametrize('cls', [MSLoRAAdapter, BottleneckAdapter, MonaAdapter])
+def test_every_block_adapter_names_a_wrong_input(cls):
+    with pytest.raises(ValueError, match=rf'{cls.__name__} expects a \(B, 16, H, W\) feature'):
+        cls(channels=16)(torch.randn(1, 8, 4, 4))
 
 
 def test_layer_adapter_without_a_linear_update_says_it_cannot_merge():
