@@ -9,8 +9,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmslora  # noqa: F401
-from mmslora.engine.training import (add_common_args, init_cpu_distributed, load_cli_config,
-                                     prepare_test_config)
+from mmslora.cli import add_common_args, init_cpu_distributed, load_cli_config, prepare_test_config
 from mmslora.utils.data_check import check_data
 
 

@@ -23,7 +23,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 import mmslora  # noqa: F401
-from mmslora.engine.training import prepare_train_config
+from mmslora.cli import prepare_train_config
 from mmslora.models import MSLoRABackbone
 from mmslora.utils.checkpoint import safe_torch_load
 from mmslora_testing import CLS, DET, SEG
