@@ -4,8 +4,12 @@
 registers ``mmslora.MSLoRABackbone``, ``mmslora.MSLoRAAdapter`` and the rest.
 """
 from .version import __version__
-from . import datasets, engine, models  # noqa: F401  (registers the modules)
-from .models import MSLoRAAdapter, MSLoRABackbone
+from . import _deprecated
+
+_deprecated.install()  # old import paths keep working, with a DeprecationWarning
+
+from . import datasets, engine, models  # noqa: F401,E402  (registers the modules)
+from .models import MSLoRAAdapter, MSLoRABackbone  # noqa: E402
 
 __all__ = ['__version__', 'MSLoRAAdapter', 'MSLoRABackbone']
 
