@@ -9,13 +9,12 @@ import textwrap
 
 import pytest
 import torch
-from mmengine.runner import load_checkpoint  # noqa: F401  (the stack is importable)
 
 from mmslora.models import MSLoRABackbone, load_adapter, save_adapter
 from mmslora.models.adapter_io import CONFIG_NAME, FORMAT, LEGACY_FORMAT, WEIGHTS_NAME
 from mmslora.utils.checkpoint import DamagedCheckpointError
 from mmslora.utils.state_dict import CheckpointMismatchError
-from mmslora_testing import ROOT, assert_same_outputs
+from mmslora_testing import ROOT, assert_same_outputs, assert_unchanged, snapshot
 
 SMALL = dict(type='mmslora.MSLoRAAdapter', hidden_dim=8, groups=4)
 
@@ -31,17 +30,6 @@ def moved(model, set_name=None, by=0.5):
         for param in model.adapters_of(set_name).parameters():
             param.add_(by)
     return model
-
-
-def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_unchanged(model, before):
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
-    assert not changed, f'the failed load changed {changed[:5]}'
 
 
 @pytest.fixture(scope='module')
