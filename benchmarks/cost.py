@@ -125,6 +125,12 @@ class Trainer:
                 + tensor_bytes(state))
 
 
+def event_start(event) -> int:
+    """When a profiler (kineto) event started: ``start_ns()``, or ``start_us()`` on a
+    torch that has no nanosecond times yet (torch 2.1). Only the order is used."""
+    return event.start_ns() if hasattr(event, 'start_ns') else event.start_us()
+
+
 def step_peak_bytes(fn: Callable[[], None]) -> int:
     """Highest rise of the CPU allocator's live bytes during ``fn()``, from the memory
     events of ``torch.profiler`` (frees of blocks allocated before are not seen)."""
@@ -133,7 +139,7 @@ def step_peak_bytes(fn: Callable[[], None]) -> int:
         fn()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
     live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
+    for event in sorted(events, key=event_start):
         live += event.nbytes()
         peak = max(peak, live)
     return peak

@@ -55,3 +55,15 @@ def test_saved_activation_bytes_leave_parameters_out():
     # Linear saves its input (8 x 256 floats) for the weight gradient and the loss's
     # pow(2) its output (8 x 256); the weight itself is a parameter and not counted
     assert cost.saved_activation_bytes(trainer) == 2 * 8 * 256 * 4
+
+
+def test_event_start_on_a_torch_without_nanosecond_times():
+    """torch 2.1's profiler events have start_us() and no start_ns()."""
+    cost = load_tool('benchmarks/cost.py')
+
+    class Torch21Event:
+
+        def start_us(self):
+            return 7
+
+    assert cost.event_start(Torch21Event()) == 7

@@ -21,3 +21,19 @@ def runner_checkpoint(trained, tmp_path):
     path = tmp_path / 'iter_4.pth'
     shutil.copy(trained[0] / 'iter_4.pth', path)
     return path
+
+
+@pytest.fixture(params=['torch-safe-globals', 'restricted-unpickler'])
+def loading_path(request, monkeypatch):
+    """Run a test on each of the two safe-loading paths: torch's allowlist API
+    (``torch.serialization.safe_globals``, torch >= 2.5) and mmslora's restricted
+    unpickler (torch < 2.5; on a newer torch forced by hiding that API)."""
+    import torch
+    if request.param == 'torch-safe-globals':
+        if not hasattr(torch.serialization, 'safe_globals'):
+            pytest.skip(f'torch {torch.__version__} has no torch.serialization.safe_globals '
+                        '(torch >= 2.5): the restricted unpickler is its only path')
+    else:
+        for name in ('safe_globals', 'get_unsafe_globals_in_checkpoint'):
+            monkeypatch.delattr(torch.serialization, name, raising=False)
+    return request.param

@@ -16,6 +16,7 @@ from mmslora.utils.checkpoint import (TRUST_ENV_VAR, UnsafeCheckpointError, allo
 from mmslora_testing import toy_model
 
 
+@pytest.mark.usefixtures('loading_path')
 def test_non_allowlisted_getattr_target_is_refused(tmp_path):
     """builtins.getattr is only allowed for HistoryBuffer's statistics methods."""
 
@@ -34,6 +35,7 @@ def test_non_allowlisted_getattr_target_is_refused(tmp_path):
             safe_torch_load(path)
 
 
+@pytest.mark.usefixtures('loading_path')
 def test_trusted_file_needs_an_opt_in(tmp_path, monkeypatch):
     monkeypatch.delenv(TRUST_ENV_VAR, raising=False)
     monkeypatch.setattr(allowlist, '_extra_globals', [])
@@ -63,6 +65,7 @@ def test_trusted_file_needs_an_opt_in(tmp_path, monkeypatch):
     assert warnings == []
 
 
+@pytest.mark.usefixtures('loading_path')
 def test_numpy1_spelling_loads(trained, tmp_path):
     """numpy 1.x pickles its helpers as numpy.core.multiarray.*."""
     src = trained[0] / 'iter_4.pth'

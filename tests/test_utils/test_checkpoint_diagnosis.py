@@ -1,7 +1,10 @@
 """mmslora.utils.checkpoint.diagnosis: refused and damaged checkpoints raise errors
 that name the file and what is wrong, and a refused payload never runs."""
+import collections
+import fractions
 import io
 import os
+import pickle
 import zipfile
 
 import numpy as np
@@ -12,6 +15,7 @@ from mmengine.runner import checkpoint as mm_checkpoint
 import mmslora  # noqa: F401  (installs the safe loader)
 from mmslora.utils.checkpoint import (TRUST_ENV_VAR, DamagedCheckpointError,
                                       UnsafeCheckpointError, safe_torch_load)
+from mmslora.utils.checkpoint.diagnosis import globals_in_pickle
 from mmslora_testing import CLS, checkpointing_runner, evil_checkpoint, load_tool, toy_model
 
 SYSTEM = (['posix.system'], ['nt.system'])
@@ -20,6 +24,7 @@ SYSTEM = (['posix.system'], ['nt.system'])
 # --------------------------------------------------------------------------
 # a malicious file is refused and its payload does not run
 # --------------------------------------------------------------------------
+@pytest.mark.usefixtures('loading_path')
 @pytest.mark.parametrize('via', ['safe_torch_load', 'load_checkpoint', 'runner'])
 def test_malicious_checkpoint_is_refused(tmp_path, monkeypatch, via):
     monkeypatch.delenv(TRUST_ENV_VAR, raising=False)
@@ -43,6 +48,7 @@ def test_malicious_checkpoint_is_refused(tmp_path, monkeypatch, via):
     assert not marker.exists()
 
 
+@pytest.mark.usefixtures('loading_path')
 def test_malicious_legacy_format_checkpoint_is_refused(tmp_path):
     marker = tmp_path / 'PAYLOAD_RAN'
 
@@ -57,6 +63,36 @@ def test_malicious_legacy_format_checkpoint_is_refused(tmp_path):
         safe_torch_load(path)
     assert info.value.globals in SYSTEM
     assert not marker.exists()
+
+
+@pytest.mark.usefixtures('loading_path')
+def test_refusal_lists_every_offending_global(tmp_path, monkeypatch):
+    monkeypatch.delenv(TRUST_ENV_VAR, raising=False)
+    marker = tmp_path / 'PAYLOAD_RAN'
+
+    class Payload:
+
+        def __reduce__(self):
+            return (os.system, (f'touch {marker}', ))
+
+    path = tmp_path / 'two.pth'
+    torch.save({'ratio': fractions.Fraction(1, 3), 'meta': Payload()}, str(path))
+    with pytest.raises(UnsafeCheckpointError) as info:
+        safe_torch_load(path)
+    assert info.value.globals == ['fractions.Fraction']  # the first one refused
+    listed = str(info.value).split('All non-allowlisted globals in this file: ')[1]
+    assert sorted(listed.split('.\n')[0].split(', ')) == sorted(
+        ['fractions.Fraction', f'{os.system.__module__}.system'])
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('protocol', [2, 4])
+def test_globals_in_pickle_reads_the_opcodes(protocol):
+    """GLOBAL (protocol 2) and STACK_GLOBAL with memoized module names (4)."""
+    obj = {'a': (os.system, os.getcwd), 'b': collections.OrderedDict(), 'c': os.system}
+    module = os.system.__module__
+    assert globals_in_pickle(pickle.dumps(obj, protocol=protocol)) == [
+        f'{module}.system', f'{module}.getcwd', 'collections.OrderedDict']
 
 
 def test_trust_opt_in_does_not_hide_damage(tmp_path, monkeypatch):
@@ -105,6 +141,7 @@ def test_damaged_checkpoint_is_reported(trained, tmp_path, damage, reason):
     assert info.value.filename == str(path)
 
 
+@pytest.mark.usefixtures('loading_path')
 def test_truncated_legacy_format_is_reported(tmp_path):
     path = tmp_path / 'legacy.pth'
     torch.save({'w': torch.ones(3), 'n': np.float64(1.5)}, str(path),

@@ -39,6 +39,7 @@ def test_safe_loader_is_registered_with_mmengine():
     assert dict(checkpoint_schemes()) == before
 
 
+@pytest.mark.usefixtures('loading_path')
 def test_runner_resume_restores_state(trained, tmp_path):
     work_dir, final_state = trained
     resume_dir = tmp_path / 'resume'
@@ -77,6 +78,7 @@ def test_runner_load_from_with_resume_epoch_based(tmp_path):
     assert (second.epoch, second.iter) == (2, 8)
 
 
+@pytest.mark.usefixtures('loading_path')
 def test_mmengine_load_checkpoint(trained, runner_checkpoint):
     model = toy_model()
     ckpt = mm_checkpoint.load_checkpoint(model, str(runner_checkpoint), map_location='cpu')
@@ -90,6 +92,7 @@ def test_missing_file(tmp_path):
         mm_checkpoint._load_checkpoint(str(tmp_path / 'nope.pth'))
 
 
+@pytest.mark.usefixtures('loading_path')
 def test_http_scheme(runner_checkpoint, tmp_path, monkeypatch):
     """http(s): download through torch.hub (faked), load safely from its cache."""
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))

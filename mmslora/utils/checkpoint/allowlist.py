@@ -1,5 +1,9 @@
 """What safe checkpoint loading trusts.
 
+* :func:`torch_default_globals`: torch's own weights-only allowlist (tensors,
+  storages, dtypes and their rebuild functions), as torch >= 2.6 has it, resolved on
+  the installed torch; the restricted unpickler of :mod:`.restricted` allows it on a
+  torch without ``torch.serialization.safe_globals`` (< 2.5);
 * :data:`MM_CHECKPOINT_GLOBALS`: the few globals OpenMMLab checkpoints contain
   beyond torch's own weights-only allowlist (mmengine's ``HistoryBuffer``, numpy
   arrays, scalars and plain dtypes), with ``builtins.getattr`` resolving to a guard
@@ -9,12 +13,15 @@
 * :data:`TRUST_ENV_VAR`: the environment variable that loads refused files with full
   unpickling (``weights_only=False``), never a silent fallback.
 """
+import _compat_pickle
+import functools
 import importlib
 import os
 import pickle
-from typing import Any, Callable, Iterable, List, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Tuple, Union
 
 import numpy as np
+import torch
 
 #: Environment variable that lets refused (but trusted) files load with
 #: ``weights_only=False``. Accepted "on" values: 1, true, yes, on.
@@ -39,13 +46,26 @@ def _numpy_multiarray():
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
 
 
+class NotAllowlisted(pickle.UnpicklingError):
+    """Raised while unpickling when the file reaches outside the allowlist.
+
+    Attributes:
+        globals (list[str]): the refused global, e.g. ``['posix.system']``; empty
+            when the refusal is not about a global (a guarded ``getattr``).
+    """
+
+    def __init__(self, message: str, globals: List[str]):
+        super().__init__(message)
+        self.globals = list(globals)
+
+
 def _history_buffer_getattr(obj, name):
     from mmengine.logging.history_buffer import HistoryBuffer
     if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS:
         return getattr(obj, name)
-    raise pickle.UnpicklingError(
+    raise NotAllowlisted(
         f'getattr({obj!r}, {name!r}) is not allowed: only the default '
-        f'HistoryBuffer statistics methods {_HISTORY_BUFFER_METHODS} are')
+        f'HistoryBuffer statistics methods {_HISTORY_BUFFER_METHODS} are', [])
 
 
 # Plain fixed-size numeric/bool dtypes (by C type char, so the C aliases such as
@@ -115,6 +135,51 @@ def _resolve_dotted(path: str) -> Any:
             break
         return obj
     raise ValueError(f'cannot import the global {path!r}')
+
+
+# torch's default weights-only allowlist as torch 2.14 has it (its
+# _weights_only_unpickler._get_allowed_globals), by dotted name, beside the dtypes,
+# qschemes, tensor and storage classes that torch_default_globals() enumerates. Older
+# torch allows less by default (torch 2.1: no bytes, set or Counter, so no Runner
+# checkpoint), and the same guarantees on every torch mean the same list; names the
+# installed torch lacks (torch 2.1 has no _rebuild_tensor_v3) are skipped.
+_TORCH_DEFAULT_NAMES = (
+    '_codecs.encode',  # bytes, in pickle protocol 2
+    'builtins.bytearray', 'builtins.complex', 'builtins.set',
+    'collections.Counter', 'collections.OrderedDict',
+    'torch.Size', 'torch.Tensor', 'torch.device', 'torch.nn.parameter.Parameter',
+    'torch.serialization._get_layout', 'torch._tensor._rebuild_from_type_v2',
+) + tuple(f'torch._utils._rebuild_{kind}' for kind in (
+    'device_tensor_from_cpu_tensor', 'device_tensor_from_numpy',
+    'meta_tensor_no_storage', 'nested_tensor', 'parameter', 'parameter_with_state',
+    'qtensor', 'sparse_tensor', 'tensor', 'tensor_v2', 'tensor_v3', 'wrapper_subclass'))
+
+
+@functools.lru_cache(maxsize=1)
+def torch_default_globals() -> Dict[str, Any]:
+    """``{'dotted.path': object}`` of torch's own weights-only allowlist (torch
+    2.14's), resolved on the installed torch."""
+    found = {}
+    for path in _TORCH_DEFAULT_NAMES:
+        try:
+            found[path] = _resolve_dotted(path)
+        except ValueError:
+            continue  # not in this torch
+    for value in vars(torch).values():
+        if isinstance(value, (torch.dtype, torch.qscheme)):
+            found[str(value)] = value  # 'torch.float32', 'torch.per_tensor_affine'
+    for cls in (*torch._tensor_classes, *torch._storage_classes):
+        found[f'{cls.__module__}.{cls.__name__}'] = cls
+    return found
+
+
+def global_name(module: str, name: str) -> str:
+    """The dotted name of the global ``module``/``name`` as pickle writes it, with
+    Python 2 spellings (``__builtin__``, written by pickle protocol 2) mapped to
+    Python 3's as pickle itself does."""
+    module, name = _compat_pickle.NAME_MAPPING.get(
+        (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
+    return f'{module}.{name}'
 
 
 def allow_globals(objs: Iterable[Union[str, Callable, Tuple[Callable, str]]]) -> None:

@@ -3,19 +3,23 @@
 torch reports both as generic unpickling errors. After a failed load this module
 tells them apart (:func:`damage_reason` checks the file itself;
 :func:`weights_only_refusal` parses torch's refusal message for the globals it
-names) and builds the errors mmslora raises instead: :class:`DamagedCheckpointError`
+names, or takes them from the restricted unpickler's
+:class:`~.allowlist.NotAllowlisted`; :func:`unsafe_globals_in` lists every refused
+global in the file) and builds the errors mmslora raises instead: :class:`DamagedCheckpointError`
 and :class:`UnsafeCheckpointError`, each naming the file and what to do.
 """
 import io
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from typing import List, Optional, Tuple
 
 import torch
 
-from .allowlist import TRUST_ENV_VAR, allowed_global_names
+from .allowlist import (TRUST_ENV_VAR, NotAllowlisted, allowed_global_names, global_name,
+                        torch_default_globals)
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -60,7 +64,10 @@ _TORCH_ZIP_MAGIC = b'PK\x03\x04'
 
 
 def weights_only_refusal(err: BaseException) -> Optional[Tuple[List[str], str]]:
-    """``(offending globals, reason)`` if ``err`` is torch's weights-only refusal."""
+    """``(offending globals, reason)`` if ``err`` is torch's weights-only refusal or
+    the restricted unpickler's."""
+    if isinstance(err, NotAllowlisted):
+        return err.globals, str(err)
     if not isinstance(err, pickle.UnpicklingError):
         return None
     message = _ANSI.sub('', str(err))
@@ -195,12 +202,55 @@ def _unsafe_message(filename: str, names: List[str], all_names: List[str],
     return '\n'.join(lines)
 
 
+def globals_in_pickle(data: bytes) -> List[str]:
+    """The globals a pickle names, in order, each once (read from its opcodes,
+    nothing is unpickled)."""
+    found: List[str] = []
+    memo = {}
+    # The two values on top of the stack where they are known strings, else None:
+    # STACK_GLOBAL (protocol >= 4) takes its module and name from there.
+    top: List[Optional[str]] = [None, None]
+    for opcode, arg, _ in pickletools.genops(data):
+        if opcode.name in ('GLOBAL', 'INST'):
+            found.append(global_name(*arg.split(' ', 1)))
+            top = [None, None]
+        elif opcode.name == 'STACK_GLOBAL':
+            if None not in top:
+                found.append(global_name(*top))
+            top = [None, None]
+        elif opcode.name == 'MEMOIZE':
+            memo[len(memo)] = top[-1]
+        elif opcode.name in ('PUT', 'BINPUT', 'LONG_BINPUT'):
+            memo[arg] = top[-1]
+        elif opcode.name in ('GET', 'BINGET', 'LONG_BINGET'):
+            top = [top[-1], memo.get(arg)]
+        elif opcode.stack_after:
+            top = [top[-1], arg if opcode.stack_after == [pickletools.pyunicode] else None]
+        elif opcode.stack_before:  # popped only: what is on top now is unknown
+            top = [None, None]
+    return list(dict.fromkeys(found))
+
+
+def _globals_in_archive(source) -> List[str]:
+    """:func:`globals_in_pickle` of a zip checkpoint's ``data.pkl``."""
+    with zipfile.ZipFile(source) as archive:
+        member = next(n for n in archive.namelist()
+                      if n == 'data.pkl' or n.endswith('/data.pkl'))
+        return globals_in_pickle(archive.read(member))
+
+
 def unsafe_globals_in(source) -> List[str]:
-    """Every global in the file that neither torch nor we allow (best effort)."""
+    """Every global in the file that neither torch nor we allow (best effort: zip
+    checkpoints; torch's ``get_unsafe_globals_in_checkpoint`` where it has one,
+    torch >= 2.5, else :func:`globals_in_pickle`)."""
     try:
         pos = None if isinstance(source, (str, os.PathLike)) else source.tell()
         try:
-            found = torch.serialization.get_unsafe_globals_in_checkpoint(source)
+            if hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'):
+                found = torch.serialization.get_unsafe_globals_in_checkpoint(source)
+            else:
+                found = [n for n in _globals_in_archive(source)
+                         if n not in torch_default_globals()]
         finally:
             if pos is not None:
                 source.seek(pos)

@@ -1,8 +1,12 @@
-"""The safe loader: ``torch.load(..., weights_only=True)`` plus the allowlist.
+"""The safe loader: weights-only ``torch.load`` plus the allowlist.
 
 :func:`safe_torch_load` loads a path or file object; the mmengine schemes
-(:mod:`.schemes`) go through the same guarded load (:func:`load_guarded`). A
-failure becomes :class:`~.diagnosis.DamagedCheckpointError` or
+(:mod:`.schemes`) load through it. On torch >= 2.5 it is ``torch.load(...,
+weights_only=True)`` with the allowlist added to torch's own
+(``torch.serialization.safe_globals``); an older torch cannot extend its allowlist,
+so there it is ``torch.load`` with the restricted unpickler of :mod:`.restricted`,
+which allows the same globals. A failure becomes
+:class:`~.diagnosis.DamagedCheckpointError` or
 :class:`~.diagnosis.UnsafeCheckpointError` (:mod:`.diagnosis`); with
 ``MMSLORA_TRUST_CHECKPOINTS`` set, a refused file loads with full unpickling and a
 warning instead.
@@ -13,9 +17,14 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from . import restricted
 from .allowlist import TRUST_ENV_VAR, allowlisted_globals, trust_enabled
 from .diagnosis import (damage_reason, damaged_error, describe_source, unsafe_error,
                         unsafe_globals_in, weights_only_refusal)
+
+# torch.load's switch that turns every load weights-only; torch < 2.5 then refuses
+# any pickle_module, the restricted unpickler included.
+_TORCH_FORCE_WEIGHTS_ONLY = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD'
 
 
 def warn(message: str) -> None:
@@ -27,13 +36,24 @@ def warn(message: str) -> None:
         logging.getLogger(__name__).warning(message)
 
 
-def _with_allowlist(weights_only_load: Callable[[], Any]) -> Any:
-    """Run ``weights_only_load`` (a ``torch.load(..., weights_only=True)``) with the
-    allowlist added to torch's own.
+def _with_allowlist(load: Callable[..., Any]) -> Any:
+    """Run ``load(**kwargs)``, a ``torch.load`` of the file given the keyword
+    arguments that restrict it to the allowlist plus torch's own.
 
-    The one use of torch's allowlist API (``torch.serialization.safe_globals`` and
-    ``get_safe_globals``, torch >= 2.5); a loader for older torch goes here.
+    torch >= 2.5: ``weights_only=True`` inside ``torch.serialization.safe_globals``.
+    Older torch: ``pickle_module=`` :mod:`.restricted` (with ``weights_only=False``,
+    which torch requires beside a ``pickle_module``; the restricted unpickler is what
+    keeps the load safe, never a full unpickling).
     """
+    if not hasattr(torch.serialization, 'safe_globals'):
+        if os.environ.get(_TORCH_FORCE_WEIGHTS_ONLY, '').lower() in ('1', 'y', 'yes', 'true'):
+            raise RuntimeError(
+                f'{_TORCH_FORCE_WEIGHTS_ONLY} is set, and on torch {torch.__version__} '
+                "it makes torch.load refuse the restricted unpickler of mmslora's safe "
+                'checkpoint loading (torch < 2.5 cannot extend its weights-only '
+                f'allowlist). Unset {_TORCH_FORCE_WEIGHTS_ONLY}: mmslora loads '
+                'checkpoints restricted to that allowlist plus its own anyway.')
+        return load(weights_only=False, pickle_module=restricted)
     # torch's safe_globals context removes its entries on exit, so skip names the
     # user already added globally (torch.serialization.add_safe_globals) or they
     # would be dropped after our load.
@@ -45,41 +65,7 @@ def _with_allowlist(weights_only_load: Callable[[], Any]) -> Any:
             present.add(f'{item.__module__}.{item.__qualname__}')
     entries = [e for e in allowlisted_globals() if e[1] not in present]
     with torch.serialization.safe_globals(entries):
-        return weights_only_load()
-
-
-def load_guarded(source, name: Optional[str], safe_load: Callable[[], Any],
-                 unsafe_load: Callable[[], Any]) -> Any:
-    """Run ``safe_load`` under the allowlist; turn failures into clear errors.
-
-    Args:
-        source: the path or file object ``safe_load`` reads, examined on failure.
-        name: how to call it in messages (None: from ``source``).
-        safe_load: loads with ``weights_only=True``.
-        unsafe_load: loads with ``weights_only=False``; only called for a refused
-            file when ``MMSLORA_TRUST_CHECKPOINTS`` is set.
-    """
-    try:
-        return _with_allowlist(safe_load)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except Exception as err:
-        filename = describe_source(source, name)
-        reason = damage_reason(source, err)
-        if reason:
-            raise damaged_error(filename, reason) from err
-        refusal = weights_only_refusal(err)
-        if refusal is None:
-            raise
-        names, why = refusal
-        all_names = unsafe_globals_in(source)
-        if trust_enabled():
-            warn(f'{TRUST_ENV_VAR} is set: loading checkpoint {filename!r} with '
-                 'full unpickling (weights_only=False) although it needs '
-                 f'non-allowlisted globals {all_names or names or why}. This '
-                 'can run arbitrary code; only do it for files you trust.')
-            return unsafe_load()
-        raise unsafe_error(filename, names, all_names, why) from err
+        return load(weights_only=True)
 
 
 def safe_torch_load(path_or_file, map_location=None, *, name: Optional[str] = None):
@@ -103,12 +89,29 @@ def safe_torch_load(path_or_file, map_location=None, *, name: Optional[str] = No
         source = os.fspath(source)
     start = None if isinstance(source, str) else source.tell()
 
-    def safe():
-        return torch.load(source, map_location=map_location, weights_only=True)
-
-    def unsafe():
+    def load(**kwargs):
         if start is not None:
             source.seek(start)
-        return torch.load(source, map_location=map_location, weights_only=False)
+        return torch.load(source, map_location=map_location, **kwargs)
 
-    return load_guarded(source, name, safe, unsafe)
+    try:
+        return _with_allowlist(load)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as err:
+        filename = describe_source(source, name)
+        reason = damage_reason(source, err)
+        if reason:
+            raise damaged_error(filename, reason) from err
+        refusal = weights_only_refusal(err)
+        if refusal is None:
+            raise
+        names, why = refusal
+        all_names = unsafe_globals_in(source)
+        if trust_enabled():
+            warn(f'{TRUST_ENV_VAR} is set: loading checkpoint {filename!r} with '
+                 'full unpickling (weights_only=False) although it needs '
+                 f'non-allowlisted globals {all_names or names or why}. This '
+                 'can run arbitrary code; only do it for files you trust.')
+            return load(weights_only=False)
+        raise unsafe_error(filename, names, all_names, why) from err

@@ -3,11 +3,13 @@
 mmengine 0.10.7 calls ``torch.load`` without ``weights_only``, and its
 ``http(s)://`` loader goes through ``torch.hub.load_state_dict_from_url``, which
 still defaults to ``weights_only=False``: a downloaded checkpoint may run code.
-:func:`install_safe_checkpoint_loading` (run by ``import mmslora``) registers the
-safe loaders below with mmengine's ``CheckpointLoader`` in place of mmengine's own,
-so ``load_checkpoint``, ``_load_checkpoint``, ``Runner(load_from=..., resume=...)``,
-inferencers and ``init_cfg=dict(type='Pretrained', ...)`` all use them. The private
-mmengine parts this needs are reached through :mod:`mmslora.compat.mmengine`.
+The ``http(s)://`` loader here downloads into the same cache and loads the file with
+:func:`~.loader.safe_torch_load`. :func:`install_safe_checkpoint_loading` (run by
+``import mmslora``) registers the safe loaders below with mmengine's
+``CheckpointLoader`` in place of mmengine's own, so ``load_checkpoint``,
+``_load_checkpoint``, ``Runner(load_from=..., resume=...)``, inferencers and
+``init_cfg=dict(type='Pretrained', ...)`` all use them. The private mmengine parts
+this needs are reached through :mod:`mmslora.compat.mmengine`.
 """
 import io
 import os
@@ -18,7 +20,7 @@ import torch
 
 from mmslora.compat.mmengine import (mmengine_home, process_mmcls_checkpoint,
                                      replace_checkpoint_scheme)
-from .loader import load_guarded, safe_torch_load, warn
+from .loader import safe_torch_load, warn
 
 
 # The functions are named ``load_from_*`` like mmengine's because
@@ -40,20 +42,15 @@ def _hub_cached_file(url: str, model_dir: Optional[str]) -> str:
 
 
 def _safe_load_url(url, model_dir=None, map_location=None, progress=True):
+    """Download ``url`` into torch hub's cache unless it is there (as
+    ``torch.hub.load_state_dict_from_url`` does), then load the file safely."""
     cached = _hub_cached_file(url, model_dir)
-
-    def safe():
-        return torch.hub.load_state_dict_from_url(
-            url, model_dir=model_dir, map_location=map_location,
-            progress=progress, weights_only=True)
-
-    def unsafe():
-        return torch.hub.load_state_dict_from_url(
-            url, model_dir=model_dir, map_location=map_location,
-            progress=progress, weights_only=False)
-
+    if not osp.exists(cached):
+        os.makedirs(osp.dirname(cached), exist_ok=True)
+        torch.hub.download_url_to_file(url, cached, progress=progress)
     # Diagnose failures on the downloaded file, but name the URL too.
-    return load_guarded(cached, f'{cached} (downloaded from {url})', safe, unsafe)
+    return safe_torch_load(cached, map_location=map_location,
+                           name=f'{cached} (downloaded from {url})')
 
 
 def load_from_http(filename, map_location=None, model_dir=None,
