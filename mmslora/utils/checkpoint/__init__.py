@@ -1,9 +1,10 @@
-"""Safe checkpoint loading for mmengine under torch >= 2.6.
+"""Safe checkpoint loading for mmengine, on every torch from 2.1 on.
 
 mmengine 0.10.7 calls ``torch.load`` without ``weights_only``. Since torch 2.6 that
 means ``weights_only=True``, and the checkpoints mmengine's own ``Runner`` writes no
 longer load: the message hub holds ``HistoryBuffer`` objects (numpy arrays inside)
-and the meta holds numpy scalars (``eta``, ``best_score``). Worse, mmengine's
+and the meta holds numpy scalars (``eta``, ``best_score``). Before torch 2.6 it
+means full unpickling: any checkpoint file can run code on load. Worse, mmengine's
 ``http(s)://`` loader goes through ``torch.hub.load_state_dict_from_url``, which
 still defaults to ``weights_only=False``: a downloaded checkpoint may run code.
 
@@ -12,7 +13,10 @@ extra globals OpenMMLab checkpoints contain (:data:`MM_CHECKPOINT_GLOBALS`), and
 registers that loader with mmengine's ``CheckpointLoader`` (``import mmslora`` does it
 via :func:`install_safe_checkpoint_loading`), so ``load_checkpoint``,
 ``_load_checkpoint``, ``Runner(load_from=..., resume=...)``, inferencers and
-``init_cfg=dict(type='Pretrained', ...)`` all use it.
+``init_cfg=dict(type='Pretrained', ...)`` all use it. On a torch that cannot extend
+its weights-only allowlist (< 2.5, e.g. the torch 2.1 of OpenMMLab's prebuilt mmcv
+wheels) the same globals are allowed by a restricted unpickler instead
+(:mod:`.restricted`), with the same refusals and opt-ins.
 
 A checkpoint that needs any other global is refused with
 :class:`UnsafeCheckpointError` naming the global(s) and the file. For a file you
@@ -26,8 +30,9 @@ trust there are two documented opt-ins, never a silent fallback:
 A truncated or corrupted file raises :class:`DamagedCheckpointError` naming it.
 
 Modules: :mod:`.allowlist` (what is trusted), :mod:`.diagnosis` (why a load failed,
-the errors), :mod:`.loader` (:func:`safe_torch_load`), :mod:`.schemes` (mmengine's
-``CheckpointLoader`` schemes).
+the errors), :mod:`.loader` (:func:`safe_torch_load`), :mod:`.restricted` (the
+unpickler of torch < 2.5), :mod:`.schemes` (mmengine's ``CheckpointLoader``
+schemes).
 """
 from .allowlist import (MM_CHECKPOINT_GLOBALS, TRUST_ENV_VAR, allow_globals,
                         allowed_global_names)
