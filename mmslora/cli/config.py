@@ -8,6 +8,7 @@ import torch
 from mmengine.config import Config, DictAction
 
 from mmslora.models.peers import METHODS, apply_method
+from mmslora.utils.config import resolve_config
 
 REPORT_HOOK = 'mmslora.ParameterReportHook'
 RANDOM_STATE_HOOK = 'mmslora.RandomStateHook'
@@ -41,12 +42,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_cli_config(args: argparse.Namespace) -> Config:
-    """Load ``args.config`` and apply ``--method`` (then ``--cfg-options``, so they can
-    tune the method), ``--launcher`` and ``--work-dir`` (default
-    ``./work_dirs/<config name>[_<method>]``), as upstream's tools do."""
+    """Load ``args.config`` (a file or a ``mmslora::`` name) and apply ``--method``
+    (then ``--cfg-options``, so they can tune the method), ``--launcher`` and
+    ``--work-dir`` (default ``./work_dirs/<config name>[_<method>]``), as upstream's
+    tools do."""
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
-    cfg = Config.fromfile(args.config)
+    cfg = Config.fromfile(resolve_config(args.config))
     cfg.launcher = args.launcher
     method = args.method
     if method is not None:

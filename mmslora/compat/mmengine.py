@@ -29,6 +29,15 @@ What is touched, and what for (:data:`PRIVATE_API` lists the same):
   ``run`` for every batch: :func:`loop_dataloader_iterator`,
   :func:`set_loop_dataloader_iterator` (``mmslora.RandomStateHook`` wraps it to
   restore the random state right before the first batch after a resume).
+* ``mmengine.config.Config._get_cfg_path`` (the function ``Config`` turns each
+  ``_base_`` entry into a file and a scope with): :func:`register_config_package`
+  (``import mmslora`` makes ``_base_ = 'mmslora::_base_/mslora.py'`` name the shipped
+  file). mmengine's own ``package::`` lookup needs the package in its table
+  ``MODULE2PACKAGE``, finds it through the distribution's location (site-packages
+  for an editable install, where the package is not) and builds everything the
+  file defines in the package's scope, which would look up the toolbox's types
+  (``'ResNet'`` of ``_base_.model.backbone``) among mmslora's; mmslora's files read
+  as a path does, without a scope.
 
 This module imports nothing from the rest of mmslora.
 """
@@ -43,7 +52,8 @@ __all__ = [
     'PRIVATE_ATTRIBUTE_NAMES', 'PrivateAPIError', 'check_private_api',
     'checkpoint_schemes', 'replace_checkpoint_scheme', 'mmengine_home',
     'process_mmcls_checkpoint', 'runner_is_resuming', 'runner_load_from',
-    'runner_randomness_cfg', 'loop_dataloader_iterator', 'set_loop_dataloader_iterator'
+    'runner_randomness_cfg', 'loop_dataloader_iterator', 'set_loop_dataloader_iterator',
+    'register_config_package'
 ]
 
 #: The mmengine release series this module was written for, and the release tested.
@@ -120,6 +130,8 @@ PRIVATE_API: Tuple[PrivateAttribute, ...] = (
     PrivateAttribute('mmengine.runner', 'IterBasedTrainLoop', 'dataloader_iterator',
                      ('__init__', 'run'),
                      'restore the random state before the first batch (RandomStateHook)'),
+    PrivateAttribute('mmengine.config', 'Config', '_get_cfg_path', ('_file2dict', ),
+                     'mmslora::<config> names in _base_ (register_config_package)'),
 )
 
 #: The attribute names of :data:`PRIVATE_API` (no module outside this one may use
@@ -226,3 +238,36 @@ def set_loop_dataloader_iterator(loop, iterator) -> None:
     """Make ``loop`` (an ``IterBasedTrainLoop``) take its batches from ``iterator``."""
     loop_dataloader_iterator(loop)  # never create an attribute run() would not read
     loop.dataloader_iterator = iterator
+
+
+# --------------------------------------------------------------------------
+# Config names ``package::path``
+# --------------------------------------------------------------------------
+class _ConfigPath:
+    """``Config._get_cfg_path`` for every ``_base_`` entry: ``package::path`` of a
+    package registered here is ``resolvers[package](path)``, without a scope; any
+    other entry goes to mmengine's function (``fallback``)."""
+
+    def __init__(self, fallback: Callable[[str, str], Tuple[str, Optional[str]]]):
+        self.fallback = fallback
+        self.resolvers: Dict[str, Callable[[str], str]] = {}
+
+    def __call__(self, cfg_path: str, filename: str) -> Tuple[str, Optional[str]]:
+        package, sep, path = cfg_path.partition('::')
+        if sep and package in self.resolvers:
+            return self.resolvers[package](path), None
+        return self.fallback(cfg_path, filename)
+
+
+def register_config_package(package: str, resolve: Callable[[str], str]) -> None:
+    """Make ``_base_ = '<package>::<path>'`` in any config name the file
+    ``resolve(path)`` (which raises ``FileNotFoundError`` for a name it does not
+    have), read as a ``_base_`` given by its path is: the types in it are looked up
+    in the config's default scope. Registering ``package`` again replaces its
+    resolver."""
+    from mmengine.config import Config
+    get_cfg_path = _read(Config, 'mmengine.config.Config', '_get_cfg_path')
+    if not isinstance(get_cfg_path, _ConfigPath):
+        get_cfg_path = _ConfigPath(get_cfg_path)
+        Config._get_cfg_path = staticmethod(get_cfg_path)
+    get_cfg_path.resolvers[package] = resolve

@@ -1,13 +1,53 @@
-"""Building a model from a config file without data, as the tools do."""
-from typing import Optional, Sequence
+"""Config files by name (``mmslora::...``) and building a model from one without
+data, as the tools do."""
+import glob
+import os.path as osp
+from typing import List, Optional, Sequence
 
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
+#: The folder of the mmslora package.
+PACKAGE_DIR = osp.dirname(osp.dirname(osp.abspath(__file__)))
+#: mmslora's configs as the installed package has them (OpenMMLab's layout, which
+#: mim reads too): the repository's ``configs/`` (a symlink there; a wheel has a copy).
+CONFIG_ROOT = osp.join(PACKAGE_DIR, '.mim', 'configs')
+CONFIG_PREFIX = 'mmslora::'
+
+
+def shipped_configs() -> List[str]:
+    """The shipped config files, relative to :data:`CONFIG_ROOT` (the names after
+    ``mmslora::``), sorted: ``'_base_/mslora.py'``, ``'mmdet/...'``, ..."""
+    files = glob.glob(osp.join(CONFIG_ROOT, '**', '*.py'), recursive=True)
+    return sorted(osp.relpath(f, CONFIG_ROOT) for f in files)
+
+
+def shipped_config(name: str) -> str:
+    """The file of the shipped config ``name`` (``'_base_/mslora.py'``: what follows
+    ``mmslora::`` in a ``_base_``); ``FileNotFoundError`` naming the shipped ones
+    for a name that is not."""
+    path = osp.join(CONFIG_ROOT, name)
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'{CONFIG_PREFIX}{name}: mmslora ships no such config (looked in '
+            f'{CONFIG_ROOT}). Its configs: '
+            f'{", ".join(CONFIG_PREFIX + c for c in shipped_configs())}')
+    return path
+
+
+def resolve_config(name: str) -> str:
+    """The file of a config given on a command line: a ``mmslora::`` name is the
+    shipped config, anything else a path, returned as it is."""
+    if name.startswith(CONFIG_PREFIX):
+        return shipped_config(name[len(CONFIG_PREFIX):])
+    return name
+
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    cfg = Config.fromfile(path)
+    """Load the config file ``path`` (or a ``mmslora::`` name) and apply
+    ``cfg_options``."""
+    cfg = Config.fromfile(resolve_config(path))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg

@@ -4,6 +4,7 @@ import types
 
 import mmengine
 import pytest
+from mmengine.config import Config
 from mmengine.runner import IterBasedTrainLoop, Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -27,7 +28,7 @@ def test_the_list_names_every_attribute_once():
     assert len(paths) == len(set(paths))
     assert set(compat.PRIVATE_ATTRIBUTE_NAMES) == {
         '_schemes', '_get_mmengine_home', '_process_mmcls_checkpoint', '_resume',
-        '_load_from', '_randomness_cfg', 'dataloader_iterator'}
+        '_load_from', '_randomness_cfg', 'dataloader_iterator', '_get_cfg_path'}
 
 
 def test_a_missing_attribute_is_named(monkeypatch):
@@ -79,3 +80,21 @@ def test_checkpoint_helpers(tmp_path, monkeypatch):
     converted = compat.process_mmcls_checkpoint(
         {'state_dict': {'backbone.conv.weight': 1, 'head.fc.weight': 2}})
     assert dict(converted['state_dict']) == {'conv.weight': 1}
+
+
+def test_registered_config_names_resolve_without_a_scope(monkeypatch, tmp_path):
+    get_cfg_path = Config._get_cfg_path  # import mmslora registered 'mmslora'
+    monkeypatch.setattr(get_cfg_path, 'resolvers', dict(get_cfg_path.resolvers))
+    compat.register_config_package('probe', lambda name: str(tmp_path / name))
+    assert Config._get_cfg_path is get_cfg_path  # one wrapper, whatever registers
+    assert Config._get_cfg_path('probe::a/b.py', 'cfg.py') == (str(tmp_path / 'a/b.py'), None)
+    path, scope = Config._get_cfg_path('mmdet::retinanet/retinanet_r18_fpn_1x_coco.py', 'c.py')
+    assert scope == 'mmdet' and path.endswith('retinanet_r18_fpn_1x_coco.py')  # mmengine's
+    assert Config._get_cfg_path('../x.py', '/a/b/c.py') == ('/a/b/../x.py', None)
+
+
+def test_a_missing_config_path_function_is_named(monkeypatch):
+    monkeypatch.delattr(Config, '_get_cfg_path')
+    with pytest.raises(compat.PrivateAPIError) as info:
+        compat.register_config_package('probe', str)
+    assert info.value.attribute == 'mmengine.config.Config._get_cfg_path'
