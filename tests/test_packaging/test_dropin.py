@@ -48,13 +48,15 @@ log_processor = dict(by_epoch=False)
 """
 
 
-def run(cmd, cwd, timeout=300):
-    """``cmd`` in ``cwd`` without the repository or PYTHONPATH in reach; its output."""
+def run(cmd, cwd, timeout=300, fails=False):
+    """``cmd`` in ``cwd`` without the repository or PYTHONPATH in reach; its output.
+    It must succeed, or with ``fails`` fail."""
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     env['OMP_NUM_THREADS'] = '1'
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
-    assert proc.returncode == 0, f'{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
+    assert (proc.returncode != 0) == fails, \
+        f'{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
     return proc.stdout + proc.stderr
 
 
@@ -109,15 +111,21 @@ def user_dir(tmp_path):
 def test_configs_load_by_name_from_another_folder(venv, tmp_path):
     env, site = venv
     probe = ("import mmslora\nfrom mmengine.config import Config\n"
-             "print(mmslora.__file__)\n"
+             "print('FILE', mmslora.__file__)\n"
              "for name in ('_base_/mslora.py', 'mmdet/mask-rcnn_r50-mslora_fpn_1x_coco.py'):\n"
              "    cfg = Config.fromstring(f\"_base_ = 'mmslora::{name}'\", '.py')\n"
-             "    print(cfg.get('model', {}).get('backbone', {}).get('type'), "
+             "    print('CFG', cfg.get('model', {}).get('backbone', {}).get('type'), "
              "cfg.mslora_backbone.type)\n")
     out = run([str(env / 'bin' / 'python'), '-c', probe], cwd=tmp_path).splitlines()
-    assert out[0] == osp.join(site, 'mmslora', '__init__.py')  # the wheel's copy
-    assert out[-2:] == ['None mmslora.MSLoRABackbone',
-                        'mmslora.MSLoRABackbone mmslora.MSLoRABackbone']
+    assert 'FILE ' + osp.join(site, 'mmslora', '__init__.py') in out  # the wheel's copy
+    assert [line for line in out if line.startswith('CFG ')] == [
+        'CFG None mmslora.MSLoRABackbone',
+        'CFG mmslora.MSLoRABackbone mmslora.MSLoRABackbone']
+    # without `import mmslora` first (docs/troubleshooting.md)
+    plain = ("from mmengine.config import Config\n"
+             "Config.fromstring(\"_base_ = 'mmslora::_base_/mslora.py'\", '.py')\n")
+    out = run([str(env / 'bin' / 'python'), '-c', plain], cwd=tmp_path, fails=True)
+    assert 'AssertionError: mmengine does not support to load mmslora config.' in out
 
 
 def test_mmdet_train_tool_trains_and_resumes(venv, user_dir):
