@@ -66,16 +66,20 @@ def test_trusted_file_needs_an_opt_in(tmp_path, monkeypatch):
 
 
 @pytest.mark.usefixtures('loading_path')
-def test_numpy1_spelling_loads(trained, tmp_path):
-    """numpy 1.x pickles its helpers as numpy.core.multiarray.*."""
+def test_other_numpy_major_spelling_loads(trained, tmp_path):
+    """numpy 2.x pickles its helpers as numpy._core.multiarray.*, numpy 1.x as
+    numpy.core.multiarray.*: a file written under the other major version loads."""
+    spellings = {2: (b'numpy._core.multiarray', b'numpy.core.multiarray'),
+                 1: (b'numpy.core.multiarray', b'numpy._core.multiarray')}
+    ours, other = spellings[int(np.__version__.split('.')[0])]
     src = trained[0] / 'iter_4.pth'
-    dst = tmp_path / 'numpy1.pth'
+    dst = tmp_path / 'other_numpy.pth'
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, 'w') as zout:
         for info in zin.infolist():
             data = zin.read(info.filename)
             if info.filename.endswith('data.pkl'):
-                assert b'numpy._core.multiarray' in data
-                data = data.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
+                assert ours in data
+                data = data.replace(ours, other)
             zout.writestr(info, data)
     ckpt = safe_torch_load(dst)
     assert ckpt['meta']['iter'] == 4
