@@ -222,3 +222,16 @@ def build_method(method, scope, cfg, **overrides):
     model = build_in_scope(scope, wrapper_cfg(method, cfg, **overrides))
     model.init_weights()
     return model
+
+
+def _hrnet_stage(branches, block):
+    return dict(num_modules=1, num_branches=branches, block=block,
+                num_blocks=(1, ) * branches, num_channels=(18, 36, 72, 144)[:branches])
+
+
+#: HRNet-W18 with one block per branch: 18/36/72/144 channels (18 is not divisible by 8)
+HRNET_W18_TINY = dict(
+    stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1, ),
+                num_channels=(16, )),
+    stage2=_hrnet_stage(2, 'BASIC'), stage3=_hrnet_stage(3, 'BASIC'),
+    stage4=_hrnet_stage(4, 'BASIC'))

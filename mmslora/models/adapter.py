@@ -37,6 +37,7 @@ Swin-T and ViT-B. The up-projection of ``Proj`` starts at zero, so ``H(F) = 0`` 
 the adapted network equals the pretrained one at step 0; because of the product,
 ``Trans`` receives its first non-zero gradient on the second step.
 """
+import math
 from typing import Sequence, Tuple
 
 import torch
@@ -52,7 +53,14 @@ def _check_divisible(name: str, value: int, groups: int) -> None:
         raise ValueError(
             f'MSLoRAAdapter: {name}={value} is not divisible by groups={groups}; '
             f'choose `groups` that divides both the block channels and `hidden_dim` '
-            f'(for example a power of two such as 4 or 8).')
+            f'(for example a power of two such as 4 or 8), or leave strict_groups=False '
+            f'to use the largest divisor that fits.')
+
+
+def fitting_groups(channels: int, hidden_dim: int, groups: int) -> int:
+    """The largest number of groups <= ``groups`` that divides both C and D."""
+    common = math.gcd(channels, hidden_dim)
+    return max(g for g in range(1, min(groups, common) + 1) if common % g == 0)
 
 
 class LowRankProjection(nn.Module):
@@ -231,12 +239,16 @@ class MSLoRAAdapter(BlockAdapter):
     Args:
         channels (int): C, channels of the block output it adapts.
         hidden_dim (int): D, the low-rank width of both branches. Default 64.
-        groups (int): G, groups of the 1x1 projections; must divide C and D. Default 8.
+        groups (int): G, groups of the 1x1 projections. Default 8. Where G does not
+            divide both C and D, the largest divisor of both below G is used (recorded in
+            ``adjustment`` and in the parameter report), unless ``strict_groups``.
         kernel_sizes (Sequence[int]): odd depthwise kernel sizes of the multi-scale
             transform. Default (3, 5, 7).
         reduction (int): squeeze ratio of the channel attention. Default 4.
         spatial_kernel (int): odd kernel of the spatial attention. Default 7.
         dropout (float): dropout on ``H(F)`` during training. Default 0.
+        strict_groups (bool): refuse a ``groups`` that does not divide C and D
+            instead of reducing it. Default False.
         with_cp (bool): gradient checkpointing of the adapter: keep only its input
             from forward to backward and recompute the rest there (less training
             memory, one more adapter forward per step; same values). Default False.
@@ -248,15 +260,21 @@ class MSLoRAAdapter(BlockAdapter):
 
     def __init__(self, channels: int, hidden_dim: int = 64, groups: int = 8,
                  kernel_sizes: Sequence[int] = (3, 5, 7), reduction: int = 4,
-                 spatial_kernel: int = 7, dropout: float = 0.0, with_cp: bool = False,
-                 init_cfg=None) -> None:
+                 spatial_kernel: int = 7, dropout: float = 0.0, strict_groups: bool = False,
+                 with_cp: bool = False, init_cfg=None) -> None:
         super().__init__(channels, dropout=dropout, with_cp=with_cp, init_cfg=init_cfg)
         for name, value in (('hidden_dim', hidden_dim), ('groups', groups),
                             ('reduction', reduction)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f'MSLoRAAdapter: {name} must be a positive int, got {value!r}.')
-        _check_divisible('channels', channels, groups)
-        _check_divisible('hidden_dim', hidden_dim, groups)
+        if strict_groups:
+            _check_divisible('channels', channels, groups)
+            _check_divisible('hidden_dim', hidden_dim, groups)
+        elif channels % groups or hidden_dim % groups:
+            fitted = fitting_groups(channels, hidden_dim, groups)
+            self.adjustment = (f'MSLoRAAdapter groups {groups} -> {fitted} (C={channels}, '
+                               f'D={hidden_dim})')
+            groups = fitted
         kernel_sizes = tuple(kernel_sizes)
         if not kernel_sizes:
             raise ValueError('MSLoRAAdapter: kernel_sizes is empty; give at least one odd '

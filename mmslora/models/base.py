@@ -52,14 +52,20 @@ def _loads_pretrained(init_cfg) -> bool:
 class AdapterBase(BaseModule):
     """What block and layer adapters share: the zero-start guarantee.
 
-    Class attribute:
+    Class attributes:
         zero_init (tuple[str]): names (as in ``named_parameters()``) of the
             parameters that are zero at start and make the update zero. Empty for an
             adapter without a zero start (the wrapper then cannot promise that the
             adapted model equals the frozen one at step 0).
+        width_arg (str | None): the constructor argument that sets the adapter's width
+            (``hidden_dim``, LoRA's ``rank``); the wrapper's ``budget`` scales it.
+        adjustment (str | None): set by an adapter that changed an argument to fit its
+            layer (e.g. fewer groups); the parameter report lists it.
     """
 
     zero_init: Tuple[str, ...] = ()
+    width_arg: Optional[str] = 'hidden_dim'
+    adjustment: Optional[str] = None
 
     def zero_start_(self) -> None:
         """Set the ``zero_init`` parameters to zero (in place, without autograd)."""

@@ -1,17 +1,19 @@
 """Which modules of a backbone are its blocks, and in which layout they answer.
 
 The presets cover ResNet, Swin and ViT from mmdet, mmseg and mmpretrain, and
-mmslora's EfficientNet-Lite; a backbone
-of any other family is wrapped by giving ``blocks=dict(pattern=..., layout=...)`` to
-:class:`~mmslora.models.MSLoRABackbone`.
+mmslora's EfficientNet-Lite (exact and instant). Any other backbone's blocks are found
+by :mod:`.discovery` (the module tree plus one dry forward), or named by
+``blocks=dict(pattern=..., layout=...)`` given to :class:`~mmslora.models.MSLoRABackbone`.
 """
 import importlib
 import re
 from typing import Dict, Iterator, List, Optional, Tuple, Type
 
 import torch.nn as nn
+from mmengine.logging import print_log
 
-from .layouts import LAYOUTS
+from .discovery import discover_blocks, preset_channels
+from .layouts import parse_layout
 
 # (module path, block class names, layout). Subclasses (ResNeXt, ...) match too.
 BLOCK_PRESETS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
@@ -45,6 +47,9 @@ def preset_block_classes() -> List[Tuple[Type[nn.Module], str]]:
 
 
 def _block_specs(blocks) -> List[dict]:
+    if isinstance(blocks, str):
+        raise TypeError(f"blocks must be None, 'auto' or a dict (or list of dicts) like "
+                        f"dict(pattern=r'layers\\.\\d+', layout='tokens'), got {blocks!r}.")
     specs = [blocks] if isinstance(blocks, dict) else list(blocks)
     for spec in specs:
         if not isinstance(spec, dict) or 'pattern' not in spec:
@@ -55,23 +60,27 @@ def _block_specs(blocks) -> List[dict]:
         if unknown:
             raise TypeError(f'blocks: unknown keys {sorted(unknown)}; allowed are pattern, '
                             f'layout and channels.')
-        if spec.get('layout', 'nchw') not in LAYOUTS:
-            raise ValueError(f"blocks: layout {spec.get('layout')!r} is not one of {LAYOUTS}.")
+        parse_layout(spec.get('layout', 'nchw'))
     return specs
 
 
-def find_blocks(backbone: nn.Module, blocks=None) -> Dict[str, Tuple[str, Optional[int]]]:
+def find_blocks(backbone: nn.Module, blocks=None, grid_from: str = 'patch_embed'
+                ) -> Dict[str, Tuple[str, Optional[int]]]:
     """Map block names in ``backbone`` to ``(layout, channels or None)``.
 
     Args:
         backbone: the wrapped backbone.
-        blocks: None for the presets, or a dict / list of dicts with ``pattern``
-            (a regular expression matched in full against ``named_modules()`` names),
-            ``layout`` (default ``'nchw'``) and optionally ``channels``.
+        blocks: None for the presets, and where none matches, the blocks found by
+            :func:`~mmslora.models.discovery.discover_blocks` (module tree plus one dry
+            forward); ``'auto'`` for discovery alone; or a dict / list of dicts with
+            ``pattern`` (a regular expression matched in full against
+            ``named_modules()`` names), ``layout`` (default ``'nchw'``) and optionally
+            ``channels``.
+        grid_from: the patch embedding, for discovering ``'tokens'`` blocks.
 
     Raises:
-        ValueError: when nothing matched; the message lists the patterns tried and a
-            few candidate module names.
+        ValueError: when nothing matched; the message lists what was tried and a few
+            candidate module names.
     """
     found: Dict[str, Tuple[str, Optional[int]]] = {}
     if blocks is None:
@@ -83,8 +92,21 @@ def find_blocks(backbone: nn.Module, blocks=None) -> Dict[str, Tuple[str, Option
                 if isinstance(module, cls):
                     found[name] = (layout, None)
                     break
-        tried = 'the presets for ' + ', '.join(
-            sorted({cls.__name__ for cls, _ in preset_block_classes()}))
+        channels = preset_channels(backbone, {n: lay for n, (lay, _) in found.items()},
+                                   grid_from) if found else None
+        if channels is not None:
+            return {n: (lay, channels[n]) for n, (lay, _) in found.items()}
+        found = {}
+    if blocks is None or blocks == 'auto':
+        discovery = discover_blocks(backbone, grid_from)
+        if discovery.blocks:
+            print_log(f'MSLoRABackbone: {len(discovery.blocks)} blocks of '
+                      f'{type(backbone).__name__} found by a dry forward at '
+                      f'{discovery.input_size}: {_head(list(discovery.blocks))}',
+                      logger='current')
+            return dict(discovery.blocks)
+        tried = ('the block finder (no preset for this backbone; stages it declined: '
+                 f'{dict(list(discovery.skipped.items())[:3]) or "none"})')
     else:
         specs = _block_specs(blocks)
         for name, _ in backbone.named_modules():
@@ -101,30 +123,15 @@ def find_blocks(backbone: nn.Module, blocks=None) -> Dict[str, Tuple[str, Option
     return found
 
 
+def _head(names: List[str]) -> str:
+    return ', '.join(names[:4]) + (f', ... ({len(names)} in all)' if len(names) > 4 else '')
+
+
 def candidate_names(backbone: nn.Module, limit: int = 8) -> List[str]:
     """A few module names that look like blocks (containers with parameters)."""
     names = [name for name, module in backbone.named_modules()
              if name and len(list(module.children())) > 1]
     return names[:limit]
-
-
-def infer_channels(block: nn.Module) -> int:
-    """The output channels of ``block``: those of its last layer that states them."""
-    channels = None
-    for module in block.modules():
-        for attr in ('out_channels', 'out_features', 'num_features'):
-            if isinstance(getattr(module, attr, None), int):
-                channels = getattr(module, attr)
-                break
-        else:
-            shape = getattr(module, 'normalized_shape', None)
-            if isinstance(shape, tuple) and len(shape) == 1:
-                channels = shape[0]
-    if channels is None:
-        raise ValueError(
-            f'MSLoRABackbone: cannot infer the output channels of a {type(block).__name__} '
-            f'block; give them as blocks=dict(pattern=..., layout=..., channels=C).')
-    return channels
 
 
 def iter_norms(module: nn.Module) -> Iterator[nn.Module]:

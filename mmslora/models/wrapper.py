@@ -9,15 +9,21 @@ adapter sets on one frozen backbone (:meth:`MSLoRABackbone.add_adapter`).
 import contextlib
 import copy
 import functools
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import torch.nn as nn
+from torch import Tensor
+from mmengine.logging import print_log
+# MMEngine's ModuleDict: init_weights reaches the adapters (torch's has none)
+from mmengine.model import ModuleDict
 
 from mmslora.registry import MODELS
 from .base import AdapterHost, BlockAdapter, LayerAdapter
-from .block_presets import find_blocks, infer_channels, iter_norms
+from .block_presets import find_blocks, iter_norms
+from .discovery import infer_channels
 from .layouts import apply_in_layout
 from .params import ParameterReport, print_trainable_parameters
 
@@ -25,6 +31,8 @@ TRAINABLE_OPTIONS = ('norm', 'bias')
 DEFAULT_ADAPTER = dict(type='mmslora.MSLoRAAdapter')
 #: the set built from the constructor's ``adapter``; its adapters are ``adapters.*``
 DEFAULT_SET = 'default'
+#: adapter widths tried, widest first, to meet a parameter ``budget``
+BUDGET_WIDTHS = (1024, 768, 512, 384, 256, 192, 128, 96, 64, 48, 32, 24, 16, 12, 8, 6, 4, 2, 1)
 
 
 def adapter_key(module_name: str) -> str:
@@ -108,10 +116,13 @@ class MSLoRABackbone(AdapterHost):
             ``None``: no adapter (with ``trainable=('bias',)`` that is BitFit; with
             nothing trainable only the modules outside the backbone train, a linear
             probe). Default ``dict(type='mmslora.MSLoRAAdapter')``.
-        blocks (dict | list[dict], optional): which modules are blocks. None uses the
-            presets (ResNet BasicBlock/Bottleneck, Swin and ViT blocks of mmdet, mmseg and
-            mmpretrain). Otherwise ``dict(pattern=<regex over named_modules() names>,
-            layout='nchw' | 'nlc' | 'tokens', channels=<optional int>)`` or a list of them.
+        blocks (str | dict | list[dict], optional): which modules are blocks. None uses
+            the presets (ResNet BasicBlock/Bottleneck, Swin and ViT blocks of mmdet, mmseg
+            and mmpretrain, EfficientNet-Lite) and, for any other backbone, the blocks
+            found in its module tree by one dry forward at construction
+            (:mod:`mmslora.models.discovery`; ``'auto'`` forces that). Otherwise
+            ``dict(pattern=<regex over named_modules() names>, layout='nchw' | 'nhwc' |
+            'nlc' | 'tokens', channels=<optional int>)`` or a list of them.
         grid_from (str): name of the backbone module whose output gives the patch grid,
             for the ``'tokens'`` layout (ViTs). Default ``'patch_embed'``.
         trainable (Sequence[str]): backbone parameters to train besides the adapters:
@@ -128,6 +139,11 @@ class MSLoRABackbone(AdapterHost):
             ``init_cfg`` to ``dict(type='Pretrained', checkpoint=pretrained)``, or to
             ``dict(type='Pretrained', **pretrained)`` for a dict such as
             ``dict(checkpoint=url, prefix='backbone.')`` (a classifier's checkpoint).
+        budget (float, optional): the adapters' parameters as a share of the
+            backbone's at most, e.g. 0.05: the adapter's width (``hidden_dim``, LoRA's
+            ``rank``: its class's ``width_arg``) becomes the largest of
+            :data:`BUDGET_WIDTHS` that meets it, reported in ``notes`` and the parameter
+            report. Default None: the width the adapter config gives.
         init_cfg (dict, optional): MMEngine init config of the wrapper.
     """
 
@@ -135,7 +151,8 @@ class MSLoRABackbone(AdapterHost):
                  blocks=None, grid_from: str = 'patch_embed',
                  trainable: Sequence[str] = (), freeze: bool = True,
                  norm_eval: Optional[bool] = None,
-                 pretrained: Union[str, dict, None] = None, init_cfg=None) -> None:
+                 pretrained: Union[str, dict, None] = None, budget: Optional[float] = None,
+                 init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if not isinstance(backbone, dict) or 'type' not in backbone:
             raise TypeError(
@@ -160,14 +177,16 @@ class MSLoRABackbone(AdapterHost):
         self.norm_eval = freeze if norm_eval is None else norm_eval
         self.grid_from = grid_from
 
-        self.adapters = nn.ModuleDict()  # the default set: state-dict keys adapters.*
-        self.adapter_sets = nn.ModuleDict()  # the other named sets
+        self.adapters = ModuleDict()  # the default set: state-dict keys adapters.*
+        self.adapter_sets = ModuleDict()  # the other named sets
         self._sets: Dict[str, AdapterSet] = {}
         self._hooks: Dict[str, list] = {}
         self._grid = None
+        self._input_hw = None
         self._active = DEFAULT_SET
         self._enabled = True
-        self._add_set(DEFAULT_SET, adapter, blocks)
+        self.notes: List[str] = []  # how a budget was met, for the parameter report
+        self._add_set(DEFAULT_SET, adapter, blocks, budget)
         self.freeze_backbone()
 
     # ------------------------------------------------------- adapter sets
@@ -196,10 +215,11 @@ class MSLoRABackbone(AdapterHost):
     def adapter_modules(self) -> nn.Module:
         return nn.ModuleList([self.adapters, self.adapter_sets])
 
-    def add_adapter(self, name: str, adapter: dict, blocks=None) -> AdapterSet:
+    def add_adapter(self, name: str, adapter: dict, blocks=None,
+                    budget: Optional[float] = None) -> AdapterSet:
         """Build another adapter set on the same frozen backbone.
 
-        ``adapter`` and ``blocks`` as in the constructor. The new set's adapters are
+        ``adapter``, ``blocks`` and ``budget`` as in the constructor. The new set's adapters are
         under ``adapter_sets.<name>.*`` in the state dict; they start at their zero
         start and stay frozen and inactive until :meth:`set_adapter` picks them.
         """
@@ -212,7 +232,7 @@ class MSLoRABackbone(AdapterHost):
         if adapter is None:
             raise ValueError('MSLoRABackbone.add_adapter: give an adapter config, e.g. '
                              "dict(type='mmslora.MSLoRAAdapter').")
-        added = self._add_set(name, adapter, blocks)
+        added = self._add_set(name, adapter, blocks, budget)
         added.modules.requires_grad_(False)
         return added
 
@@ -256,24 +276,32 @@ class MSLoRABackbone(AdapterHost):
         self._hooks.clear()
 
     # ---------------------------------------------------- building a set
-    def _add_set(self, name: str, adapter: Optional[dict], blocks) -> AdapterSet:
+    def _add_set(self, name: str, adapter: Optional[dict], blocks,
+                 budget: Optional[float] = None) -> AdapterSet:
         if adapter is not None and not (isinstance(adapter, dict) and 'type' in adapter):
             raise TypeError(
                 "MSLoRABackbone: `adapter` must be None or a config dict with a 'type', e.g. "
                 f"dict(type='mmslora.MSLoRAAdapter'); got {adapter!r}.")
-        adapter_set = AdapterSet(name, copy.deepcopy(adapter), nn.ModuleDict())
         modules_by_name = dict(self.backbone.named_modules())
-        if adapter is not None:
+        if adapter is None:
+            adapter_set = AdapterSet(name, None, ModuleDict())
+        else:
             adapter_cls = _adapter_class(adapter)
             if issubclass(adapter_cls, BlockAdapter):
-                self._build_block_adapters(adapter_set, modules_by_name, blocks)
+                found = find_blocks(self.backbone, blocks, self.grid_from)
+                build = functools.partial(self._build_block_adapters, found=found,
+                                          modules=modules_by_name)
             else:
                 if blocks is not None:
                     raise ValueError(
                         f'MSLoRABackbone: `blocks` selects blocks for block adapters, but '
                         f'{adapter_cls.__name__} is a LayerAdapter; select its layers with '
                         f'`targets` in the adapter config instead.')
-                self._build_layer_adapters(adapter_set, adapter_cls)
+                build = functools.partial(self._build_layer_adapters, adapter_cls=adapter_cls)
+            if budget is None:
+                adapter_set = build(AdapterSet(name, copy.deepcopy(adapter), ModuleDict()))
+            else:
+                adapter_set = self._fit_budget(name, adapter, adapter_cls, budget, build)
         self._hooks[name] = self._register_hooks(adapter_set, modules_by_name)
         # attached only once built: a set that fails to build leaves nothing behind
         if name == DEFAULT_SET:
@@ -281,17 +309,51 @@ class MSLoRABackbone(AdapterHost):
         else:
             self.adapter_sets[name] = adapter_set.modules
         self._sets[name] = adapter_set
+        adjusted = sorted({m.adjustment for m in adapter_set.modules.values() if m.adjustment})
+        if adjusted:  # once per set, not once per adapter
+            print_log(f'MSLoRABackbone: adapter set {name!r}: {"; ".join(adjusted)}; give '
+                      f'fitting values (or strict_groups=True to refuse them).',
+                      logger='current', level=logging.WARNING)
         return adapter_set
 
-    def _build_block_adapters(self, adapter_set: AdapterSet, modules: Dict[str, nn.Module],
-                              blocks) -> None:
-        for name, (layout, channels) in find_blocks(self.backbone, blocks).items():
+    def _fit_budget(self, name: str, adapter: dict, adapter_cls, budget: float,
+                    build) -> AdapterSet:
+        """The widest set whose adapters have at most ``budget`` x the backbone's
+        parameters (``cls.width_arg`` taken from :data:`BUDGET_WIDTHS`)."""
+        arg = adapter_cls.width_arg
+        if arg is None:
+            raise ValueError(f'MSLoRABackbone: budget={budget} needs an adapter width to '
+                             f'scale, but {adapter_cls.__name__}.width_arg is None; set its '
+                             f'width in the adapter config instead.')
+        if not 0 < budget < 1:
+            raise ValueError(f'MSLoRABackbone: budget must be a share of the backbone in '
+                             f'(0, 1), e.g. 0.05; got {budget!r}.')
+        limit = budget * sum(p.numel() for p in self.backbone.parameters())
+        for width in BUDGET_WIDTHS:
+            cfg = dict(copy.deepcopy(adapter), **{arg: width})
+            adapter_set = build(AdapterSet(name, cfg, ModuleDict()))
+            size = sum(p.numel() for p in adapter_set.modules.parameters())
+            if size <= limit:
+                share = size / (limit / budget)
+                self.notes.append(f'budget {budget:.2%} of the backbone: {arg}={width} for '
+                                  f'{adapter_cls.__name__} (set {name!r}, {share:.3%})')
+                print_log(f'MSLoRABackbone: {self.notes[-1]}', logger='current')
+                return adapter_set
+        raise ValueError(
+            f'MSLoRABackbone: even {arg}={BUDGET_WIDTHS[-1]} gives {adapter_cls.__name__} '
+            f'{size:,d} parameters, more than budget={budget} of the backbone '
+            f'({int(limit):,d}); raise the budget or adapt fewer blocks.')
+
+    def _build_block_adapters(self, adapter_set: AdapterSet, found: dict,
+                              modules: Dict[str, nn.Module]) -> AdapterSet:
+        for name, (layout, channels) in found.items():
             channels = channels or infer_channels(modules[name])
             adapter_set.modules[adapter_key(name)] = MODELS.build(
                 dict(adapter_set.cfg, channels=channels))
             adapter_set.blocks[name] = layout
+        return adapter_set
 
-    def _build_layer_adapters(self, adapter_set: AdapterSet, adapter_cls) -> None:
+    def _build_layer_adapters(self, adapter_set: AdapterSet, adapter_cls) -> AdapterSet:
         cfg = {k: v for k, v in adapter_set.cfg.items() if k not in ('type', 'targets')}
         targets = adapter_set.cfg.get('targets')
         patterns = [targets] if isinstance(targets, str) else list(targets or [])
@@ -329,6 +391,7 @@ class MSLoRABackbone(AdapterHost):
                 f'{[t.__name__ for t in layer_types]}; skipped: '
                 f'{dict(list(adapter_set.skipped_layers.items())[:5])}). Candidate layers: '
                 f'{candidates[:8]}.')
+        return adapter_set
 
     # ----------------------------------------------------------------- hooks
     def _register_hooks(self, adapter_set: AdapterSet, modules: Dict[str, nn.Module]) -> list:
@@ -366,9 +429,11 @@ class MSLoRABackbone(AdapterHost):
             return None
         adapter = self._sets[set_name].modules[key]
         if isinstance(output, (tuple, list)):
-            first = apply_in_layout(adapter, output[0], layout, args, kwargs, self._grid)
+            first = apply_in_layout(adapter, output[0], layout, args, kwargs, self._grid,
+                                    tuple(output[1:]), self._input_hw)
             return type(output)([first, *output[1:]])
-        return apply_in_layout(adapter, output, layout, args, kwargs, self._grid)
+        return apply_in_layout(adapter, output, layout, args, kwargs, self._grid,
+                               input_hw=self._input_hw)
 
     def _layer_hook(self, set_name: str, key: str, module, args, kwargs, output):
         if not self._runs(set_name):
@@ -422,11 +487,6 @@ class MSLoRABackbone(AdapterHost):
         adapters' (their ``init_cfg``, after which they keep their zero start), then
         re-assert the frozen state, which some backbones change there."""
         super().init_weights()
-        # MMEngine recurses only into children with init_weights; a ModuleDict has none
-        for adapter_set in self._sets.values():
-            for adapter in adapter_set.modules.values():
-                if not adapter.is_init:
-                    adapter.init_weights()
         self.freeze_backbone()
 
     def train(self, mode: bool = True) -> 'MSLoRABackbone':
@@ -445,6 +505,8 @@ class MSLoRABackbone(AdapterHost):
     # ------------------------------------------------------------- forward
     def forward(self, *args, **kwargs):
         self._grid = None
+        inputs = args[0] if args else next(iter(kwargs.values()), None)
+        self._input_hw = tuple(inputs.shape[-2:]) if isinstance(inputs, Tensor) else None
         return self.backbone(*args, **kwargs)
 
 

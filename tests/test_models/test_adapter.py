@@ -54,8 +54,9 @@ def test_gradients_reach_both_branches_after_two_steps():
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(channels=30, groups=8), 'channels=30 is not divisible by groups=8'),
-    (dict(channels=32, hidden_dim=20, groups=8), 'hidden_dim=20 is not divisible by groups=8'),
+    (dict(channels=30, groups=8, strict_groups=True), 'channels=30 is not divisible by groups=8'),
+    (dict(channels=32, hidden_dim=20, groups=8, strict_groups=True),
+     'hidden_dim=20 is not divisible by groups=8'),
     (dict(channels=32, kernel_sizes=(3, 4)), 'kernel size 4 must be odd'),
     (dict(channels=32, spatial_kernel=6), 'kernel size 6 must be odd'),
     (dict(channels=32, kernel_sizes=()), 'kernel_sizes is empty'),
@@ -64,6 +65,19 @@ def test_gradients_reach_both_branches_after_two_steps():
 def test_invalid_sizes_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MSLoRAAdapter(**kwargs)
+
+
+@pytest.mark.parametrize('channels, hidden_dim, groups, fitted', [
+    (26, 64, 8, 2), (18, 64, 8, 2), (24, 64, 8, 8), (30, 20, 8, 5), (7, 64, 8, 1)])
+def test_groups_that_do_not_divide_become_the_largest_that_does(channels, hidden_dim,
+                                                                groups, fitted):
+    adapter = MSLoRAAdapter(channels=channels, hidden_dim=hidden_dim, groups=groups)
+    assert adapter.groups == fitted
+    assert (adapter.adjustment is None) == (fitted == groups)
+    if adapter.adjustment:
+        assert f'groups {groups} -> {fitted}' in adapter.adjustment
+    x = torch.randn(1, channels, 5, 4)
+    assert torch.equal(adapter(x), x)  # still the zero start
 
 
 def test_wrong_input_channels_named():

@@ -8,7 +8,7 @@ import torch
 from mmengine.registry import DefaultScope
 
 from mmslora.models import MSLoRABackbone, count_parameters
-from mmslora_testing import (RESNET18, TINY_SWIN, TINY_VIT_MMPRETRAIN, TINY_VIT_MMSEG,
+from mmslora_testing import (HRNET_W18_TINY, RESNET18, TINY_SWIN, TINY_VIT_MMPRETRAIN, TINY_VIT_MMSEG,
                              assert_same_outputs, build_in_scope, flat, wrap)
 
 # (id, toolbox scope, backbone config, number of blocks adapted)
@@ -190,7 +190,27 @@ def test_groups_not_dividing_channels():
     with pytest.raises(ValueError, match='channels=32 is not divisible by groups=3'):
         build_in_scope('mmdet', wrap(dict(type='mmdet.SwinTransformer', **TINY_SWIN),
                                      adapter=dict(type='mmslora.MSLoRAAdapter', groups=3,
-                                                  hidden_dim=63)))
+                                                  hidden_dim=63, strict_groups=True)))
+    # not strict: fewer groups where they do not divide, listed in the parameter report
+    hrnet = dict(type='mmdet.HRNet', extra=HRNET_W18_TINY, init_cfg=None)
+    model = build_in_scope('mmdet', wrap(hrnet))
+    report = count_parameters(model)
+    assert 'MSLoRAAdapter groups 8 -> 2 (C=18, D=64): 3 adapters' in report.notes
+    assert 'groups 8 -> 2' in report.table()
+    plain = build_in_scope('mmdet', hrnet)
+    plain.load_state_dict(model.backbone.state_dict())
+    assert_same_outputs(model, plain, torch.randn(1, 3, 64, 64))
+
+
+def test_block_channels_are_read_off_the_forward():
+    """Res2Net's Bottle2neck registers its per-scale norms (26 channels) after its
+    output layer (256): the channels come from the block's output, not module order."""
+    torch.manual_seed(0)
+    model = build_in_scope('mmdet', wrap(dict(type='mmdet.Res2Net', depth=50, init_cfg=None)))
+    assert model.adapters['layer1_0'].channels == 256
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
 
 
 # ------------------------------------------------ switching and named adapter sets

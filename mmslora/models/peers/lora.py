@@ -83,6 +83,7 @@ class LoRA(LayerAdapter):
 
     layer_types = (nn.Linear, nn.Conv2d)
     zero_init = ('lora_B.weight', )
+    width_arg = 'rank'
 
     def __init__(self, in_channels: int, out_channels: int, rank: int = 8,
                  alpha: float = 8., dropout: float = 0.,

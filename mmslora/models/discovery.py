@@ -1,0 +1,321 @@
+"""Find the blocks of any backbone: the module tree plus one dry forward.
+
+A *stage* is a ``ModuleList`` / ``Sequential`` (or the backbone itself) whose children
+run one after the other on a feature map: each child's output has the shape of the
+next child's input, and at least one child keeps its input's shape (a residual block).
+Its blocks are children of two or more layers (modules owning a weight of two or more
+dimensions). The blocks are the children of the innermost stages (a stage inside a
+block wins over the stage that holds the block; ResNet's ``layer1`` is a stage of
+Bottlenecks, a Bottleneck's ``downsample`` is not, since its children are single
+layers). A backbone without such blocks, a plain stack of layers (VGG, AlexNet), gets
+its single layers as units instead. Each block's layout is read off the dry forward:
+
+* a (B, C, H, W) output: ``'nchw'``, or ``'nhwc'`` when the map is (B, H, W, C) (told
+  apart on a non-square input);
+* a (B, L, C) output: ``'nlc'`` when the block is called with a pair (H, W), H * W = L
+  (Swin, PVT, SegFormer); ``'tokens'`` when the patch embedding's grid leaves a few
+  extra tokens (cls, registers) in front (ViTs), ``'tokens/<s>'`` when the input size
+  at a patch stride ``s`` does (T2T-ViT); otherwise the stage is skipped.
+
+The dry forward runs in eval mode without autograd on a random input drawn from a
+private generator, so neither running statistics nor the global random state change.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .layouts import hw_from_args
+
+__all__ = ['discover_blocks', 'Discovery', 'infer_channels', 'preset_channels',
+           'sample_inputs']
+
+#: input sizes tried in order (after a size the backbone declares): non-square first
+#: (it tells NCHW from NHWC), small first (it is fast)
+INPUT_SIZES: Tuple[Tuple[int, int], ...] = ((128, 96), (224, 160), (224, 224), (256, 256),
+                                           (64, 64))
+MAX_EXTRA_TOKENS = 16
+#: patch strides tried for token blocks whose grid no argument or patch embedding gives
+GRID_STRIDES = (16, 32, 14, 8, 4)
+ASPECT_TOLERANCE = 0.2
+
+
+@dataclass
+class _Call:
+    order: int
+    inp: Optional[torch.Size]
+    out: Optional[torch.Size]
+    hw: Optional[Tuple[int, int]]
+
+
+@dataclass
+class Discovery:
+    """What :func:`discover_blocks` found.
+
+    Attributes:
+        blocks (dict): block name -> ``(layout, channels)``.
+        skipped (dict): stage name -> why its children were not adapted.
+        input_size (tuple): the (H, W) of the dry forward.
+    """
+    blocks: Dict[str, Tuple[str, int]] = field(default_factory=dict)
+    skipped: Dict[str, str] = field(default_factory=dict)
+    input_size: Optional[Tuple[int, int]] = None
+
+
+def _first_tensor(value) -> Optional[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    if isinstance(value, dict):
+        return _first_tensor(list(value.values()))
+    return None
+
+
+def _layers(module: nn.Module) -> int:
+    """How many modules in ``module`` own a weight of two or more dimensions
+    (convolutions, linear maps; a conv + norm + activation unit has one)."""
+    return sum(1 for m in module.modules()
+               if any(p.dim() >= 2 for p in m.parameters(recurse=False)))
+
+
+def _candidate_sizes(backbone: nn.Module) -> List[Tuple[int, int]]:
+    sizes = []
+    declared = getattr(backbone, 'img_size', None)
+    if isinstance(declared, int):
+        sizes.append((declared, declared))
+    elif isinstance(declared, (tuple, list)) and len(declared) == 2:
+        sizes.append((int(declared[0]), int(declared[1])))
+    return sizes + [s for s in INPUT_SIZES if s not in sizes]
+
+
+def _input_channels(backbone: nn.Module) -> List[int]:
+    """Input channel counts to try: 3 (images), then the first convolution's."""
+    first = next((m.in_channels for m in backbone.modules() if isinstance(m, nn.Conv2d)), 3)
+    return [3] if first == 3 else [3, first]
+
+
+def sample_inputs(backbone: nn.Module) -> Iterator[torch.Tensor]:
+    """Random (2, C, H, W) inputs a backbone may take, in the order they are tried:
+    image channels first, sizes as :data:`INPUT_SIZES` after a declared ``img_size``;
+    drawn from a private generator (the global random state is left alone)."""
+    param = next(backbone.parameters(), None)
+    device = param.device if param is not None else 'cpu'
+    for channels in _input_channels(backbone):
+        for size in _candidate_sizes(backbone):
+            generator = torch.Generator().manual_seed(0)
+            yield torch.randn(2, channels, *size, generator=generator).to(device)
+
+
+def _dry_forward(backbone: nn.Module, names: Sequence[str], grid_from: str):
+    """Run the backbone once; return ``(calls by module name, grid, (H, W))``."""
+    modules = dict(backbone.named_modules())
+    errors = []
+    for x in sample_inputs(backbone):
+        calls: Dict[str, _Call] = {}
+        grid: List[Optional[Tuple[int, int]]] = [None]
+
+        def record(name, module, args, kwargs, output):
+            if name not in calls:
+                inp = _first_tensor(args[:1]) if args else _first_tensor(list(kwargs.values()))
+                out = _first_tensor(output)
+                length = out.shape[1] if out is not None and out.dim() == 3 else None
+                rest = tuple(output[1:]) if isinstance(output, (tuple, list)) else ()
+                hw = hw_from_args((None, *rest), {}, length, strict=True) or \
+                    hw_from_args(args, kwargs, length, strict=True)
+                calls[name] = _Call(len(calls), None if inp is None else inp.shape,
+                                    None if out is None else out.shape, hw)
+
+        def record_grid(module, args, output):
+            if isinstance(output, (tuple, list)) and len(output) > 1 and len(output[1]) == 2:
+                grid[0] = (int(output[1][0]), int(output[1][1]))
+            elif isinstance(output, torch.Tensor) and output.dim() == 4:
+                grid[0] = tuple(output.shape[-2:])
+
+        handles = [modules[n].register_forward_hook(
+            lambda m, a, k, o, n=n: record(n, m, a, k, o), with_kwargs=True) for n in names]
+        if grid_from in modules:
+            handles.append(modules[grid_from].register_forward_hook(record_grid))
+        training = {m: m.training for m in backbone.modules()}
+        try:
+            backbone.eval()
+            with torch.no_grad():
+                backbone(x)
+            return calls, grid[0], tuple(x.shape[-2:])
+        except Exception as err:  # an input the backbone does not take: try the next
+            errors.append(f'{tuple(x.shape[1:])}: {type(err).__name__}: {err}')
+        finally:
+            for handle in handles:
+                handle.remove()
+            for m, mode in training.items():
+                m.training = mode
+    raise ValueError(f'MSLoRABackbone: a dry forward of {type(backbone).__name__} failed at '
+                     f'every input size tried ({"; ".join(errors)[:600]}); name its blocks '
+                     f'with blocks=dict(pattern=..., layout=...).')
+
+
+def infer_channels(block: nn.Module) -> int:
+    """The output channels of ``block``: those of its last layer that states them."""
+    channels = None
+    for module in block.modules():
+        for attr in ('out_channels', 'out_features', 'num_features'):
+            if isinstance(getattr(module, attr, None), int):
+                channels = getattr(module, attr)
+                break
+        else:
+            shape = getattr(module, 'normalized_shape', None)
+            if isinstance(shape, tuple) and len(shape) == 1:
+                channels = shape[0]
+    if channels is None:
+        raise ValueError(
+            f'MSLoRABackbone: cannot infer the output channels of a {type(block).__name__} '
+            f'block; give them as blocks=dict(pattern=..., layout=..., channels=C).')
+    return channels
+
+
+def _layer_channels(block: nn.Module) -> Optional[int]:
+    try:
+        return infer_channels(block)
+    except ValueError:
+        return None
+
+
+def _layout(call: _Call, block: nn.Module, size: Tuple[int, int], grid
+            ) -> Tuple[Optional[str], str]:
+    """``(layout, why not)`` of a block from its dry-forward call."""
+    out = call.out
+    if len(out) == 4:
+        # the channels the block's last layer states decide; else the map's aspect
+        # against the non-square input's
+        stated = _layer_channels(block)
+        if stated is not None and (out[1] == stated) != (out[3] == stated):
+            return ('nchw' if out[1] == stated else 'nhwc'), ''
+        # the spatial dims keep the non-square input's aspect (up to odd-size rounding)
+        aspect = size[0] / size[1]
+        fits_nchw = abs(out[2] / out[3] / aspect - 1) < ASPECT_TOLERANCE
+        fits_nhwc = abs(out[1] / out[2] / aspect - 1) < ASPECT_TOLERANCE
+        if size[0] != size[1] and fits_nchw != fits_nhwc:
+            return ('nchw' if fits_nchw else 'nhwc'), ''
+        # maps too small for their aspect: the channels are the one dim much larger
+        if out[1] >= 4 * max(out[2], out[3]):
+            return 'nchw', ''
+        if out[3] >= 4 * max(out[1], out[2]):
+            return 'nhwc', ''
+        return None, (f'cannot tell channels from rows in the map {tuple(out)}: give '
+                      f'blocks=dict(pattern=..., layout=..., channels=...)')
+    if len(out) == 3:
+        if call.hw is not None:
+            return 'nlc', ''
+        if grid is not None and 0 <= out[1] - grid[0] * grid[1] <= MAX_EXTRA_TOKENS:
+            return 'tokens', ''
+        for stride in GRID_STRIDES:  # a grid the input size gives at a patch stride
+            if 0 <= out[1] - (size[0] // stride) * (size[1] // stride) <= MAX_EXTRA_TOKENS:
+                return f'tokens/{stride}', ''
+        return None, (f'(B, L, C) tokens {tuple(out)} without a grid: no (H, W) argument '
+                      f'and no patch-embedding grid that fits')
+    return None, f'outputs of rank {len(out)} ({tuple(out)}) are no feature maps'
+
+
+def discover_blocks(backbone: nn.Module, grid_from: str = 'patch_embed') -> Discovery:
+    """Find the blocks of ``backbone`` and their layouts (see the module docstring)."""
+    named = dict(backbone.named_modules())
+    # a child shared under two names is known by its first (named_modules' choice)
+    first_name = {id(m): name for name, m in named.items()}
+    stages = {name: [first_name[id(c)] for c in m.children()] for name, m in named.items()
+              if name == '' or isinstance(m, (nn.ModuleList, nn.Sequential))}
+    watched = sorted({c for kids in stages.values() for c in kids})
+    calls, grid, size = _dry_forward(backbone, watched, grid_from)
+    result = Discovery(input_size=size)
+    # blocks of two or more layers; a plain stack of layers (VGG) has none, and then
+    # its single layers are the units
+    for min_layers in (2, 1):
+        _collect(result, stages, calls, named, size, grid, min_layers)
+        if result.blocks:
+            break
+    return result
+
+
+def _collect(result: Discovery, stages: Dict[str, List[str]], calls: Dict[str, _Call],
+             named: Dict[str, nn.Module], size, grid, min_layers: int) -> None:
+    """Fill ``result.blocks`` with the innermost runs of blocks of ``min_layers``."""
+    runs: List[Tuple[str, List[Tuple[str, str, int]]]] = []
+    for name, kids in stages.items():
+        for run in _runs(kids, calls, named, min_layers):
+            found, why = [], ''
+            for k in run:
+                layout, why = _layout(calls[k], named[k], size, grid)
+                if layout is None:
+                    break
+                out = calls[k].out
+                found.append((k, layout, int(out[1] if layout == 'nchw' else out[-1])))
+            if why:
+                result.skipped[name or '<backbone>'] = why
+            else:
+                runs.append((name, found))
+    eligible = {k for _, found in runs for k, _, _ in found}
+    containers = {name for name, _ in runs}
+    for _, found in runs:
+        for k, layout, channels in found:
+            # the innermost blocks win: skip a block that holds a stage of blocks
+            if not any(c == k or c.startswith(f'{k}.') for c in containers) and \
+                    not any(e.startswith(f'{k}.') for e in eligible):
+                result.blocks[k] = (layout, channels)
+
+
+def _runs(kids: List[str], calls: Dict[str, _Call], named: Dict[str, nn.Module],
+          min_layers: int) -> List[List[str]]:
+    """Maximal runs of a container's children that are blocks of one stage: children of
+    ``min_layers`` layers or more called one after the other, each output the next one's
+    input shape, at least one keeping its input's shape. Runs of single layers
+    (``min_layers`` 1, a plain stack) need not keep a shape, and parameter-free
+    children (activations) do not break them."""
+    ran = sorted((k for k in kids if k in calls and calls[k].inp is not None
+                  and calls[k].out is not None), key=lambda k: calls[k].order)
+    runs, current = [], []
+    for k in ran:
+        layers = _layers(named[k])
+        if layers < min_layers:
+            if layers or min_layers > 1:
+                runs.append(current)
+                current = []
+            continue
+        if current and calls[current[-1]].out != calls[k].inp:
+            runs.append(current)
+            current = []
+        current.append(k)
+    runs.append(current)
+    # blocks keep their input's shape somewhere in a stage; single layers need not
+    return [run for run in runs
+            if run and (min_layers == 1 or any(calls[k].inp == calls[k].out for k in run))]
+
+
+
+def preset_channels(backbone: nn.Module, layouts: Dict[str, str],
+                    grid_from: str = 'patch_embed') -> Optional[Dict[str, int]]:
+    """The output channels of blocks a preset named (name -> layout), read off one dry
+    forward (a block's last registered layer need not be its output layer: Res2Net's
+    are its per-scale norms); None when a block's output does not fit its preset layout
+    (a ViT block class reused in another design, e.g. MixMIM's stages, Conformer), so
+    the block finder decides instead. Falls back to :func:`infer_channels` if the dry
+    forward fails at every input size."""
+    named = dict(backbone.named_modules())
+    try:
+        calls, grid, _ = _dry_forward(backbone, list(layouts), grid_from)
+    except ValueError:
+        return {name: infer_channels(named[name]) for name in layouts}
+    channels = {}
+    for name, layout in layouts.items():
+        out = calls[name].out if name in calls else None
+        if out is None:
+            channels[name] = infer_channels(named[name])
+            continue
+        tokens = len(out) == 3 and (layout == 'nlc' or (grid is not None and 0 <= out[1] -
+                                    grid[0] * grid[1] <= MAX_EXTRA_TOKENS))
+        if not (tokens or (layout == 'nchw' and len(out) == 4)):
+            return None
+        channels[name] = int(out[1] if layout == 'nchw' else out[-1])
+    return channels
