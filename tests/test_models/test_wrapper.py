@@ -333,3 +333,22 @@ def test_sets_train_separately():
     assert all(torch.equal(v, model.adapters.state_dict()[k]) for k, v in default_before.items())
     assert any(p.abs().sum() > 0 for n, p in model.adapters_of('task_b').named_parameters()
                if n.endswith('proj.up.weight'))
+
+
+@pytest.mark.parametrize('adapter, arg', [(dict(type='mmslora.MSLoRAAdapter'), 'hidden_dim'),
+                                          (dict(type='mmslora.LoRA'), 'rank')])
+def test_a_parameter_budget_sets_the_widest_adapter_that_meets_it(adapter, arg):
+    from mmslora.models.wrapper import BUDGET_WIDTHS
+    model = MSLoRABackbone(backbone=RESNET18, adapter=adapter, budget=0.02)
+    report = count_parameters(model)
+    assert report.adapter <= 0.02 * report.backbone
+    width = next(a for a in model.adapters.values())
+    chosen = width.rank if arg == 'rank' else width.proj.down.out_channels
+    assert any(f'budget 2.00% of the backbone: {arg}={chosen}' in n for n in report.notes)
+    wider = BUDGET_WIDTHS[BUDGET_WIDTHS.index(chosen) - 1]
+    bigger = MSLoRABackbone(backbone=RESNET18, adapter=dict(adapter, **{arg: wider}))
+    assert count_parameters(bigger).adapter > 0.02 * report.backbone  # the widest that fits
+    with pytest.raises(ValueError, match=r'budget must be a share of the backbone in \(0, 1\)'):
+        MSLoRABackbone(backbone=RESNET18, adapter=adapter, budget=5)
+    with pytest.raises(ValueError, match='raise the budget'):
+        MSLoRABackbone(backbone=RESNET18, adapter=adapter, budget=1e-7)
