@@ -73,8 +73,8 @@ def test_a_fresh_process_loads_the_files_to_equal_outputs(adapter_dir, tmp_path)
                                adapter={SMALL!r})
         load_adapter(model, {adapter_dir!r})
         model.eval()
-        x = torch.load({str(tmp_path / 'x.pt')!r})
-        want = torch.load({str(tmp_path / 'want.pt')!r})
+        x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)
+        want = torch.load({str(tmp_path / 'want.pt')!r}, weights_only=True)
         with torch.no_grad():
             got = model(x)
         assert all(torch.equal(a, b) for a, b in zip(got, want)), 'outputs differ'
