@@ -33,7 +33,7 @@ adapter weights) is left alone.
 """
 import logging
 from abc import abstractmethod
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -194,11 +194,13 @@ class AdapterHost(BaseModule):
     (:class:`~mmslora.models.MSLoRABackbone`). Parameter counting, adapter files and
     reweighting maps find them in a model with :func:`find_wrappers`.
 
-    Subclasses set ``self.backbone`` (the wrapped module) and implement
+    Subclasses set ``self.backbone`` (the wrapped module) and ``self.notes`` (lines for
+    the parameter report, e.g. how a parameter budget was met) and implement
     :meth:`adapter_modules`.
     """
 
     backbone: nn.Module
+    notes: List[str]
 
     @abstractmethod
     def adapter_modules(self) -> nn.Module:

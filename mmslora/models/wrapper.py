@@ -12,7 +12,7 @@ import functools
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 from torch import Tensor
@@ -329,20 +329,34 @@ class MSLoRABackbone(AdapterHost):
             raise ValueError(f'MSLoRABackbone: budget must be a share of the backbone in '
                              f'(0, 1), e.g. 0.05; got {budget!r}.')
         limit = budget * sum(p.numel() for p in self.backbone.parameters())
-        for width in BUDGET_WIDTHS:
+
+        def trial(width: int) -> Tuple[AdapterSet, int]:
             cfg = dict(copy.deepcopy(adapter), **{arg: width})
-            adapter_set = build(AdapterSet(name, cfg, ModuleDict()))
-            size = sum(p.numel() for p in adapter_set.modules.parameters())
-            if size <= limit:
-                share = size / (limit / budget)
-                self.notes.append(f'budget {budget:.2%} of the backbone: {arg}={width} for '
-                                  f'{adapter_cls.__name__} (set {name!r}, {share:.3%})')
-                print_log(f'MSLoRABackbone: {self.notes[-1]}', logger='current')
-                return adapter_set
-        raise ValueError(
-            f'MSLoRABackbone: even {arg}={BUDGET_WIDTHS[-1]} gives {adapter_cls.__name__} '
-            f'{size:,d} parameters, more than budget={budget} of the backbone '
-            f'({int(limit):,d}); raise the budget or adapt fewer blocks.')
+            built = build(AdapterSet(name, cfg, ModuleDict()))
+            return built, sum(p.numel() for p in built.modules.parameters())
+
+        # the size grows with the width: bisect BUDGET_WIDTHS (widest first) for the
+        # first width that fits, building a few sets instead of all of them
+        low, high = 0, len(BUDGET_WIDTHS) - 1
+        fitting = trial(BUDGET_WIDTHS[high])
+        if fitting[1] > limit:
+            raise ValueError(
+                f'MSLoRABackbone: even {arg}={BUDGET_WIDTHS[-1]} gives {adapter_cls.__name__} '
+                f'{fitting[1]:,d} parameters, more than budget={budget} of the backbone '
+                f'({int(limit):,d}); raise the budget or adapt fewer blocks.')
+        while low < high:
+            middle = (low + high) // 2
+            candidate = trial(BUDGET_WIDTHS[middle])
+            if candidate[1] <= limit:
+                high, fitting = middle, candidate
+            else:
+                low = middle + 1
+        adapter_set, size = fitting
+        share = size / (limit / budget)
+        self.notes.append(f'budget {budget:.2%} of the backbone: {arg}={BUDGET_WIDTHS[high]} '
+                          f'for {adapter_cls.__name__} (set {name!r}, {share:.3%})')
+        print_log(f'MSLoRABackbone: {self.notes[-1]}', logger='current')
+        return adapter_set
 
     def _build_block_adapters(self, adapter_set: AdapterSet, found: dict,
                               modules: Dict[str, nn.Module]) -> AdapterSet:
