@@ -22,3 +22,15 @@ def test_no_block_matched_lists_patterns_and_candidates():
                                          r"candidate module names: \['layer1'"):
         build_in_scope('mmdet', wrap(dict(type='mmdet.ResNet', depth=18, init_cfg=None),
                                      blocks=dict(pattern=r'nothing\.here')))
+
+
+@pytest.mark.parametrize('blocks, error, match', [
+    (dict(pattern=r'layer\d', layout='tokens/x'), ValueError,
+     r"unknown layout 'tokens/x'; use one of .* or 'tokens/<stride>'"),
+    (dict(pattern=r'layer\d', layout='nlc/16'), ValueError, "unknown layout 'nlc/16'"),
+    ('everything', TypeError, r"blocks must be None, 'auto' or a dict"),
+])
+def test_bad_block_specs_name_the_fix(blocks, error, match):
+    with pytest.raises(error, match=match):
+        build_in_scope('mmdet', wrap(dict(type='mmdet.ResNet', depth=18, init_cfg=None),
+                                     blocks=blocks))
