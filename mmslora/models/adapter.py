@@ -33,12 +33,34 @@ computes the same ``F + Proj(F) * Trans(F)`` with the same parameters in fewer, 
 operations (:func:`fused_mslora`), about 1.5-2x faster on CPU; it equals the
 layer-by-layer result up to float rounding (``tests/test_models/test_adapter.py``).
 Defaults ``D=64``, ``G=8`` keep the adapters under 5% of the backbone for R-50,
-Swin-T and ViT-B. The up-projection of ``Proj`` starts at zero, so ``H(F) = 0`` and
-the adapted network equals the pretrained one at step 0; because of the product,
-``Trans`` receives its first non-zero gradient on the second step.
+Swin-T and ViT-B. The up-projection of ``Proj`` starts at zero (as LoRA's ``B``), so
+``H(F) = 0`` and the adapted network equals the pretrained one at step 0; because of
+the product, ``Trans`` receives its first non-zero gradient on the second step.
+
+Ablation and initialisation switches (mmslora's, not the paper's)
+-----------------------------------------------------------------
+``MSLoRAAdapter`` arguments for ablations; their defaults are the module above, with
+the same parameters, state-dict keys and values. ``z = Expand(t)`` is the logit of the
+gate (``Trans(F) = sigmoid(z)``)::
+
+    combine='product'   H = Proj(F) * sigmoid(z)           the paper's equation (default)
+    combine='sum'       H = Proj(F) + z                     Trans without its sigmoid
+    combine='proj'      H = Proj(F)                         no Trans built (a grouped LoRA)
+    combine='trans'     F_hat = F * 2 sigmoid(z),  H = F * (2 sigmoid(z) - 1)   no Proj built
+    channel_attention=False / spatial_attention=False   skip that step of Trans
+    trans_stride=s      Trans on avgpool_s(F) (ceil mode), its output repeated over each
+                        s x s window (nearest upsampling) and cropped to (H, W)
+    init='zero_up' | 'zero_scale' | 'gate_bias'    the start, see MSLoRAAdapter
+
+Every combination starts at ``F_hat = F`` exactly: 'sum' and 'trans' also zero
+``Expand``'s weight and bias (``z = 0``: ``Proj + 0 = 0``, ``2 sigmoid(0) - 1 = 0``).
+Nearest upsampling is chosen over bilinear because each pixel then gets the value of
+the window it was averaged into (no blending across windows, no alignment question
+at a cropped edge), and because it commutes with the 1x1 ``Expand`` and the sigmoid,
+so the fused path repeats the D-channel map instead of the C-channel gate.
 """
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -46,6 +68,11 @@ import torch.nn.functional as F
 
 from mmslora.registry import MODELS
 from .base import BlockAdapter
+
+COMBINES = ('product', 'sum', 'proj', 'trans')
+INITS = ('zero_up', 'zero_scale', 'gate_bias')
+#: Expand's bias under init='gate_bias': sigmoid(log 9) = 0.9, the gate starts 90% open
+OPEN_GATE_BIAS = math.log(9.0)
 
 
 def _check_divisible(name: str, value: int, groups: int) -> None:
@@ -80,12 +107,36 @@ class LowRankProjection(nn.Module):
         return self.up(self.down(x))
 
 
+def nearest_upsample(t: torch.Tensor, stride: int, size: Sequence[int]) -> torch.Tensor:
+    """Each value of (B, C, h, w) ``t`` repeated over a ``stride`` x ``stride`` window,
+    cropped to ``size`` (the inverse layout of ``avg_pool2d(.., stride, ceil_mode=True)``)."""
+    if stride == 1:
+        return t
+    b, c, h, w = t.shape
+    t = t[:, :, :, None, :, None].expand(b, c, h, stride, w, stride)
+    return t.reshape(b, c, h * stride, w * stride)[:, :, :size[0], :size[1]]
+
+
+def _spatial_attention(conv: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
+    """``t * sigmoid(Conv([mean_c t; max_c t]))`` (CBAM's spatial attention)."""
+    pooled = torch.cat([t.mean(dim=1, keepdim=True), t.amax(dim=1, keepdim=True)], dim=1)
+    return t * torch.sigmoid(conv(pooled))
+
+
 class MultiScaleTransform(nn.Module):
-    """``Trans``: multi-scale channel/spatial reweighting, (B, C, H, W) -> gate (B, C, H, W)."""
+    """``Trans``: multi-scale channel/spatial reweighting, (B, C, H, W) -> gate (B, C, H, W).
+
+    ``channel_attention`` / ``spatial_attention`` False skip that step (its parameters
+    are not built); ``sigmoid=False`` returns ``Expand``'s linear output instead of the
+    gate; ``stride`` > 1 computes it on the map average-pooled by ``stride`` (ceil
+    mode) and upsamples the result (:func:`nearest_upsample`) to the input's size.
+    """
 
     def __init__(self, channels: int, hidden_dim: int, groups: int,
                  kernel_sizes: Sequence[int] = (3, 5, 7), reduction: int = 4,
-                 spatial_kernel: int = 7) -> None:
+                 spatial_kernel: int = 7, channel_attention: bool = True,
+                 spatial_attention: bool = True, sigmoid: bool = True,
+                 stride: int = 1) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(channels, hidden_dim, 1, groups=groups, bias=False)
         self.norm = nn.GroupNorm(1, hidden_dim)
@@ -99,17 +150,24 @@ class MultiScaleTransform(nn.Module):
             nn.Conv2d(hidden_dim, squeezed, 1),
             nn.GELU(),
             nn.Conv2d(squeezed, hidden_dim, 1),
-            nn.Sigmoid())
-        self.spatial_attn = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2)
+            nn.Sigmoid()) if channel_attention else None
+        self.spatial_attn = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2
+                                      ) if spatial_attention else None
         self.expand = nn.Conv2d(hidden_dim, channels, 1, groups=groups)
+        self.sigmoid, self.stride = sigmoid, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride, ceil_mode=True)
         t = self.norm(self.reduce(x))
         t = self.act(t + sum(conv(t) for conv in self.multi_scale) / len(self.multi_scale))
-        t = t * self.channel_attn(t)
-        pooled = torch.cat([t.mean(dim=1, keepdim=True), t.amax(dim=1, keepdim=True)], dim=1)
-        t = t * torch.sigmoid(self.spatial_attn(pooled))
-        return torch.sigmoid(self.expand(t))
+        if self.channel_attn is not None:
+            t = t * self.channel_attn(t)
+        if self.spatial_attn is not None:
+            t = _spatial_attention(self.spatial_attn, t)
+        z = self.expand(t)
+        return nearest_upsample(torch.sigmoid(z) if self.sigmoid else z, self.stride, size)
 
 
 def _grouped_weight(conv: nn.Conv2d, groups: int) -> torch.Tensor:
@@ -173,7 +231,13 @@ class _GatedResidual(torch.autograd.Function):
 
 def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
     """``F + Proj(F) * Trans(F)`` with the parameters of ``adapter``, in fewer operations
-    than layer by layer (same math, equal up to float rounding):
+    than layer by layer (same math, equal up to float rounding). For
+    ``combine='product'`` only, with every other switch: without channel or spatial
+    attention those steps are skipped; with ``trans_stride`` the D-channel output of
+    ``Reduce`` is pooled (``Reduce`` is linear, so this is ``Reduce`` of the pooled map)
+    and the D-channel map before ``Expand`` upsampled (nearest upsampling commutes with
+    ``Expand`` and the sigmoid); ``init='zero_scale'``'s ``scale`` is folded into the
+    up-projection (``diag(scale) W_up``).
 
     * the four grouped 1x1 convolutions are batched matrix products over
       (batch, group) (grouped convolutions with few channels per group are slow on
@@ -200,6 +264,8 @@ def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
     hidden = torch.matmul(both, x.reshape(b, groups, cg, h * w))  # (B, G, 2 D/G, HW)
     t = hidden[:, :, :dg].reshape(b, d, h, w)
     p = hidden[:, :, dg:]  # (B, G, D/G, HW), a strided view
+    if trans.stride > 1:
+        t = F.avg_pool2d(t, trans.stride, ceil_mode=True)
 
     t = F.group_norm(t, 1, trans.norm.weight, trans.norm.bias, trans.norm.eps)
     grad = torch.is_grad_enabled()
@@ -207,12 +273,14 @@ def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
         t = t.contiguous(memory_format=torch.channels_last)
     kernel, bias = fused_multi_scale_kernel(trans)
     t = trans.act(F.conv2d(t, kernel, bias, padding=kernel.shape[-1] // 2, groups=d))
-    squeeze, act, excite = trans.channel_attn[1], trans.channel_attn[2], trans.channel_attn[3]
-    a = act(F.linear(t.mean((2, 3)), squeeze.weight.flatten(1), squeeze.bias))
-    a = torch.sigmoid(F.linear(a, excite.weight.flatten(1), excite.bias))
-    t = t * a[:, :, None, None]
-    pooled = torch.cat([t.mean(dim=1, keepdim=True), t.amax(dim=1, keepdim=True)], dim=1)
-    t = t * torch.sigmoid(trans.spatial_attn(pooled))
+    if trans.channel_attn is not None:
+        squeeze, act, excite = trans.channel_attn[1], trans.channel_attn[2], trans.channel_attn[3]
+        a = act(F.linear(t.mean((2, 3)), squeeze.weight.flatten(1), squeeze.bias))
+        a = torch.sigmoid(F.linear(a, excite.weight.flatten(1), excite.bias))
+        t = t * a[:, :, None, None]
+    if trans.spatial_attn is not None:
+        t = _spatial_attention(trans.spatial_attn, t)
+    t = nearest_upsample(t, trans.stride, (h, w))
 
     # gate = sigmoid(Expand(t)), the bias inside the product: [W | b] @ [t; 1] per group
     # (a D-channel copy of t instead of a C-channel pass for the bias)
@@ -221,6 +289,8 @@ def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
     t = torch.cat([t.reshape(b, groups, dg, h * w), t.new_ones(1, 1, 1, 1).expand(
         b, groups, 1, h * w)], dim=2)
     w_up = _grouped_weight(proj.up, groups)
+    if adapter.scale is not None:  # init='zero_scale': scale * (W_up @ p) = (diag(scale) W_up) @ p
+        w_up = w_up * adapter.scale.view(groups, cg, 1)
     if grad:
         # keep p alone (not the whole `hidden`) for backward
         return _GatedResidual.apply(x, p.contiguous(), t, w_up, expand)
@@ -235,6 +305,9 @@ class MSLoRAAdapter(BlockAdapter):
 
     A :class:`~mmslora.models.base.BlockAdapter`. See the module docstring for the
     equations and for which details are the paper's and which are mmslora's choices.
+    ``combine``, ``channel_attention``, ``spatial_attention``, ``init`` and
+    ``trans_stride`` are mmslora's ablation switches; their defaults are the paper's
+    module as mmslora builds it (same parameters and state-dict keys).
 
     Args:
         channels (int): C, channels of the block output it adapts.
@@ -243,7 +316,7 @@ class MSLoRAAdapter(BlockAdapter):
             divide both C and D, the largest divisor of both below G is used (recorded in
             ``adjustment`` and in the parameter report), unless ``strict_groups``.
         kernel_sizes (Sequence[int]): odd depthwise kernel sizes of the multi-scale
-            transform. Default (3, 5, 7).
+            transform; ``(3,)`` for a single scale. Default (3, 5, 7).
         reduction (int): squeeze ratio of the channel attention. Default 4.
         spatial_kernel (int): odd kernel of the spatial attention. Default 7.
         dropout (float): dropout on ``H(F)`` during training. Default 0.
@@ -252,21 +325,93 @@ class MSLoRAAdapter(BlockAdapter):
         with_cp (bool): gradient checkpointing of the adapter: keep only its input
             from forward to backward and recompute the rest there (less training
             memory, one more adapter forward per step; same values). Default False.
+        combine (str): how the branches make ``H`` (``z = Expand(t)``, the gate's logit):
+            ``'product'`` ``Proj(F) * sigmoid(z)`` (the paper's); ``'sum'``
+            ``Proj(F) + z``; ``'proj'`` ``Proj(F)`` alone (no ``trans`` module);
+            ``'trans'`` ``F * (2 sigmoid(z) - 1)``, i.e. ``F_hat = F * 2 Trans(F)``, a
+            gate on ``F`` alone (no ``proj`` module). Default 'product'. The Trans
+            arguments are ignored for 'proj'.
+        channel_attention (bool): the squeeze-excite step of ``Trans``; False skips it
+            (no parameters). Default True.
+        spatial_attention (bool): the 7x7 spatial attention step of ``Trans``; False
+            skips it (no parameters). Default True.
+        init (str): the start; each keeps ``F_hat = F`` exactly at step 0. With
+            ``g`` the gradient of the loss w.r.t. ``F_hat`` and ``p = Down(F)``:
+
+            * ``'zero_up'`` (default; LoRA's zero ``B``, Hu et al. 2021): ``Proj``'s
+              up-projection is zero. Step 0: only ``W_up`` gets a gradient,
+              ``sum (g * Trans(F)) p^T``; ``Proj.down`` and all of ``Trans`` reach
+              ``H`` through ``W_up p = 0`` and get theirs from step 2. ('sum': also
+              ``Expand``'s weight and bias start at zero and get ``sum g t^T``,
+              ``sum g`` at step 0; 'trans': ``Expand`` is zero, its step-0 gradient
+              ``0.5 g * F`` through ``2 sigmoid'(0)``.)
+            * ``'zero_scale'`` (ReZero, Bachlechner et al. 2020, arXiv 2003.04887, and
+              SkipInit, De and Smith 2020, with LayerScale's per-channel shape, Touvron
+              et al. 2021): both branches random (the up-projection Kaiming-uniform like
+              the down-projection, ``Expand`` at PyTorch's default), and ``H`` is
+              multiplied by a learned per-channel ``scale`` (C,), zero at start. Step 0:
+              ``scale`` gets ``sum_{B,H,W} g * H_0(F)`` at once (``H_0`` the unscaled
+              random residual); every branch parameter's gradient carries the factor
+              ``scale = 0`` and is zero, non-zero from step 2 (after ``scale`` moved).
+              The branches then start from a random, non-degenerate point: ``Trans``
+              does not wait for ``Proj`` to grow, nor ``Proj.down`` for ``W_up``.
+            * ``'gate_bias'`` ('product' only): ``'zero_up'`` with ``Expand``'s bias
+              at ``log 9`` so the gate starts open, ``sigmoid(z) ~ 0.9`` instead of
+              ``~ 0.5``, as the forget-gate bias of LSTMs (Gers et al. 2000;
+              Jozefowicz et al. 2015) and the gate bias of highway networks
+              (Srivastava et al. 2015, toward carrying the input) start a
+              multiplicative gate where it passes the signal. ``W_up``'s first gradient ``sum (g * Trans(F)) p^T`` is
+              proportional to the gate, so ``Proj`` starts about 1.8x faster and as
+              a nearly plain low-rank update (``H ~ 0.9 Proj(F)``); the price is
+              ``sigmoid'(z) = 0.09`` instead of 0.25, so the gate's own gradient from
+              step 2 on is about 2.8x smaller until its logits move. An ``init_cfg``
+              cannot undo it: ``init_weights`` restores the bias with the zero start.
+
+            Default 'zero_up'. ``zero_init`` lists the zero-start parameters of the
+            instance (``('proj.up.weight',)`` for the defaults, ``('scale',)`` for
+            'zero_scale', plus ``trans.expand.*`` for 'sum' and 'trans').
+        trans_stride (int): ``Trans`` on the map average-pooled by ``trans_stride``
+            (ceil mode, so odd sizes work), its output upsampled by nearest
+            (each pixel gets its window's value) and cropped to (H, W); ``Proj`` stays
+            at full resolution. Changes the math; 1 (default) is full resolution.
         init_cfg (dict, optional): MMEngine initialisation config. Default None.
-            ``Proj``'s up-projection is set back to zero after it (the zero start).
+            The ``zero_init`` parameters are set back to zero after it (the zero
+            start), and ``init='gate_bias'``'s bias is restored.
+
+    ``forward`` uses :func:`fused_mslora` for ``combine='product'`` (every other switch
+    included) and ``F + residual(F)`` layer by layer for the other combines and while
+    dropout is active. ``residual_and_gate`` gives ``Trans(F)`` as the gate for
+    'product' and 'trans', None for 'sum' (``z`` gates nothing) and 'proj' (no Trans).
     """
 
-    zero_init = ('proj.up.weight', )
+    zero_init = ('proj.up.weight', )  # the defaults'; set per instance in __init__
+    _zero_init = {'product': ('proj.up.weight', ), 'proj': ('proj.up.weight', ),
+                  'sum': ('proj.up.weight', 'trans.expand.weight', 'trans.expand.bias'),
+                  'trans': ('trans.expand.weight', 'trans.expand.bias')}
 
     def __init__(self, channels: int, hidden_dim: int = 64, groups: int = 8,
                  kernel_sizes: Sequence[int] = (3, 5, 7), reduction: int = 4,
                  spatial_kernel: int = 7, dropout: float = 0.0, strict_groups: bool = False,
-                 with_cp: bool = False, init_cfg=None) -> None:
+                 with_cp: bool = False, combine: str = 'product',
+                 channel_attention: bool = True, spatial_attention: bool = True,
+                 init: str = 'zero_up', trans_stride: int = 1, init_cfg=None) -> None:
         super().__init__(channels, dropout=dropout, with_cp=with_cp, init_cfg=init_cfg)
         for name, value in (('hidden_dim', hidden_dim), ('groups', groups),
-                            ('reduction', reduction)):
+                            ('reduction', reduction), ('trans_stride', trans_stride)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f'MSLoRAAdapter: {name} must be a positive int, got {value!r}.')
+        for name, value, choices in (('combine', combine, COMBINES), ('init', init, INITS)):
+            if not isinstance(value, str) or value not in choices:
+                raise ValueError(f'MSLoRAAdapter: {name} must be one of '
+                                 f"{', '.join(map(repr, choices))}, got {value!r}.")
+        for name, value in (('channel_attention', channel_attention),
+                            ('spatial_attention', spatial_attention)):
+            if not isinstance(value, bool):
+                raise ValueError(f'MSLoRAAdapter: {name} must be True or False, got {value!r}.')
+        if init == 'gate_bias' and combine != 'product':
+            raise ValueError(f"MSLoRAAdapter: init='gate_bias' opens the sigmoid gate on "
+                             f"Proj, which only combine='product' has, got combine={combine!r}; "
+                             f"use init='zero_up' or 'zero_scale'.")
         if strict_groups:
             _check_divisible('channels', channels, groups)
             _check_divisible('hidden_dim', hidden_dim, groups)
@@ -284,23 +429,52 @@ class MSLoRAAdapter(BlockAdapter):
                 raise ValueError(
                     f'MSLoRAAdapter: kernel size {k} must be odd and positive so the '
                     f'feature map keeps its size (use e.g. 3, 5 or 7).')
-        self.groups = groups
-        self.proj = LowRankProjection(channels, hidden_dim, groups)
-        self.trans = MultiScaleTransform(channels, hidden_dim, groups, kernel_sizes,
-                                         reduction, spatial_kernel)
+        self.groups, self.combine, self.init = groups, combine, init
+        self.proj = LowRankProjection(channels, hidden_dim, groups) if combine != 'trans' else None
+        self.trans = MultiScaleTransform(
+            channels, hidden_dim, groups, kernel_sizes, reduction, spatial_kernel,
+            channel_attention, spatial_attention, sigmoid=combine != 'sum',
+            stride=trans_stride) if combine != 'proj' else None
+        self.scale = nn.Parameter(torch.zeros(channels)) if init == 'zero_scale' else None
+        if init == 'zero_scale' and self.proj is not None:
+            nn.init.kaiming_uniform_(self.proj.up.weight, a=5 ** 0.5)  # as Proj.down
+        self.zero_init = ('scale', ) if init == 'zero_scale' else self._zero_init[combine]
+        self.zero_start_()
 
-    def residual_and_gate(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(H(F), Trans(F))`` for a (B, C, H, W) input, layer by layer."""
-        gate = self.trans(x)
-        return self.dropout(self.proj(x) * gate), gate
+    def zero_start_(self) -> None:
+        """The start of ``init``: the ``zero_init`` parameters to zero and, for
+        ``init='gate_bias'``, ``Expand``'s bias to ``log 9`` (in place, no autograd)."""
+        super().zero_start_()
+        if self.init == 'gate_bias':
+            with torch.no_grad():
+                self.trans.expand.bias.fill_(OPEN_GATE_BIAS)
+
+    def residual_and_gate(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(H(F), gate)`` for a (B, C, H, W) input, layer by layer; the gate is
+        ``Trans(F)`` for 'product' and 'trans', None for 'sum' and 'proj'."""
+        trans = self.trans(x) if self.trans is not None else None
+        gate = trans if self.combine in ('product', 'trans') else None
+        if self.combine == 'product':
+            h = self.proj(x) * trans
+        elif self.combine == 'sum':
+            h = self.proj(x) + trans
+        elif self.combine == 'proj':
+            h = self.proj(x)
+        else:  # 'trans': F * 2 Trans(F) - F
+            h = x * (2 * trans - 1)
+        if self.scale is not None:
+            h = h * self.scale.view(-1, 1, 1)
+        return self.dropout(h), gate
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """``H(F) = Proj(F) * Trans(F)``, (B, C, H, W), layer by layer."""
+        """``H(F)`` (``Proj(F) * Trans(F)`` by default), (B, C, H, W), layer by layer."""
         return self.residual_and_gate(x)[0]
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
-        """``F + H(F)``: :func:`fused_mslora` (the same values in fewer operations), or
-        layer by layer while dropout is active."""
-        if self.training and not isinstance(self.dropout, nn.Identity):
+        """``F + H(F)``: :func:`fused_mslora` (the same values in fewer operations) for
+        ``combine='product'``, else layer by layer, and layer by layer while dropout is
+        active."""
+        if self.combine != 'product' or (
+                self.training and not isinstance(self.dropout, nn.Identity)):
             return x + self.residual(x)
         return fused_mslora(self, x)
