@@ -139,3 +139,29 @@ def test_with_cp_gives_the_same_values_and_gradients(dropout):
             out.pow(2).sum(), [x] + list(module.parameters()))))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
+
+
+# today's keys and shapes (C=32, D=16, G=4): the switches' defaults must keep them, so
+# existing checkpoints load
+DEFAULT_STATE = [
+    ('proj.down.weight', (16, 8, 1, 1)), ('proj.up.weight', (32, 4, 1, 1)),
+    ('trans.reduce.weight', (16, 8, 1, 1)), ('trans.norm.weight', (16, )),
+    ('trans.norm.bias', (16, )), ('trans.multi_scale.0.weight', (16, 1, 3, 3)),
+    ('trans.multi_scale.0.bias', (16, )), ('trans.multi_scale.1.weight', (16, 1, 5, 5)),
+    ('trans.multi_scale.1.bias', (16, )), ('trans.multi_scale.2.weight', (16, 1, 7, 7)),
+    ('trans.multi_scale.2.bias', (16, )), ('trans.channel_attn.1.weight', (4, 16, 1, 1)),
+    ('trans.channel_attn.1.bias', (4, )), ('trans.channel_attn.3.weight', (16, 4, 1, 1)),
+    ('trans.channel_attn.3.bias', (16, )), ('trans.spatial_attn.weight', (1, 2, 7, 7)),
+    ('trans.spatial_attn.bias', (1, )), ('trans.expand.weight', (32, 4, 1, 1)),
+    ('trans.expand.bias', (32, ))]
+
+
+@pytest.mark.parametrize('kwargs', [{}, dict(combine='product', channel_attention=True,
+                                             spatial_attention=True, init='zero_up',
+                                             trans_stride=1)], ids=['implicit', 'explicit'])
+def test_defaults_keep_the_state_dict_keys(kwargs):
+    adapter = MSLoRAAdapter(channels=32, hidden_dim=16, groups=4, **kwargs)
+    assert [(k, tuple(v.shape)) for k, v in adapter.state_dict().items()] == DEFAULT_STATE
+    assert sum(p.numel() for p in adapter.parameters()) == 2199
+    assert adapter.zero_init == ('proj.up.weight', )
+    assert adapter.scale is None and adapter.combine == 'product'
