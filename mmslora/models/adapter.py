@@ -289,7 +289,7 @@ def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
     t = torch.cat([t.reshape(b, groups, dg, h * w), t.new_ones(1, 1, 1, 1).expand(
         b, groups, 1, h * w)], dim=2)
     w_up = _grouped_weight(proj.up, groups)
-    if adapter.scale is not None:  # init='zero_scale': scale * (W_up @ p) = (diag(scale) W_up) @ p
+    if adapter.scale is not None:  # init='zero_scale': diag(scale) W_up
         w_up = w_up * adapter.scale.view(groups, cg, 1)
     if grad:
         # keep p alone (not the whole `hidden`) for backward
@@ -360,12 +360,13 @@ class MSLoRAAdapter(BlockAdapter):
               ``~ 0.5``, as the forget-gate bias of LSTMs (Gers et al. 2000;
               Jozefowicz et al. 2015) and the gate bias of highway networks
               (Srivastava et al. 2015, toward carrying the input) start a
-              multiplicative gate where it passes the signal. ``W_up``'s first gradient ``sum (g * Trans(F)) p^T`` is
-              proportional to the gate, so ``Proj`` starts about 1.8x faster and as
-              a nearly plain low-rank update (``H ~ 0.9 Proj(F)``); the price is
-              ``sigmoid'(z) = 0.09`` instead of 0.25, so the gate's own gradient from
-              step 2 on is about 2.8x smaller until its logits move. An ``init_cfg``
-              cannot undo it: ``init_weights`` restores the bias with the zero start.
+              multiplicative gate where it passes the signal. ``W_up``'s first
+              gradient ``sum (g * Trans(F)) p^T`` is proportional to the gate, so
+              ``Proj`` starts about 1.8x faster and as a nearly plain low-rank
+              update (``H ~ 0.9 Proj(F)``); the price is ``sigmoid'(z) = 0.09``
+              instead of 0.25, so the gate's own gradient from step 2 on is about
+              2.8x smaller until its logits move. An ``init_cfg`` cannot undo it:
+              ``init_weights`` restores the bias with the zero start.
 
             Default 'zero_up'. ``zero_init`` lists the zero-start parameters of the
             instance (``('proj.up.weight',)`` for the defaults, ``('scale',)`` for
