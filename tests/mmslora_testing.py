@@ -59,8 +59,10 @@ def flat(outputs):
     return [t for item in outputs for t in flat(item)]
 
 
-def assert_same_outputs(model, plain, x):
-    """``model`` and ``plain`` give bitwise-equal outputs on ``x`` (eval, no grad)."""
+def assert_same_outputs(model, plain, x, exact=False):
+    """``model`` and ``plain`` give equal outputs on ``x`` (eval, no grad): to 1e-5 of
+    each output's scale (the frozen fast path folds BNs, which reorders products), or
+    bitwise with ``exact``."""
     model.eval()
     plain.eval()
     with torch.no_grad():
@@ -68,7 +70,11 @@ def assert_same_outputs(model, plain, x):
     assert len(got) == len(want) > 0
     for a, b in zip(got, want):
         assert a.shape == b.shape
-        assert torch.equal(a, b)
+        if exact:
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5,
+                                       atol=1e-5 * float(b.abs().max()) + 1e-12)
 
 
 class ToyRegressor(BaseModel):

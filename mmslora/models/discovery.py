@@ -29,7 +29,7 @@ import torch.nn as nn
 from .layouts import hw_from_args
 
 __all__ = ['discover_blocks', 'Discovery', 'infer_channels', 'preset_channels',
-           'sample_inputs']
+           'sample_inputs', 'working_input']
 
 #: input sizes tried in order (after a size the backbone declares): non-square first
 #: (it tells NCHW from NHWC), small first (it is fast)
@@ -109,6 +109,25 @@ def sample_inputs(backbone: nn.Module) -> Iterator[torch.Tensor]:
         for size in _candidate_sizes(backbone):
             generator = torch.Generator().manual_seed(0)
             yield torch.randn(2, channels, *size, generator=generator).to(device)
+
+
+def working_input(backbone: nn.Module) -> Optional[torch.Tensor]:
+    """The first of :func:`sample_inputs` that ``backbone`` takes (one eval-mode forward
+    without autograd each; the modules' training modes are restored), or None."""
+    modes = {m: m.training for m in backbone.modules()}
+    try:
+        backbone.eval()
+        for x in sample_inputs(backbone):
+            try:
+                with torch.no_grad():
+                    backbone(x)
+                return x
+            except Exception:  # noqa: BLE001  (the next size may fit)
+                continue
+        return None
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
 
 
 def _dry_forward(backbone: nn.Module, names: Sequence[str], grid_from: str):

@@ -24,6 +24,7 @@ from mmslora.registry import MODELS
 from .base import AdapterHost, BlockAdapter, LayerAdapter
 from .block_presets import find_blocks, iter_norms
 from .discovery import infer_channels
+from .frozen_path import FastPathReport, disable_frozen_fast_path, enable_frozen_fast_path
 from .layouts import apply_in_layout
 from .params import ParameterReport, print_trainable_parameters
 
@@ -86,6 +87,14 @@ class MSLoRABackbone(AdapterHost):
     never drift. Dropout and drop-path of the backbone follow ``train()`` as usual.
     ``freeze=False`` (full fine-tuning) turns all of this off.
 
+    Frozen fast path (``fast_path=True``, the default for a frozen backbone;
+    :mod:`mmslora.models.frozen_path`): frozen ``Conv2d``/``Linear`` layers pass
+    gradients back without keeping their inputs, eval-mode BNs are folded into the
+    convolution before them, ReLUs keep bool masks. Same function up to float rounding
+    (folding reorders products), less training memory and time; where a parameter
+    trains (``trainable``, full fine-tuning) that layer runs its own forward. The state
+    dict is the upstream one; ``fast_path_report`` lists what runs the fast path.
+
     Switching: ``with wrapper.disable_adapters():`` runs the plain frozen backbone;
     :meth:`remove_adapters` detaches the hooks for good. Named sets (the way peft
     serves several tasks from one base model): :meth:`add_adapter` builds another set
@@ -144,6 +153,8 @@ class MSLoRABackbone(AdapterHost):
             ``rank``: its class's ``width_arg``) becomes the largest of
             :data:`BUDGET_WIDTHS` that meets it, reported in ``notes`` and the parameter
             report. Default None: the width the adapter config gives.
+        fast_path (bool): the frozen fast path (above) when ``freeze`` is True. Default
+            True; False runs the backbone's layers as upstream wrote them (bitwise).
         init_cfg (dict, optional): MMEngine init config of the wrapper.
     """
 
@@ -152,7 +163,7 @@ class MSLoRABackbone(AdapterHost):
                  trainable: Sequence[str] = (), freeze: bool = True,
                  norm_eval: Optional[bool] = None,
                  pretrained: Union[str, dict, None] = None, budget: Optional[float] = None,
-                 init_cfg=None) -> None:
+                 fast_path: bool = True, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if not isinstance(backbone, dict) or 'type' not in backbone:
             raise TypeError(
@@ -188,6 +199,8 @@ class MSLoRABackbone(AdapterHost):
         self.notes: List[str] = []  # how a budget was met, for the parameter report
         self._add_set(DEFAULT_SET, adapter, blocks, budget)
         self.freeze_backbone()
+        self.fast_path_report: Optional[FastPathReport] = None
+        self.set_fast_path(fast_path and freeze)
 
     # ------------------------------------------------------- adapter sets
     @property
@@ -510,6 +523,21 @@ class MSLoRABackbone(AdapterHost):
                 if hasattr(m, 'running_mean'):
                     m.eval()
         return self
+
+    def set_fast_path(self, enabled: bool) -> None:
+        """Turn the frozen fast path on (layers found and BN folds checked by dry
+        forwards of the plain backbone) or off (every layer's own forward)."""
+        if not enabled:
+            disable_frozen_fast_path(self.backbone)
+            self.fast_path_report = None
+            return
+        if not self.freeze:
+            raise ValueError('MSLoRABackbone: the frozen fast path needs a frozen backbone; '
+                             'it has no effect with freeze=False (full fine-tuning).')
+        with self.disable_adapters():
+            self.fast_path_report = enable_frozen_fast_path(self.backbone)
+        print_log(f'MSLoRABackbone: {self.fast_path_report.summary()}', logger='current',
+                  level=logging.DEBUG)
 
     # ------------------------------------------------------------- report
     def print_trainable_parameters(self) -> ParameterReport:

@@ -20,7 +20,7 @@ import torch
 
 import mmslora  # noqa: F401  (registers mmslora.*)
 from mmslora.models import MSLoRABackbone
-from mmslora.models.discovery import sample_inputs
+from mmslora.models.discovery import working_input
 
 ADAPTER = dict(type='mmslora.MSLoRAAdapter', hidden_dim=8, groups=4)
 
@@ -179,19 +179,6 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
         if a.is_floating_point() else torch.equal(a, b)
 
 
-def _working_input(backbone) -> Optional[torch.Tensor]:
-    """The first of the block finder's sample inputs that the backbone takes."""
-    backbone.eval()
-    for x in sample_inputs(backbone):
-        try:
-            with torch.no_grad():
-                backbone(x)
-            return x
-        except Exception:  # noqa: BLE001  (the next size may fit)
-            continue
-    return None
-
-
 def check_backbone(name: str, build_args: Optional[dict] = None) -> Coverage:
     """Wrap ``name`` ('scope.Class') and run the checks of the module docstring."""
     from mmengine.registry import DefaultScope
@@ -232,7 +219,7 @@ def _check_wrapped(name: str, model: MSLoRABackbone, plain, start: float) -> Cov
     if any(not _same(v, plain_state[k]) for k, v in model.backbone.state_dict().items()):
         return Coverage(name, 'exception', detail='the wrapped backbone was built differently')
     plain.requires_grad_(False)
-    x = _working_input(plain)
+    x = working_input(plain)
     if x is None:
         return Coverage(name, 'exception', detail='takes none of the sample inputs')
     model.eval()
