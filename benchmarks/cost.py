@@ -18,6 +18,16 @@ around the same backbone config (random initialisation):
 * inference latency: ``eval()`` and ``torch.no_grad()``, as a ratio to the plain
   (unwrapped, frozen) backbone.
 
+Every method with a frozen backbone runs twice: with the frozen fast path of
+``MSLoRABackbone`` (the default: frozen layers keep no inputs for backward, BNs folded
+into their convolutions, ReLU masks; ``mmslora.models.frozen_path``) and, as
+``<method>/off``, with ``fast_path=False`` (the layers' own forwards), so the table shows
+what the fast path buys (``--fast-path on`` or ``off`` measures one of them).
+
+On a GPU (``--device cuda``): bf16 autocast around the forward, CUDA-event timing,
+``torch.cuda.max_memory_allocated`` over the step for the peak, batch 32 at 224 px,
+10 rounds; the whole table in about 2-4 minutes on one recent GPU.
+
 Timings interleave the methods (the order rotates every round) after warm-up steps;
 times are medians over rounds, and a time ratio is the median over rounds of the ratio
 of two times measured in the same round (load from other processes cancels better).
@@ -31,6 +41,7 @@ Usage::
     .venv/bin/python benchmarks/cost.py            # batch 2 at 224 x 224
     .venv/bin/python benchmarks/cost.py --quick    # batch 1 at 128 x 128, fewer rounds
     .venv/bin/python benchmarks/cost.py --threads 1 --profile
+    python benchmarks/cost.py --device cuda --out benchmarks/results/gpu
 """
 import argparse
 import copy
@@ -41,6 +52,7 @@ import os.path as osp
 import platform
 import statistics
 import sys
+import contextlib
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -54,17 +66,79 @@ import mmslora  # noqa: E402,F401  (registers the modules)
 from mmslora.models.peers import METHODS, wrapper_cfg  # noqa: E402
 from mmslora.models import count_parameters  # noqa: E402
 
-TARGETS = dict(train=0.8, memory=0.75, inference=1.10)  # MSLoRA's, vs full FT / plain
+TARGETS = dict(train=0.75, memory=0.5, inference=1.10)  # MSLoRA's, vs full FT / plain
 # measured besides METHODS: name -> (method, wrapper_kwargs overrides)
 VARIANTS = {'mslora_cp': ('mslora', dict(adapter=dict(with_cp=True)))}
+#: suffix of the rows measured with the frozen fast path off
+OFF = '/off'
 
 
 def method_cfg(method: str, backbone: dict) -> dict:
-    """The wrapper config of a method of METHODS or of VARIANTS."""
-    if method in VARIANTS:
-        base, overrides = VARIANTS[method]
-        return wrapper_cfg(base, backbone, **overrides)
-    return wrapper_cfg(method, backbone)
+    """The wrapper config of a method of METHODS or of VARIANTS, ``<method>/off``
+    without the frozen fast path."""
+    name = method[:-len(OFF)] if method.endswith(OFF) else method
+    if name in VARIANTS:
+        base, overrides = VARIANTS[name]
+        cfg = wrapper_cfg(base, backbone, **overrides)
+    else:
+        cfg = wrapper_cfg(name, backbone)
+    if method.endswith(OFF):
+        cfg['fast_path'] = False
+    return cfg
+
+
+def with_fast_path_rows(methods: List[str], mode: str) -> List[str]:
+    """``methods`` with the fast path ``'on'`` (as given), ``'off'`` (every frozen
+    method as ``<method>/off``) or ``'both'`` (each frozen method followed by its
+    ``/off`` row). Full fine-tuning has no frozen layers: it stays as it is."""
+    rows = []
+    for method in methods:
+        if method == 'full' or mode == 'on':
+            rows.append(method)
+        elif mode == 'off':
+            rows.append(method + OFF)
+        else:
+            rows += [method, method + OFF]
+    return rows
+
+
+class Device:
+    """Where the benchmark runs: CPU (float32, wall-clock, profiler memory events) or
+    CUDA (bf16 autocast, CUDA events, ``max_memory_allocated``)."""
+
+    def __init__(self, name: str, amp: bool) -> None:
+        self.name = name
+        self.cuda = name.startswith('cuda')
+        self.amp = amp
+
+    def autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast('cuda' if self.cuda else 'cpu', dtype=torch.bfloat16)
+
+    def timed(self, fn: Callable[[], None]) -> float:
+        if not self.cuda:
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    def step_peak_bytes(self, fn: Callable[[], None]) -> int:
+        """Highest rise of allocated memory during ``fn()`` above its start."""
+        if not self.cuda:
+            return step_peak_bytes(fn)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
 
 
 def backbone_configs(img: int) -> Dict[str, tuple]:
@@ -100,10 +174,11 @@ def tensor_bytes(tensors) -> int:
 class Trainer:
     """One method's model, optimizer and training step."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, x: torch.Tensor, device: Device) -> None:
         self.model = model
         model.train()
         self.x = x
+        self.device = device
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = (torch.optim.SGD(self.params, lr=1e-6, momentum=0.9)
                     if self.params else None)
@@ -111,11 +186,12 @@ class Trainer:
     def step(self) -> None:
         if self.opt is not None:
             self.opt.zero_grad(set_to_none=True)
-            loss = sum(t.pow(2).sum() for t in flat(self.model(self.x)))
+            with self.device.autocast():
+                loss = sum(t.float().pow(2).sum() for t in flat(self.model(self.x)))
             loss.backward()
             self.opt.step()
         else:  # linear probe: the backbone is a fixed feature extractor
-            with torch.no_grad():
+            with torch.no_grad(), self.device.autocast():
                 self.model(self.x)
 
     def persistent_bytes(self) -> int:
@@ -160,20 +236,15 @@ def saved_activation_bytes(trainer: Trainer) -> int:
             seen[storage.data_ptr()] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = sum(t.pow(2).sum() for t in flat(trainer.model(trainer.x)))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), trainer.device.autocast():
+        loss = sum(t.float().pow(2).sum() for t in flat(trainer.model(trainer.x)))
     del loss
     return sum(seen.values())
 
 
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved_times(fns: Dict[str, Callable[[], None]], rounds: int,
-                      warmup: int) -> Dict[str, List[float]]:
+def interleaved_times(fns: Dict[str, Callable[[], None]], rounds: int, warmup: int,
+                      timed: Callable[[Callable[[], None]], float]
+                      ) -> Dict[str, List[float]]:
     """Seconds of each call, ``rounds`` per function, the order rotating each round
     so that every function runs early and late as often."""
     names = list(fns)
@@ -222,16 +293,18 @@ class CpuMeter:
 
 def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch: int,
                      img: int, rounds: int, warmup: int, log,
-                     infer_rounds: Optional[int] = None) -> dict:
+                     infer_rounds: Optional[int] = None,
+                     device: Optional[Device] = None) -> dict:
+    device = device or Device('cpu', amp=False)
     torch.manual_seed(0)
-    x = torch.randn(batch, 3, img, img)
-    plain = build(scope, cfg)
+    x = torch.randn(batch, 3, img, img).to(device.name)
+    plain = build(scope, cfg).to(device.name)
     plain.eval()  # (mmdet's ResNet.train returns None: no chaining)
     plain.requires_grad_(False)
     models = {}
     for method in methods:
         torch.manual_seed(0)
-        models[method] = build(scope, method_cfg(method, cfg))
+        models[method] = build(scope, method_cfg(method, cfg)).to(device.name)
     rows = {}
     for method, model in models.items():
         report = count_parameters(model)
@@ -241,8 +314,9 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
         f'{rows[methods[0]]["backbone"] / 1e6:.1f}M backbone parameters')
 
     # training step time
-    trainers = {m: Trainer(model, x) for m, model in models.items()}
-    step_times = interleaved_times({m: t.step for m, t in trainers.items()}, rounds, warmup)
+    trainers = {m: Trainer(model, x, device) for m, model in models.items()}
+    step_times = interleaved_times({m: t.step for m, t in trainers.items()}, rounds, warmup,
+                                   device.timed)
     log(f'[{name}] train step (s): ' + ', '.join(
         f'{m} {statistics.median(v):.3f}' for m, v in step_times.items()))
 
@@ -252,7 +326,7 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
         if trainer.opt is not None:
             trainer.opt.zero_grad(set_to_none=True)
         persistent = trainer.persistent_bytes()
-        peak = persistent + step_peak_bytes(trainer.step)
+        peak = persistent + device.step_peak_bytes(trainer.step)
         if trainer.opt is not None:
             trainer.opt.zero_grad(set_to_none=True)
         rows[method].update(persistent_mib=persistent / 2 ** 20, peak_mib=peak / 2 ** 20,
@@ -266,12 +340,12 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
 
     def infer(model):
         def run():
-            with torch.no_grad():
+            with torch.no_grad(), device.autocast():
                 model(x)
         return run
 
     infer_fns = {'plain': infer(plain), **{m: infer(model) for m, model in models.items()}}
-    infer_times = interleaved_times(infer_fns, infer_rounds or rounds, warmup)
+    infer_times = interleaved_times(infer_fns, infer_rounds or rounds, warmup, device.timed)
     log(f'[{name}] inference (s): ' + ', '.join(
         f'{m} {statistics.median(v):.3f}' for m, v in infer_times.items()))
 
@@ -302,7 +376,7 @@ def profile_mslora(configs: dict, names: List[str], batch: int, img: int, out: s
     for name in names:
         scope, cfg = configs[name]
         for method in ('mslora', 'full'):
-            trainer = Trainer(build(scope, wrapper_cfg(method, cfg)), x)
+            trainer = Trainer(build(scope, wrapper_cfg(method, cfg)), x, Device('cpu', False))
             for _ in range(2):
                 trainer.step()
             for mode in ('train step', 'inference'):
@@ -330,8 +404,9 @@ def markdown(results: dict, meta: dict) -> str:
     lines = [
         '# Cost of MSLoRA and its peers', '',
         f"Command: `{meta['command']}`  ",
-        f"Input: batch {meta['batch']} x 3 x {meta['img']} x {meta['img']}, float32, "
-        f"CPU ({meta['cpu']}, {meta['cpus']} cores, {meta['threads']} torch threads), "
+        f"Input: batch {meta['batch']} x 3 x {meta['img']} x {meta['img']}, "
+        f"{meta.get('precision', 'float32')}, {meta.get('device_name') or 'CPU'} "
+        f"({meta['cpu']}, {meta['cpus']} cores, {meta['threads']} torch threads), "
         f"torch {meta['torch']}, {meta['rounds']} interleaved training rounds and "
         f"{meta.get('infer_rounds', meta['rounds'])} inference rounds after "
         f"{meta['warmup']} warm-up; times are medians over rounds, time ratios the median "
@@ -348,7 +423,9 @@ def markdown(results: dict, meta: dict) -> str:
         'inference = eval + no_grad forward. Ratios: train and peak vs full fine-tuning, '
         'inference vs the plain backbone.', '',
         f"MSLoRA targets: train <= {TARGETS['train']}x, peak <= {TARGETS['memory']}x, "
-        f"inference <= {TARGETS['inference']}x. `mslora_cp` is MSLoRA with "
+        f"inference <= {TARGETS['inference']}x. `<method>{OFF}` is the method with the "
+        "frozen fast path off (`fast_path=False`: every frozen layer keeps its input for "
+        "backward, BNs are not folded). `mslora_cp` is MSLoRA with "
         "`with_cp=True` (gradient checkpointing of each adapter); at inference it runs "
         "the same code as `mslora`, so the difference of their inference ratios, like "
         "that of full / linear probe / BitFit from 1.00, shows the measurement noise.", '']
@@ -364,7 +441,7 @@ def markdown(results: dict, meta: dict) -> str:
                 f"{row['memory_ratio']:.2f} | {row['saved_mib']:.0f} | {row['infer_s']:.3f} | "
                 f"{row['infer_ratio']:.2f} |")
         lines.append(f"\nplain backbone inference: {result['plain_infer_s']:.3f} s\n")
-        for method in ('mslora', 'mslora_cp'):
+        for method in ('mslora', 'mslora' + OFF, 'mslora_cp'):
             if method not in result['rows']:
                 continue
             row = result['rows'][method]
@@ -422,6 +499,14 @@ def main() -> None:
     parser.add_argument('--models', nargs='+', default=['R-50', 'Swin-T', 'ViT-B'])
     parser.add_argument('--methods', nargs='+', default=list(METHODS) + list(VARIANTS),
                         choices=list(METHODS) + list(VARIANTS))
+    parser.add_argument('--fast-path', choices=('both', 'on', 'off'), default='both',
+                        help='measure the frozen methods with the frozen fast path on, '
+                             f'off (as <method>{OFF}), or both (default)')
+    parser.add_argument('--device', default='cpu',
+                        help="'cpu' (default) or 'cuda': bf16 autocast, CUDA-event timing, "
+                             'max_memory_allocated, batch 32, 10 rounds')
+    parser.add_argument('--no-amp', action='store_true',
+                        help='on cuda: float32 instead of bf16 autocast')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results'))
     parser.add_argument('--profile', action='store_true',
@@ -430,14 +515,20 @@ def main() -> None:
     parser.add_argument('--profile-only', action='store_true',
                         help='write profile_mslora.md only (no cost tables)')
     args = parser.parse_args()
-    batch = args.batch or (1 if args.quick else 2)
+    device = Device(args.device, amp=args.device.startswith('cuda') and not args.no_amp)
+    if device.cuda and not torch.cuda.is_available():
+        raise SystemExit(f'--device {args.device}: torch {torch.__version__} sees no CUDA '
+                         'device here; run on a GPU machine or use --device cpu.')
+    batch = args.batch or (1 if args.quick else 32 if device.cuda else 2)
     img = args.img or (128 if args.quick else 224)
-    rounds = args.rounds or (3 if args.quick else 5)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    rounds = args.rounds or (3 if args.quick else 10 if device.cuda else 5)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else
+                                                          3 if device.cuda else 2)
     infer_rounds = args.infer_rounds or 3 * rounds
     methods = args.methods
     if 'full' not in methods:
         methods = ['full'] + methods  # the reference of the ratios
+    methods = with_fast_path_rows(methods, args.fast_path)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     configs = backbone_configs(img)
@@ -450,7 +541,9 @@ def main() -> None:
                 threads=torch.get_num_threads(), torch=torch.__version__,
                 cpu=platform.processor() or platform.machine(),
                 loadavg=' '.join(f'{v:.2f}' for v in os.getloadavg()),
-                date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'))
+                date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
+                precision='bf16 autocast' if device.amp else 'float32',
+                device_name=torch.cuda.get_device_name() if device.cuda else None)
     try:
         with open('/proc/cpuinfo') as f:
             meta['cpu'] = next(line.split(':', 1)[1].strip() for line in f
@@ -468,7 +561,7 @@ def main() -> None:
         scope, cfg = configs[name]
         meter = CpuMeter()
         results[name] = measure_backbone(name, scope, cfg, methods, batch, img, rounds,
-                                         warmup, log, infer_rounds)
+                                         warmup, log, infer_rounds, device)
         others = meter.others()
         if others is not None:
             meta['others_cpus'][name] = others

@@ -25,7 +25,9 @@ def test_step_peak_bytes_sees_a_large_temporary():
 def test_cost_table_on_a_tiny_backbone(tmp_path):
     cost = load_tool('benchmarks/cost.py')
     cfg = dict(type='mmdet.ResNet', depth=18, out_indices=(3, ), init_cfg=None)
-    methods = ['full', 'linear_probe', 'lora', 'mslora', 'mslora_cp']
+    methods = cost.with_fast_path_rows(['full', 'linear_probe', 'lora', 'mslora', 'mslora_cp'],
+                                       'both')
+    assert methods[:4] == ['full', 'linear_probe', 'linear_probe/off', 'lora']
     result = cost.measure_backbone('R-18', 'mmdet', cfg, methods, batch=1, img=32, rounds=2,
                                    warmup=1, log=lambda message: None)
     rows = result['rows']
@@ -38,11 +40,14 @@ def test_cost_table_on_a_tiny_backbone(tmp_path):
     # the wrapped backbone's weights, gradients and momentum: full FT holds the most
     assert rows['full']['peak_mib'] > rows['linear_probe']['peak_mib']
     assert rows['mslora']['trainable'] == rows['mslora_cp']['trainable'] > 0
+    # the fast path keeps no frozen-layer inputs for backward; off, they are kept
+    assert rows['mslora']['saved_mib'] < 0.9 * rows['mslora/off']['saved_mib']
+    assert rows['mslora']['trainable'] == rows['mslora/off']['trainable']
     meta = dict(command='test', batch=1, img=32, rounds=2, infer_rounds=2, warmup=1, threads=1, torch='x',
                 cpu='cpu', cpus=2, loadavg='0', loadavg_end='0', date='today',
                 others_cpus={'R-18': 0.0})
     text = cost.markdown({'R-18': result}, meta)
-    assert '| mslora |' in text and 'mslora_cp: train' in text
+    assert '| mslora |' in text and 'mslora_cp: train' in text and '| mslora/off |' in text
     cost.plot({'R-18': result}, str(tmp_path / 'cost.png'))
     assert (tmp_path / 'cost.png').stat().st_size > 0
     json.dumps(result)  # serialisable as written to cost.json
@@ -51,7 +56,7 @@ def test_cost_table_on_a_tiny_backbone(tmp_path):
 def test_saved_activation_bytes_leave_parameters_out():
     cost = load_tool('benchmarks/cost.py')
     model = nn.Linear(256, 256)
-    trainer = cost.Trainer(model, torch.randn(8, 256))
+    trainer = cost.Trainer(model, torch.randn(8, 256), cost.Device('cpu', amp=False))
     # Linear saves its input (8 x 256 floats) for the weight gradient and the loss's
     # pow(2) its output (8 x 256); the weight itself is a parameter and not counted
     assert cost.saved_activation_bytes(trainer) == 2 * 8 * 256 * 4
