@@ -103,9 +103,13 @@ class _FrozenConv2d(torch.autograd.Function):
         shape, stride, padding, dilation, groups = ctx.conv
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.nn.grad.conv2d_input(
-                shape, _scaled(weight, scale).to(grad.dtype), grad, stride, padding,
-                dilation, groups)
+            # the transposed convolution, its output padded to the input's size (the
+            # values of convolution_backward, without an input tensor to hand it)
+            kernel = weight.shape[2:]
+            extra = [shape[i + 2] - ((grad.shape[i + 2] - 1) * stride[i] - 2 * padding[i]
+                                     + dilation[i] * (kernel[i] - 1) + 1) for i in range(2)]
+            grad_x = F.conv_transpose2d(grad, _scaled(weight, scale).to(grad.dtype), None,
+                                        stride, padding, extra, groups, dilation)
         if ctx.needs_input_grad[3]:
             grad_bias = grad.sum((0, 2, 3))
         return grad_x, None, None, grad_bias, None, None, None, None

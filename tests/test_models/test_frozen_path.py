@@ -243,3 +243,25 @@ def test_full_fine_tuning_has_no_fast_path():
     assert model.fast_path_report is None
     with pytest.raises(ValueError, match='needs a frozen backbone'):
         model.set_fast_path(True)
+
+
+@pytest.mark.parametrize('in_ch, out_ch, kernel, stride, padding, dilation, groups, size', [
+    (4, 8, 3, 1, 1, 1, 1, 10), (4, 8, 3, 2, 1, 1, 1, 11), (4, 8, 1, 2, 0, 1, 1, 7),
+    (8, 8, 3, 1, 2, 2, 8, 9), (6, 9, 5, 3, 1, 1, 3, 13), (4, 4, 7, 2, 3, 1, 4, 12)])
+def test_frozen_conv_gradients_for_strides_dilations_groups(in_ch, out_ch, kernel, stride,
+                                                           padding, dilation, groups, size):
+    """The input gradient (a transposed convolution padded to the input's size) and the
+    bias gradient equal autograd's for odd sizes, strides, dilations and groups."""
+    conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, dilation, groups).double()
+    conv.weight.requires_grad_(False)
+    plain = copy.deepcopy(conv)
+    enable_frozen_fast_path(conv)
+    x = torch.randn(2, in_ch, size, size + 1, dtype=torch.float64)
+    results = []
+    for layer in (conv, plain):
+        xi = x.clone().requires_grad_(True)
+        out = layer(xi)
+        out.backward(torch.ones_like(out) + out.detach())
+        results.append((out.detach(), xi.grad, layer.bias.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
