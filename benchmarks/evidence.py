@@ -663,7 +663,7 @@ def _worker_run(job: dict) -> dict:
         return dict(job, key=job_key(job), error=f'{type(err).__name__}: {err}')
 
 
-def run_jobs(jobs: List[dict], pool, on_record, log=print) -> None:
+def run_jobs(jobs: List[dict], pool, on_record, log=None) -> None:
     """Run ``jobs`` in this process (``pool`` None) or in the ``pool`` of worker
     processes, and call ``on_record(record)`` after each."""
     if pool is None:
@@ -672,7 +672,7 @@ def run_jobs(jobs: List[dict], pool, on_record, log=print) -> None:
         from concurrent.futures import as_completed
         results = (f.result() for f in as_completed([pool.submit(_worker_run, j) for j in jobs]))
     for i, record in enumerate(results):
-        log(_progress(record, i + 1, len(jobs)))
+        (log or (lambda line: print(line, flush=True)))(_progress(record, i + 1, len(jobs)))
         on_record(record)
 
 
