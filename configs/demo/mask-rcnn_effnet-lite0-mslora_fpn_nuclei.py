@@ -80,7 +80,10 @@ optim_wrapper = dict(
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
-log_processor = dict(by_epoch=False)
+# each log line the mean of the 10 iterations since the previous one (mmdet's runtime
+# smooths over 50: the first lines showed the mean since iteration 1, which kept
+# the first iterations' loss_mask of ~25 in view until iteration 50)
+log_processor = dict(by_epoch=False, window_size=10)
 auto_scale_lr = dict(enable=False)
 # one seed: the same initial heads and adapters, data order and RoI sampling every run
 # (unseeded, the first loss_mask alone ranged 10-52 over seeds, see demo_health.md)
