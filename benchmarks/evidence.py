@@ -622,20 +622,20 @@ def choose_lr(records: Sequence[dict], task: str, method: str, lrs: Sequence[flo
 
 
 def second_phase_jobs(profile: dict, records: Sequence[dict]) -> List[dict]:
-    """Test runs of the other seeds at each method's chosen lr, and the ablations at
-    MSLoRA's chosen lr."""
-    jobs = []
+    """Test runs of the other seeds at each method's chosen lr (all tasks first), then
+    the ablations at MSLoRA's chosen lr."""
+    tests, ablations = [], []
     for task in profile['tasks']:
         chosen = {m: choose_lr(records, task, m, profile['lrs'], profile['seeds'][0])[0]
                   for m in profile['methods']}
         for method in profile['methods']:
-            jobs += [dict(task=task, method=method, variant=DEFAULT_VARIANT, lr=chosen[method],
-                          seed=s, phase='test') for s in profile['seeds'][1:]]
-        if task in profile['ablation_tasks'] and 'mslora' in chosen:
-            jobs += [dict(task=task, method='mslora', variant=v, lr=chosen['mslora'], seed=s,
-                          phase='ablation')
-                     for v in profile['ablations'] for s in profile['seeds']]
-    return jobs
+            tests += [dict(task=task, method=method, variant=DEFAULT_VARIANT, lr=chosen[method],
+                           seed=s, phase='test') for s in profile['seeds'][1:]]
+        if task in profile['ablation_tasks']:
+            ablations += [dict(task=task, method='mslora', variant=v, lr=chosen['mslora'],
+                               seed=s, phase='ablation')
+                          for s in profile['seeds'] for v in profile['ablations']]
+    return tests + ablations
 
 
 _WORKER: dict = {}
