@@ -65,6 +65,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from mmslora.registry import MODELS
 from .base import BlockAdapter
@@ -229,6 +230,25 @@ class _GatedResidual(torch.autograd.Function):
         return tuple(grads)
 
 
+def _trans_chain(trans: 'MultiScaleTransform', t: torch.Tensor) -> torch.Tensor:
+    """``Trans`` between ``Reduce`` and ``Expand`` on the (B, D, h, w) map ``t``: norm,
+    the fused multi-scale depthwise convolution, channel and spatial attention."""
+    t = F.group_norm(t, 1, trans.norm.weight, trans.norm.bias, trans.norm.eps)
+    if torch.is_grad_enabled():
+        t = t.contiguous(memory_format=torch.channels_last)
+    kernel, bias = fused_multi_scale_kernel(trans)
+    t = trans.act(F.conv2d(t, kernel, bias, padding=kernel.shape[-1] // 2,
+                           groups=t.shape[1]))
+    if trans.channel_attn is not None:
+        squeeze, act, excite = trans.channel_attn[1], trans.channel_attn[2], trans.channel_attn[3]
+        a = act(F.linear(t.mean((2, 3)), squeeze.weight.flatten(1), squeeze.bias))
+        a = torch.sigmoid(F.linear(a, excite.weight.flatten(1), excite.bias))
+        t = t * a[:, :, None, None]
+    if trans.spatial_attn is not None:
+        t = _spatial_attention(trans.spatial_attn, t)
+    return t
+
+
 def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
     """``F + Proj(F) * Trans(F)`` with the parameters of ``adapter``, in fewer operations
     than layer by layer (same math, equal up to float rounding). For
@@ -251,7 +271,12 @@ def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
       C-channel intermediates are updated in place, so only two of them are allocated
       (memory allocation is a large part of the cost of element-wise operations on
       CPU); under autograd :class:`_GatedResidual` keeps only D-channel maps for
-      backward and recomputes the two C-channel ones there.
+      backward and recomputes the two C-channel ones there;
+    * under autograd the D-channel chain of ``Trans`` (:func:`_trans_chain`: norm,
+      depthwise convolution, attention) keeps only its input and is recomputed in
+      backward (``torch.utils.checkpoint``): five D-channel maps less memory per
+      adapter, one D-channel forward more per step (unless ``with_cp`` recomputes the
+      whole adapter anyway).
     """
     trans, proj = adapter.trans, adapter.proj
     b, c, h, w = x.shape
@@ -267,19 +292,12 @@ def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
     if trans.stride > 1:
         t = F.avg_pool2d(t, trans.stride, ceil_mode=True)
 
-    t = F.group_norm(t, 1, trans.norm.weight, trans.norm.bias, trans.norm.eps)
     grad = torch.is_grad_enabled()
-    if grad:
-        t = t.contiguous(memory_format=torch.channels_last)
-    kernel, bias = fused_multi_scale_kernel(trans)
-    t = trans.act(F.conv2d(t, kernel, bias, padding=kernel.shape[-1] // 2, groups=d))
-    if trans.channel_attn is not None:
-        squeeze, act, excite = trans.channel_attn[1], trans.channel_attn[2], trans.channel_attn[3]
-        a = act(F.linear(t.mean((2, 3)), squeeze.weight.flatten(1), squeeze.bias))
-        a = torch.sigmoid(F.linear(a, excite.weight.flatten(1), excite.bias))
-        t = t * a[:, :, None, None]
-    if trans.spatial_attn is not None:
-        t = _spatial_attention(trans.spatial_attn, t)
+    if grad and not adapter.with_cp:
+        # the D-channel chain recomputed in backward: only its input is kept
+        t = checkpoint(_trans_chain, trans, t, use_reentrant=False)
+    else:
+        t = _trans_chain(trans, t)
     t = nearest_upsample(t, trans.stride, (h, w))
 
     # gate = sigmoid(Expand(t)), the bias inside the product: [W | b] @ [t; 1] per group

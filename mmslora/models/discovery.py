@@ -102,13 +102,15 @@ def _input_channels(backbone: nn.Module) -> List[int]:
 def sample_inputs(backbone: nn.Module) -> Iterator[torch.Tensor]:
     """Random (2, C, H, W) inputs a backbone may take, in the order they are tried:
     image channels first, sizes as :data:`INPUT_SIZES` after a declared ``img_size``;
-    drawn from a private generator (the global random state is left alone)."""
+    on the device and in the float type of its parameters; drawn from a private
+    generator (the global random state is left alone)."""
     param = next(backbone.parameters(), None)
     device = param.device if param is not None else 'cpu'
+    dtype = param.dtype if param is not None and param.is_floating_point() else None
     for channels in _input_channels(backbone):
         for size in _candidate_sizes(backbone):
             generator = torch.Generator().manual_seed(0)
-            yield torch.randn(2, channels, *size, generator=generator).to(device)
+            yield torch.randn(2, channels, *size, generator=generator).to(device, dtype)
 
 
 def working_input(backbone: nn.Module) -> Optional[torch.Tensor]:

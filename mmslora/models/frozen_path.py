@@ -49,6 +49,10 @@ __all__ = ['enable_frozen_fast_path', 'disable_frozen_fast_path', 'FastPathRepor
 FOLD_ATTR = '_mmslora_fold'
 #: a folded pair must match the plain pair to this relative error (random statistics)
 FOLD_CHECK_RTOL = 1e-4
+#: while the folds are looked for: the convolutions whose fast ``_conv_forward`` ran (a
+#: subclass whose forward calls ``F.conv2d`` itself, as mmcv's adaptive padding does,
+#: would skip a fold made for it)
+_CONVS_RUN: Optional[set] = None
 
 
 #: ``Linear`` forwards: torch's, and mmcv's wrapper (it adds an empty-input case for
@@ -232,6 +236,8 @@ def _conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
     """Replaces ``Conv2d._conv_forward(x, weight, bias)``: every ``Conv2d`` subclass whose
     forward ends there (mmcv's wrappers, TF-style padding, weight standardisation that
     passes its own ``weight``) runs the fast path."""
+    if _CONVS_RUN is not None:
+        _CONVS_RUN.add(conv)
     fold = conv.__dict__.get(FOLD_ATTR)
     scale = None
     if fold is not None and fold.active():
@@ -357,7 +363,8 @@ def _fold_pairs(backbone: nn.Module, sample: torch.Tensor, names: Dict[nn.Module
 
 def _conv_bn_pairs(backbone: nn.Module, sample: torch.Tensor,
                    report: FastPathReport) -> List[Tuple[nn.Module, nn.Module]]:
-    """Pairs where a BN2d (called once) reads the output of a Conv2d (called once)."""
+    """Pairs where a BN2d (called once) reads the output of a Conv2d (called once, through
+    its fast ``_conv_forward``)."""
     modules = dict(backbone.named_modules())
     convs = {modules[n] for n in report.convs}
     bns = {modules[n] for n in report.affine_norms}
@@ -375,20 +382,24 @@ def _conv_bn_pairs(backbone: nn.Module, sample: torch.Tensor,
         if source is not None and source[1] is args[0]:
             reads[module] = source[0]
 
+    global _CONVS_RUN
     handles = [m.register_forward_hook(after_conv) for m in convs]
     handles += [m.register_forward_pre_hook(before_bn) for m in bns]
+    _CONVS_RUN = ran = set()
     try:
         _eval_forward(backbone, sample)
     finally:
+        _CONVS_RUN = None
         for handle in handles:
             handle.remove()
     return [(conv, bn) for bn, conv in reads.items()
-            if calls.get(bn) == 1 and calls.get(conv) == 1]
+            if calls.get(bn) == 1 and calls.get(conv) == 1 and conv in ran]
 
 
 def _failing(backbone: nn.Module, sample: torch.Tensor, folds: List[_Fold]) -> List[_Fold]:
-    """The folds whose output differs from the plain pair's, on randomised BN statistics
-    (the defaults, mean 0 and variance 1, would hide a fold that is wrong)."""
+    """The folds that change the output of any module (but the folded convolutions), on
+    randomised BN statistics (the defaults, mean 0 and variance 1, would hide a fold that
+    is wrong): all at once, and one by one if that fails."""
     if not folds:
         return []
     bns = [fold.bn for fold in folds]
@@ -404,30 +415,53 @@ def _failing(backbone: nn.Module, sample: torch.Tensor, folds: List[_Fold]) -> L
                 bn.running_var.copy_(uniform(bn.running_var, 0.5, 2.0))
                 bn.weight.copy_(uniform(bn.weight, 0.5, 1.5))
                 bn.bias.copy_(uniform(bn.bias, -0.5, 0.5))
-        failing = [] if _folds_match(backbone, sample, folds) else [
-            fold for fold in folds if not _folds_match(backbone, sample, [fold])]
+        layers = {m for fold in folds for m in (fold.conv, fold.bn)}
+        failing = [] if _folds_match(backbone, sample, folds, layers) else [
+            fold for fold in folds if not _folds_match(backbone, sample, [fold], layers)]
     finally:
         for bn, state in zip(bns, saved):
             bn.load_state_dict(state)
     return failing
 
 
-def _folds_match(backbone: nn.Module, sample: torch.Tensor, folds: List[_Fold]) -> bool:
-    """Does the backbone with only ``folds`` folded match it with none?"""
+def _folds_match(backbone: nn.Module, sample: torch.Tensor, folds: List[_Fold],
+                 layers: set) -> bool:
+    """Does every module but ``layers`` (hooks on them would turn folding off) give the
+    same output with only ``folds`` folded as with none?"""
     records = {fold: (fold.conv.__dict__.pop(FOLD_ATTR), fold.bn.__dict__.pop(FOLD_ATTR))
                for fold in _all_folds(backbone)}
     try:
-        want = _eval_forward(backbone, sample)
+        want = _module_outputs(backbone, sample, layers)
         for fold in folds:
             fold.conv.__dict__[FOLD_ATTR] = fold.bn.__dict__[FOLD_ATTR] = fold
-        got = _eval_forward(backbone, sample)
+        got = _module_outputs(backbone, sample, layers)
     finally:
         for fold in folds:
             fold.conv.__dict__.pop(FOLD_ATTR, None)
             fold.bn.__dict__.pop(FOLD_ATTR, None)
         for fold in records:
             fold.conv.__dict__[FOLD_ATTR] = fold.bn.__dict__[FOLD_ATTR] = fold
-    return all(_close(a, b) for a, b in zip(got, want)) and len(got) == len(want)
+    return got.keys() == want.keys() and all(_close(got[k], want[k]) for k in want)
+
+
+def _module_outputs(backbone: nn.Module, sample: torch.Tensor,
+                    skip: set) -> Dict[str, torch.Tensor]:
+    """The first tensor output of every module but ``skip`` in one eval forward."""
+    outputs: Dict[str, torch.Tensor] = {}
+
+    def record(name, module, args, output):
+        while isinstance(output, (tuple, list)) and output:
+            output = output[0]
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            outputs[f'{name}#{len(outputs)}'] = output.detach().float().clone()
+    handles = [module.register_forward_hook(functools.partial(record, name))
+               for name, module in backbone.named_modules() if module not in skip]
+    try:
+        _eval_forward(backbone, sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
 
 
 def _all_folds(backbone: nn.Module) -> List[_Fold]:

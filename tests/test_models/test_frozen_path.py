@@ -265,3 +265,27 @@ def test_frozen_conv_gradients_for_strides_dilations_groups(in_ch, out_ch, kerne
         results.append((out.detach(), xi.grad, layer.bias.grad))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_conv_that_bypasses_conv_forward_is_not_folded():
+    """mmcv's Conv2dAdaptivePadding calls F.conv2d itself: its BN must stay a BN."""
+    from mmcv.cnn.bricks.conv2d_adaptive_padding import Conv2dAdaptivePadding
+    model = nn.Sequential(Conv2dAdaptivePadding(3, 8, 3, stride=2), nn.BatchNorm2d(8),
+                          nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)).requires_grad_(False).eval()
+    with torch.no_grad():
+        for bn in (model[1], model[3]):
+            bn.running_var.fill_(4.0)
+            bn.running_mean.fill_(0.5)
+    x = torch.randn(2, 3, 15, 15)
+    with torch.no_grad():
+        want = model(x)
+    report = enable_frozen_fast_path(model, sample=x)
+    assert report.folded == {'3': '2'} and '1' in report.affine_norms
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want)
+
+
+def test_float64_models_fold_too():
+    """The sample inputs follow the parameters' dtype (a float64 model folds its BNs)."""
+    model = build_in_scope('mmdet', BACKBONES[0][2]).double().requires_grad_(False)
+    assert enable_frozen_fast_path(model).folded

@@ -6,13 +6,14 @@ For every backbone class registered in the three toolboxes' ``MODELS`` (built wi
 small arguments of :data:`BUILD_ARGS` where its defaults are missing or too large), it
 wraps the backbone with no ``blocks`` argument and checks, on CPU: adapters were
 inserted (by a preset or the block finder), the wrapped model equals the plain
-backbone at init (to float rounding: the frozen fast path folds BNs) and passes the same
-input gradient back (eval mode, at init: the frozen fast path against plain autograd),
-two SGD steps leave the backbone bitwise frozen, and the
+backbone at init (to float rounding in float32: the frozen fast path folds BNs; to
+1e-9 in float64, also the input gradient the fast path passes back against plain
+autograd, for the backbones that run in float64), two SGD steps leave the backbone bitwise frozen, and the
 adapters train (their zero-initialised parameters move). It prints a markdown table;
 ``tests/test_models/test_backbone_coverage.py`` runs the same check per backbone.
 """
 import argparse
+import copy
 import inspect
 import time
 from dataclasses import dataclass
@@ -162,9 +163,11 @@ def registered_backbones() -> List[Tuple[str, type]]:
     return sorted(found)
 
 
-#: wrapped vs plain at init: outputs (float rounding of folded BNs) and input gradients
-#: (a ReLU or max-pool tie that rounding flips moves ~1e-4 of the gradient)
-OUTPUT_RTOL, GRAD_RTOL = 1e-5, 1e-3
+#: wrapped vs plain at init in float32 (the rounding of folded BNs), and in float64
+#: (outputs and input gradients: the same math). Input gradients are compared in float64
+#: only: at random init many backbones are so ill-conditioned (XCiT's input gradient
+#: moves 8x under 1e-6 relative weight noise) that float32 rounding decides them.
+OUTPUT_RTOL, EXACT_RTOL = 1e-4, 1e-9
 
 
 def _outputs(model, x) -> List[torch.Tensor]:
@@ -202,6 +205,26 @@ def _input_gradient(model, x) -> Optional[torch.Tensor]:
         return None
     return torch.autograd.grad(sum(t.float().pow(2).mean() for t in outputs), x,
                                allow_unused=True)[0]
+
+
+def _exact_check(model, plain, x) -> Optional[str]:
+    """Why the wrapped model differs from the plain backbone in float64 (outputs, and
+    the input gradient the frozen fast path passes back), or None. A backbone that does
+    not run in float64 (an op or a buffer fixed to float32) is not checked."""
+    try:
+        model64, plain64 = copy.deepcopy(model).double(), copy.deepcopy(plain).double()
+        x64 = x.double()
+        with torch.no_grad():
+            got, want = _outputs(model64, x64), _outputs(plain64, x64)
+        grads = _input_gradient(model64, x64), _input_gradient(plain64, x64)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return None
+    if any(not _close(a, b, EXACT_RTOL) for a, b in zip(got, want)):
+        return 'not equal to the plain backbone in float64'
+    if (grads[0] is None) != (grads[1] is None) or (
+            grads[1] is not None and not _close(*grads, EXACT_RTOL)):
+        return "input gradient differs from the plain backbone's (float64)"
+    return None
 
 
 def check_backbone(name: str, build_args: Optional[dict] = None) -> Coverage:
@@ -254,11 +277,9 @@ def _check_wrapped(name: str, model: MSLoRABackbone, plain, start: float) -> Cov
     # the frozen fast path folds BNs (products reordered): equal to float rounding
     if not got or any(not _close(a, b, OUTPUT_RTOL) for a, b in zip(got, want)):
         return Coverage(name, 'exception', detail='not equal to the plain backbone at init')
-    got, want = _input_gradient(model, x), _input_gradient(plain, x)
-    if (got is None) != (want is None) or (want is not None and not _close(got, want,
-                                                                             GRAD_RTOL)):
-        return Coverage(name, 'exception', detail='input gradient differs from the plain '
-                        "backbone's (frozen fast path)")
+    exact = _exact_check(model, plain, x)
+    if exact:
+        return Coverage(name, 'exception', detail=exact)
     frozen = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     zero = {f'{key}.{p}': a for key, a in model.adapters.items() for p in a.zero_init}
     before = {k: v.detach().clone() for k, v in model.adapters.state_dict().items()}
