@@ -58,8 +58,8 @@ Tasks (:data:`TASKS`):
 
 * ``fashion``: Fashion-MNIST (``data/fashion_mnist``, Debian ``dataset-fashion-mnist``,
   mmpretrain's idx layout); fit / val from the training split, test from the test split,
-  fixed random subsets, 28 px upsampled to the profile's size, random shifts of up to 4
-  px and horizontal flips;
+  fixed random subsets, 28 px upsampled to the profile's size, random shifts of up to 1/16
+  of the side and horizontal flips;
 * ``digits``: scikit-learn's ``load_digits`` (the 1797 real 8x8 handwritten digits of
   the UCI optdigits set, shipped inside the scikit-learn wheel; ``pip install
   scikit-learn``, listed in ``requirements/benchmarks.txt``), 597 test / 240 val / 960 fit,
@@ -172,9 +172,11 @@ PROFILES = dict(
         ablation_tasks=('fashion', 'nuclei'), workers=12, threads=1, amp=True,
         eval_batch=1000),
     quick=dict(
-        tasks=dict(fashion=dict(size=32, n_fit=48, n_val=24, n_test=24, batch=8, steps=5),
-                   digits=dict(size=32, n_fit=48, n_val=24, n_test=24, batch=8, steps=5),
-                   nuclei=dict(crop=64, batch=2, steps=5)),
+        tasks=dict(fashion=dict(size=32, n_fit=48, n_val=24, n_test=24, batch=8, steps=4,
+                                eval_at=(0.75, 1.0)),
+                   digits=dict(size=32, n_fit=48, n_val=24, n_test=24, batch=8, steps=4,
+                               eval_at=(0.75, 1.0)),
+                   nuclei=dict(crop=64, batch=2, steps=4, eval_at=(0.75, 1.0))),
         default_tasks=('fashion', 'nuclei'),  # digits needs scikit-learn, not in the suite's set-up
         lrs=(1e-3, 1e-2), seeds=(0, 1), methods=('linear_probe', 'mslora'),
         ablations=('hidden_dim=16', ), ablation_tasks=('fashion', ), workers=1,
@@ -504,8 +506,8 @@ def run_one(job: dict, data: dict, settings: dict, device: torch.device, amp: bo
     batches = Batches(task, split['fit'], settings['batch'], job['seed'],
                       crop=settings.get('crop'))
     # the validation curve; an ablation run is scored at its end only (for the budget)
-    eval_steps = sorted({max(1, round(f * steps)) for f in
-                         ((1.0, ) if job.get('phase') == 'ablation' else EVAL_AT)})
+    eval_at = (1.0, ) if job.get('phase') == 'ablation' else settings.get('eval_at', EVAL_AT)
+    eval_steps = sorted({max(1, round(f * steps)) for f in eval_at})
     curve, train_s, prof_s, peak, diverged = [], 0.0, None, None, False
 
     def step():
@@ -619,6 +621,14 @@ def check_amp(device: torch.device, methods: Sequence[str]) -> None:
 # ------------------------------------------------------------------------ grid
 def job_key(job: dict) -> str:
     return f"{job['task']}/{job['method']}/{job['variant']}/lr{job['lr']:g}/s{job['seed']}"
+
+
+def planned_runs(profile: dict) -> int:
+    """How many runs the whole grid of ``profile`` has."""
+    n_tasks, n_methods, n_seeds = (len(profile[k]) for k in ('tasks', 'methods', 'seeds'))
+    ablation_tasks = [t for t in profile['ablation_tasks'] if t in profile['tasks']]
+    return (n_tasks * n_methods * (len(profile['lrs']) + n_seeds - 1)
+            + len(ablation_tasks) * len(profile['ablations']) * n_seeds)
 
 
 def selection_jobs(profile: dict) -> List[dict]:
@@ -813,6 +823,9 @@ def write_markdown(path: str, summary: dict, meta: dict) -> None:
              f"Machine: {meta['machine']}, device {meta['device']}, torch {meta['torch']}, "
              f"{meta['threads']} thread(s) x {meta['workers']} worker(s); wall time "
              f"{meta['wall_min']:.1f} min  ",
+             f"Runs: {meta.get('runs_done', '?')} of {planned_runs(profile)} planned" + (
+                 '' if meta.get('runs_done') == planned_runs(profile) else
+                 ' (in progress or cut short; `--resume` goes on)') + '  ',
              f"Protocol: lr from {list(profile['lrs'])} chosen on the validation split "
              f"(seed {profile['seeds'][0]}), then seeds {list(profile['seeds'])} at it on the "
              f"test split; AdamW (wd 0.05), 10% warm-up, cosine; bf16 autocast: "
@@ -1029,7 +1042,7 @@ def main(argv=None) -> dict:
                     profile_name=name, device=str(device), torch=torch.__version__,
                     threads=profile['threads'], workers=profile['workers'],
                     machine=f'{platform.machine()}, {os.cpu_count()} CPUs',
-                    wall_min=prior_min + (time.time() - start) / 60,
+                    wall_min=prior_min + (time.time() - start) / 60, runs_done=len(records),
                     memory=('torch.cuda.max_memory_allocated' if device.type == 'cuda' else
                             'live bytes + torch.profiler rise, second step'),
                     json=paths['json'], plot=paths['plot'])

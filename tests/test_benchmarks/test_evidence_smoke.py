@@ -103,6 +103,8 @@ def test_quick_protocol(evidence, tmp_path):
     # 2 tasks x 2 methods x 2 lrs (seed 0), the second seed of each, 1 ablation x 2 seeds
     assert len(records) == 2 * 2 * 2 + 2 * 2 + 2 and not any('error' in r for r in records)
     assert len({r['key'] for r in records}) == len(records)
+    assert evidence.planned_runs(data['meta']['profile']) == len(records)
+    assert 'Runs: 14 of 14 planned  ' in (out / 'evidence_quick.md').read_text()
     for r in records:
         steps = profile['tasks'][r['task']]['steps']
         assert r['val_curve'][-1] == [steps, r['val']] and 0 <= r['test'] <= 100
