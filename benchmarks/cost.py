@@ -106,10 +106,11 @@ class Device:
     """Where the benchmark runs: CPU (float32, wall-clock, profiler memory events) or
     CUDA (bf16 autocast, CUDA events, ``max_memory_allocated``)."""
 
-    def __init__(self, name: str, amp: bool) -> None:
+    def __init__(self, name: str, amp: bool, clock: str = 'wall') -> None:
         self.name = name
         self.cuda = name.startswith('cuda')
         self.amp = amp
+        self.clock = time.process_time if clock == 'cpu' else time.perf_counter
 
     def autocast(self):
         if not self.amp:
@@ -118,9 +119,9 @@ class Device:
 
     def timed(self, fn: Callable[[], None]) -> float:
         if not self.cuda:
-            start = time.perf_counter()
+            start = self.clock()
             fn()
-            return time.perf_counter() - start
+            return self.clock() - start
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
         start.record()
@@ -407,7 +408,8 @@ def markdown(results: dict, meta: dict) -> str:
         f"Input: batch {meta['batch']} x 3 x {meta['img']} x {meta['img']}, "
         f"{meta.get('precision', 'float32')}, {meta.get('device_name') or 'CPU'} "
         f"({meta['cpu']}, {meta['cpus']} cores, {meta['threads']} torch threads), "
-        f"torch {meta['torch']}, {meta['rounds']} interleaved training rounds and "
+        f"torch {meta['torch']}, times by {meta.get('clock', 'wall clock')}, "
+        f"{meta['rounds']} interleaved training rounds and "
         f"{meta.get('infer_rounds', meta['rounds'])} inference rounds after "
         f"{meta['warmup']} warm-up; times are medians over rounds, time ratios the median "
         f"over rounds of the ratio within a round.  ",
@@ -507,6 +509,10 @@ def main() -> None:
                              'max_memory_allocated, batch 32, 10 rounds')
     parser.add_argument('--no-amp', action='store_true',
                         help='on cuda: float32 instead of bf16 autocast')
+    parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                        help="CPU timings: wall-clock (default; an idle machine) or this "
+                             "process's CPU time ('cpu': with --threads 1 on a busy machine, "
+                             'where waiting for a core would count as wall time)')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results'))
     parser.add_argument('--profile', action='store_true',
@@ -515,7 +521,8 @@ def main() -> None:
     parser.add_argument('--profile-only', action='store_true',
                         help='write profile_mslora.md only (no cost tables)')
     args = parser.parse_args()
-    device = Device(args.device, amp=args.device.startswith('cuda') and not args.no_amp)
+    device = Device(args.device, amp=args.device.startswith('cuda') and not args.no_amp,
+                    clock=args.clock)
     if device.cuda and not torch.cuda.is_available():
         raise SystemExit(f'--device {args.device}: torch {torch.__version__} sees no CUDA '
                          'device here; run on a GPU machine or use --device cpu.')
@@ -543,6 +550,8 @@ def main() -> None:
                 loadavg=' '.join(f'{v:.2f}' for v in os.getloadavg()),
                 date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
                 precision='bf16 autocast' if device.amp else 'float32',
+                clock='CUDA events' if device.cuda else (
+                    'process CPU time' if args.clock == 'cpu' else 'wall clock'),
                 device_name=torch.cuda.get_device_name() if device.cuda else None)
     try:
         with open('/proc/cpuinfo') as f:

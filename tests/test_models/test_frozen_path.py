@@ -167,7 +167,8 @@ def test_with_cp_deepcopy_and_switching_off():
     _assert_close(_step(fast, x)[2].values(), _step(plain, x)[2].values(), 1e-10)
     ema = copy.deepcopy(fast)  # EMA models and mean teachers copy the wrapper
     conv = ema.backbone.layer1[0].conv1
-    assert conv._conv_forward.args[0] is conv and conv.__dict__[FOLD_ATTR].bn is ema.backbone.layer1[0].bn1
+    assert conv._conv_forward.args[0] is conv
+    assert conv.__dict__[FOLD_ATTR].bn is ema.backbone.layer1[0].bn1
     with torch.no_grad():
         fast.backbone.layer1[0].bn1.weight.mul_(2)  # the copy has its own weights
     _assert_close(_step(ema, x)[0], _step(plain, x)[0], 1e-10)

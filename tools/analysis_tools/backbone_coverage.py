@@ -8,8 +8,8 @@ wraps the backbone with no ``blocks`` argument and checks, on CPU: adapters were
 inserted (by a preset or the block finder), the wrapped model equals the plain
 backbone at init (to float rounding in float32: the frozen fast path folds BNs; to
 1e-9 in float64, also the input gradient the fast path passes back against plain
-autograd, for the backbones that run in float64), two SGD steps leave the backbone bitwise frozen, and the
-adapters train (their zero-initialised parameters move). It prints a markdown table;
+autograd, for the backbones that run in float64), two SGD steps leave the backbone
+bitwise frozen, and the adapters train (their zero-initialised parameters move). It prints a markdown table;
 ``tests/test_models/test_backbone_coverage.py`` runs the same check per backbone.
 """
 import argparse
