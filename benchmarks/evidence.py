@@ -822,7 +822,8 @@ def write_markdown(path: str, summary: dict, meta: dict) -> None:
              f"Command: `{meta['command']}`  ",
              f"Machine: {meta['machine']}, device {meta['device']}, torch {meta['torch']}, "
              f"{meta['threads']} thread(s) x {meta['workers']} worker(s); wall time "
-             f"{meta['wall_min']:.1f} min  ",
+             f"{meta['wall_min']:.1f} min; mmslora at commit "
+             f"{meta.get('mmslora_commit') or 'not recorded'}  ",
              f"Runs: {meta.get('runs_done', '?')} of {planned_runs(profile)} planned" + (
                  '' if meta.get('runs_done') == planned_runs(profile) else
                  ' (in progress or cut short; `--resume` goes on)') + '  ',
@@ -997,6 +998,19 @@ def make_profile(args) -> Tuple[str, dict]:
     return name, profile
 
 
+def _git_commit() -> Optional[str]:
+    """HEAD of the repository, with '+dirty' when mmslora/ has uncommitted changes."""
+    import subprocess
+    try:
+        head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--', 'mmslora'], cwd=ROOT,
+                               text=True, capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ('+dirty' if dirty else '')
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     name, profile = make_profile(args)
@@ -1031,6 +1045,7 @@ def main(argv=None) -> dict:
                    cache_dir=args.cache_dir, data={})
     start = time.time()
     done = {r['key'] for r in records}
+    commit = _git_commit()
 
     def save(record=None):
         if record is not None:
@@ -1043,6 +1058,8 @@ def main(argv=None) -> dict:
                     threads=profile['threads'], workers=profile['workers'],
                     machine=f'{platform.machine()}, {os.cpu_count()} CPUs',
                     wall_min=prior_min + (time.time() - start) / 60, runs_done=len(records),
+                    mmslora_commit=commit if not args.report_only else
+                    prior['meta'].get('mmslora_commit'),
                     memory=('torch.cuda.max_memory_allocated' if device.type == 'cuda' else
                             'live bytes + torch.profiler rise, second step'),
                     json=paths['json'], plot=paths['plot'])
