@@ -7,7 +7,7 @@ gradients must flow through the frozen layers, this module replaces (per module
 instance, with the state dict untouched) the forward of
 
 * ``Conv2d`` / ``Linear`` with a frozen weight: ``y = W x + b`` keeps only ``W``
-  (a parameter, no new memory); ``dL/dx = W^T dL/dy`` (a transposed convolution),
+  (a parameter, no new memory); ``dL/dx = W^T dL/dy`` (the transposed convolution),
   ``dL/db = sum dL/dy`` where the bias trains (BitFit);
 * eval-mode ``BatchNorm2d`` with a frozen weight, ``y = x s + t`` with
   ``s = gamma / sqrt(var + eps)`` and ``t = beta - mean s``: folded into the convolution
@@ -107,13 +107,12 @@ class _FrozenConv2d(torch.autograd.Function):
         shape, stride, padding, dilation, groups = ctx.conv
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
-            # the transposed convolution, its output padded to the input's size (the
-            # values of convolution_backward, without an input tensor to hand it)
-            kernel = weight.shape[2:]
-            extra = [shape[i + 2] - ((grad.shape[i + 2] - 1) * stride[i] - 2 * padding[i]
-                                     + dilation[i] * (kernel[i] - 1) + 1) for i in range(2)]
-            grad_x = F.conv_transpose2d(grad, _scaled(weight, scale).to(grad.dtype), None,
-                                        stride, padding, extra, groups, dilation)
+            # convolution_backward reads only the shape of its input: an uninitialised
+            # buffer (never written, so never paged in) lets it run the kernel that
+            # autograd's own backward runs
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, grad.new_empty(shape), _scaled(weight, scale).to(grad.dtype), None,
+                stride, padding, dilation, False, [0, 0], groups, (True, False, False))[0]
         if ctx.needs_input_grad[3]:
             grad_bias = grad.sum((0, 2, 3))
         return grad_x, None, None, grad_bias, None, None, None, None
@@ -174,7 +173,9 @@ class _MaskedClamp(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         mask, = ctx.saved_tensors
-        return grad * mask, None, None, None
+        # a bool mask as uint8: float * uint8 is about as fast as threshold_backward,
+        # float * bool about half as fast
+        return grad * mask.view(torch.uint8), None, None, None
 
 
 def _scaled(weight: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
