@@ -851,6 +851,8 @@ def write_markdown(path: str, summary: dict, meta: dict) -> None:
             tried = ', '.join(('**' if lr == row['lr'] else '') + f'{lr:g}: {v:.1f}' +
                               ('**' if lr == row['lr'] else '')
                               for lr, v in sorted(row['val_by_lr'].items()))
+            if row['lr'] is not None and row['lr'] in (min(profile['lrs']), max(profile['lrs'])):
+                tried += ' (edge of the grid)'
             mean = '-' if row['test_mean'] is None else \
                 f"{row['test_mean']:.2f} +- {row['test_std']:.2f}"
             if method == result['best']:
