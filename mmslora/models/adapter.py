@@ -202,16 +202,18 @@ class _GatedResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, p, t, w_up, w_e):
-        ctx.save_for_backward(p, t, w_up, w_e)
-        up = torch.matmul(w_up, p).view(x.shape)
-        gate = torch.matmul(w_e, t).sigmoid_().view(x.shape)
-        return torch.addcmul(x, up, gate)
+        up = torch.matmul(w_up, p)
+        gate = torch.matmul(w_e, t).sigmoid_()
+        # under autocast the products ran in its dtype: keep the operands in it, so that
+        # backward (which runs outside autocast) multiplies what forward did
+        ctx.save_for_backward(*(v.to(up.dtype) for v in (p, t, w_up, w_e)))
+        return torch.addcmul(x, up.view(x.shape), gate.view(x.shape))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         p, t, w_up, w_e = ctx.saved_tensors
-        g = grad.reshape(p.shape[0], w_up.shape[0], w_up.shape[1], p.shape[-1])
+        g = grad.to(p.dtype).reshape(p.shape[0], w_up.shape[0], w_up.shape[1], p.shape[-1])
         up = torch.matmul(w_up, p)
         gate = torch.matmul(w_e, t).sigmoid_()
         grad_up = g * gate

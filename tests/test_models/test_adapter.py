@@ -165,3 +165,23 @@ def test_defaults_keep_the_state_dict_keys(kwargs):
     assert sum(p.numel() for p in adapter.parameters()) == 2199
     assert adapter.zero_init == ('proj.up.weight', )
     assert adapter.scale is None and adapter.combine == 'product'
+
+
+def test_bf16_autocast_forward_then_backward_outside_it():
+    """The AMP pattern: forward under autocast, backward after it (the fused backward
+    multiplies in the dtype its forward ran in); gradients near float32's."""
+    torch.manual_seed(0)
+    adapter = MSLoRAAdapter(channels=32, hidden_dim=16, groups=4)
+    torch.nn.init.normal_(adapter.proj.up.weight, std=0.1)
+    x = torch.randn(2, 32, 9, 7)
+    grads = []
+    for amp in (True, False):
+        adapter.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
+            out = adapter(xi)
+        out.float().pow(2).sum().backward()
+        grads.append([xi.grad] + [p.grad for p in adapter.parameters()])
+    for got, want in zip(*grads):
+        assert got.dtype == want.dtype
+        assert (got - want).norm() <= 0.05 * want.norm() + 1e-6

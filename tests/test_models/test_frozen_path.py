@@ -57,13 +57,14 @@ def _pair(scope, cfg, **kwargs):
     return models
 
 
-def _step(model, x):
+def _step(model, x, amp=False):
     """Outputs, input gradient and trainable-parameter gradients of one
-    sum-of-squares backward."""
+    sum-of-squares backward (``amp``: forward under bf16 autocast, backward after it)."""
     x = x.clone().requires_grad_(True)
     model.zero_grad(set_to_none=True)
-    outputs = _forward(model, x)
-    sum(o.pow(2).sum() for o in outputs).backward()
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
+        outputs = _forward(model, x)
+    sum(o.float().pow(2).sum() for o in outputs).backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     return [o.detach() for o in outputs], x.grad, grads
 
@@ -231,8 +232,7 @@ def test_bf16_autocast_casts_like_autocast():
     fast, plain = _pair('mmdet', BACKBONES[0][2])
     fast.train(), plain.train()
     x = _input({})
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        got, want = _step(fast, x), _step(plain, x)
+    got, want = _step(fast, x, amp=True), _step(plain, x, amp=True)
     assert [o.dtype for o in got[0]] == [o.dtype for o in want[0]]
     _assert_close([o.float() for o in got[0]], [o.float() for o in want[0]], 2e-2)
     _assert_close([g.float() for g in got[2].values()],
