@@ -20,7 +20,10 @@ and checked at once by a second one with randomised BN statistics against the pl
 layers; a pair whose output differs is left unfolded. It is decided again at every
 forward from the live modules: a BN in training mode, a trainable BN weight, a hook on
 either layer, or a BN replaced in its parent (``SyncBatchNorm`` conversion) turns that
-fold off. Folded weights are computed from the current tensors at every forward (kept
+fold off, and so does, under autograd, a convolution whose output is smaller than its
+weight (scaling the weight in forward and backward would cost more than the BN's own
+two passes over the output). Folded weights are computed from the current tensors at
+every forward (kept
 between forwards only without autograd, keyed by the tensors' storage and version), so
 ``init_weights``, ``load_state_dict``, ``load_from`` and resume take effect at once.
 A layer whose weight trains, a
@@ -192,9 +195,15 @@ class _Fold:
     child: str
     cache: Optional[Tuple[tuple, torch.Tensor, torch.Tensor]] = None
 
-    def active(self) -> bool:
-        """Fold now? Decided from the live modules at every forward."""
+    def active(self, out_numel: int) -> bool:
+        """Fold now? Decided from the live modules at every forward. Under autograd the
+        folded weight is scaled in forward and again in backward: it pays where the
+        convolution's output (``out_numel`` elements, which the BN would scale twice)
+        is at least as large as its weight; elsewhere the BN runs as an affine map
+        (equally free of saved inputs)."""
         conv, bn = self.conv, self.bn
+        if torch.is_grad_enabled() and out_numel < conv.weight.numel():
+            return False
         return (not bn.training and not bn.weight.requires_grad
                 and FOLD_ATTR in conv.__dict__ and FOLD_ATTR in bn.__dict__
                 and getattr(self.parent, self.child, None) is bn
@@ -241,7 +250,7 @@ def _conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
         _CONVS_RUN.add(conv)
     fold = conv.__dict__.get(FOLD_ATTR)
     scale = None
-    if fold is not None and fold.active():
+    if fold is not None and fold.active(_conv_out_numel(conv, x)):
         if not torch.is_grad_enabled() and weight is conv.weight and bias is conv.bias:
             weight, bias = fold.inference_terms()
         else:
@@ -255,6 +264,16 @@ def _conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
                                conv.dilation, conv.groups)
 
 
+def _conv_out_numel(conv: nn.Conv2d, x: torch.Tensor) -> int:
+    """Elements of ``conv``'s output for input ``x`` (its shape, before it runs)."""
+    if isinstance(conv.padding, str):  # 'same' keeps the size ('valid' is rare)
+        return x.numel() // x.shape[-3] * conv.out_channels
+    size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
+        x.shape[-2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
+    return x.numel() // (x.shape[-3] * x.shape[-2] * x.shape[-1]) * conv.out_channels \
+        * size[0] * size[1]
+
+
 def _linear_forward(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if linear.weight.requires_grad or not _needs_graph(x) or x.dim() < 2:
         return F.linear(x, linear.weight, linear.bias)
@@ -263,7 +282,7 @@ def _linear_forward(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def _bn_forward(bn: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     fold = bn.__dict__.get(FOLD_ATTR)
-    if fold is not None and fold.active():
+    if fold is not None and fold.active(x.numel()):
         return x  # the convolution before it applied it
     if (bn.training or not bn.track_running_stats or bn.running_mean is None
             or bn.weight is None or bn.weight.requires_grad or not _needs_graph(x)):
