@@ -24,6 +24,11 @@ BACKBONES = [
     ('effnet-lite0', 'mmpretrain', dict(type='mmslora.EfficientNetLite', out_indices=(2, 4, 7),
                                          init_cfg=None)),
     ('mmdet-swin', 'mmdet', dict(type='mmdet.SwinTransformer', **TINY_SWIN)),
+    ('mmseg-swin', 'mmseg', dict(type='mmseg.SwinTransformer', **TINY_SWIN)),
+    ('mmpretrain-swin', 'mmpretrain', dict(
+        type='mmpretrain.SwinTransformer', arch=dict(embed_dims=32, depths=(2, 2),
+                                                     num_heads=(1, 2)),
+        img_size=64, window_size=4, out_indices=(1, ))),
     ('mmseg-vit', 'mmseg', dict(type='mmseg.VisionTransformer', **TINY_VIT_MMSEG)),
     ('mmpretrain-vit', 'mmpretrain', dict(type='mmpretrain.VisionTransformer',
                                           **TINY_VIT_MMPRETRAIN)),
