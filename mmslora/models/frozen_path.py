@@ -58,9 +58,9 @@ FOLD_CHECK_RTOL = 1e-4
 _CONVS_RUN: Optional[set] = None
 
 
-#: ``Linear`` forwards: torch's, and mmcv's wrapper (it adds an empty-input case for
-#: torch < 1.5 and calls torch's)
 def _linear_forwards() -> set:
+    """``Linear`` forwards: torch's, and mmcv's wrapper (it adds an empty-input case for
+    torch < 1.5 and calls torch's)."""
     found = {nn.Linear.forward}
     try:
         from mmcv.cnn import Linear
@@ -113,9 +113,14 @@ class _FrozenConv2d(torch.autograd.Function):
             # convolution_backward reads only the shape of its input: an uninitialised
             # buffer (never written, so never paged in) lets it run the kernel that
             # autograd's own backward runs
+            layout = (torch.channels_last if not grad.is_contiguous()
+                      and grad.is_contiguous(memory_format=torch.channels_last)
+                      else torch.contiguous_format)
             grad_x = torch.ops.aten.convolution_backward(
-                grad, grad.new_empty(shape), _scaled(weight, scale).to(grad.dtype), None,
-                stride, padding, dilation, False, [0, 0], groups, (True, False, False))[0]
+                grad, torch.empty(shape, dtype=grad.dtype, device=grad.device,
+                                  memory_format=layout),
+                _scaled(weight, scale).to(grad.dtype), None, stride, padding, dilation,
+                False, [0, 0], groups, (True, False, False))[0]
         if ctx.needs_input_grad[3]:
             grad_bias = grad.sum((0, 2, 3))
         return grad_x, None, None, grad_bias, None, None, None, None
@@ -256,9 +261,10 @@ def _conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
         else:
             scale, bias = fold.training_terms(bias)
     if (weight.requires_grad or not _needs_graph(x) or conv.padding_mode != 'zeros'
-            or isinstance(conv.padding, str)):
-        # a trainable weight (fine-tuning), no input gradient to pass, or a padding that
-        # the transposed convolution does not express: the layer's own math
+            or isinstance(conv.padding, str) or x.dim() != 4):
+        # a trainable weight (fine-tuning), no input gradient to pass, a padding that
+        # the transposed convolution does not express, or an unbatched input: the
+        # layer's own math
         return nn.Conv2d._conv_forward(conv, x, _scaled(weight, scale), bias)
     return _FrozenConv2d.apply(x, weight, scale, bias, conv.stride, conv.padding,
                                conv.dilation, conv.groups)

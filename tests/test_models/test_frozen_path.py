@@ -295,3 +295,24 @@ def test_float64_models_fold_too():
     """The sample inputs follow the parameters' dtype (a float64 model folds its BNs)."""
     model = build_in_scope('mmdet', BACKBONES[0][2]).double().requires_grad_(False)
     assert enable_frozen_fast_path(model).folded
+
+
+@pytest.mark.parametrize('layout', ['channels_last', 'unbatched'])
+def test_frozen_conv_on_channels_last_and_unbatched_inputs(layout):
+    conv = nn.Conv2d(4, 8, 3, padding=1).double()
+    conv.weight.requires_grad_(False)
+    plain = copy.deepcopy(conv)
+    enable_frozen_fast_path(conv)
+    if layout == 'unbatched':
+        x = torch.randn(4, 9, 9, dtype=torch.float64)
+    else:
+        x = torch.randn(2, 4, 9, 9, dtype=torch.float64).contiguous(
+            memory_format=torch.channels_last)
+    results = []
+    for layer in (conv, plain):
+        xi = x.clone().requires_grad_(True)
+        out = layer(xi)
+        out.backward(out.detach())
+        results.append((xi.grad, layer.bias.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
