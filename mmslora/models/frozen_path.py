@@ -6,9 +6,12 @@ of TinyTL, Cai et al., NeurIPS 2020), so on a frozen backbone with adapters, who
 gradients must flow through the frozen layers, this module replaces (per module
 instance, with the state dict untouched) the forward of
 
-* ``Conv2d`` / ``Linear`` with a frozen weight: ``y = W x + b`` keeps only ``W``
-  (a parameter, no new memory); ``dL/dx = W^T dL/dy`` (the transposed convolution),
-  ``dL/db = sum dL/dy`` where the bias trains (BitFit);
+* ``Conv2d`` with a frozen weight: ``y = W * x + b`` keeps only ``W`` (a parameter, no
+  new memory); ``dL/dx = W^T dL/dy`` (the transposed convolution), ``dL/db = sum dL/dy``
+  where the bias trains (BitFit). (A frozen ``Linear`` needs nothing: torch's autograd
+  keeps its input only when the weight's gradient is wanted, on torch 2.1 to 2.14;
+  ``tests/test_models/test_frozen_path.py`` checks it. Convolution and batch norm keep
+  theirs whatever is frozen.)
 * eval-mode ``BatchNorm2d`` with a frozen weight, ``y = x s + t`` with
   ``s = gamma / sqrt(var + eps)`` and ``t = beta - mean s``: folded into the convolution
   that produced its input (``W' = W s``, ``b' = b s + t``; the BN then passes its input
@@ -29,7 +32,7 @@ between forwards only without autograd, keyed by the tensors' storage and versio
 A layer whose weight trains, a
 class that overrides the replaced method (``Conv2d._conv_forward``, so every subclass
 whose forward ends there, mmcv's wrappers or TF-style padding, runs the fast path;
-``Linear``/BN/ReLU ``forward``), a padding mode other than zeros, and any layer while no
+BN/ReLU ``forward``), a padding mode other than zeros, and any layer while no
 input requires grad run their own forward. Under autocast the layers cast as autocast does.
 
 Outputs equal the plain layers' up to float rounding (folding reorders products);
@@ -58,19 +61,6 @@ FOLD_CHECK_RTOL = 1e-4
 _CONVS_RUN: Optional[set] = None
 
 
-def _linear_forwards() -> set:
-    """``Linear`` forwards: torch's, and mmcv's wrapper (it adds an empty-input case for
-    torch < 1.5 and calls torch's)."""
-    found = {nn.Linear.forward}
-    try:
-        from mmcv.cnn import Linear
-        found.add(Linear.forward)
-    except ImportError:
-        pass
-    return found
-
-
-LINEAR_FORWARDS = _linear_forwards()
 BN_FORWARDS = {_BatchNorm.forward, nn.SyncBatchNorm.forward}
 #: ReLU-like modules: their (min, max) clamp range
 CLAMPS = {nn.ReLU: (0.0, None), nn.ReLU6: (0.0, 6.0)}
@@ -80,14 +70,13 @@ CLAMPS = {nn.ReLU: (0.0, None), nn.ReLU6: (0.0, 6.0)}
 class FastPathReport:
     """What :func:`enable_frozen_fast_path` patched (module names)."""
     convs: List[str] = field(default_factory=list)
-    linears: List[str] = field(default_factory=list)
     folded: Dict[str, str] = field(default_factory=dict)  # BN -> its convolution
     affine_norms: List[str] = field(default_factory=list)
     activations: List[str] = field(default_factory=list)
     unfolded: Dict[str, str] = field(default_factory=dict)  # BN -> why not folded
 
     def summary(self) -> str:
-        return (f'frozen fast path: {len(self.convs)} Conv2d, {len(self.linears)} Linear, '
+        return (f'frozen fast path: {len(self.convs)} Conv2d, '
                 f'{len(self.folded)} BN folded into their convolution, '
                 f'{len(self.affine_norms)} BN as affine maps, '
                 f'{len(self.activations)} ReLU with masks')
@@ -124,23 +113,6 @@ class _FrozenConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             grad_bias = grad.sum((0, 2, 3))
         return grad_x, None, None, grad_bias, None, None, None, None
-
-
-class _FrozenLinear(torch.autograd.Function):
-    """``x W^T + b`` keeping ``W`` (not ``x``) for backward."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(weight)
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        weight, = ctx.saved_tensors
-        grad_x = grad.matmul(weight.to(grad.dtype)) if ctx.needs_input_grad[0] else None
-        grad_bias = grad.flatten(0, -2).sum(0) if ctx.needs_input_grad[2] else None
-        return grad_x, None, grad_bias
 
 
 class _ChannelAffine(torch.autograd.Function):
@@ -280,12 +252,6 @@ def _conv_out_numel(conv: nn.Conv2d, x: torch.Tensor) -> int:
         * size[0] * size[1]
 
 
-def _linear_forward(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if linear.weight.requires_grad or not _needs_graph(x) or x.dim() < 2:
-        return F.linear(x, linear.weight, linear.bias)
-    return _FrozenLinear.apply(x, linear.weight, linear.bias)
-
-
 def _bn_forward(bn: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     fold = bn.__dict__.get(FOLD_ATTR)
     if fold is not None and fold.active(x.numel()):
@@ -312,8 +278,6 @@ def _fast_method(module: nn.Module) -> Optional[Tuple[str, functools.partial]]:
     cls = type(module)
     if isinstance(module, nn.Conv2d) and cls._conv_forward is nn.Conv2d._conv_forward:
         return '_conv_forward', functools.partial(_conv_forward, module)
-    if cls.forward in LINEAR_FORWARDS:
-        return 'forward', functools.partial(_linear_forward, module)
     if cls.forward in BN_FORWARDS and isinstance(module, nn.BatchNorm2d) and module.affine:
         return 'forward', functools.partial(_bn_forward, module)
     if cls in CLAMPS:
@@ -321,7 +285,7 @@ def _fast_method(module: nn.Module) -> Optional[Tuple[str, functools.partial]]:
     return None
 
 
-FAST_METHODS = (_conv_forward, _linear_forward, _bn_forward, _clamp_forward)
+FAST_METHODS = (_conv_forward, _bn_forward, _clamp_forward)
 
 
 def enable_frozen_fast_path(backbone: nn.Module, fold_bn: bool = True,
@@ -338,8 +302,7 @@ def enable_frozen_fast_path(backbone: nn.Module, fold_bn: bool = True,
     disable_frozen_fast_path(backbone)
     report = FastPathReport()
     names = {module: name for name, module in backbone.named_modules()}
-    lists = dict(zip(FAST_METHODS, (report.convs, report.linears, report.affine_norms,
-                                    report.activations)))
+    lists = dict(zip(FAST_METHODS, (report.convs, report.affine_norms, report.activations)))
     for module, name in names.items():
         fast = _fast_method(module)
         if fast is not None:

@@ -88,10 +88,11 @@ class MSLoRABackbone(AdapterHost):
     ``freeze=False`` (full fine-tuning) turns all of this off.
 
     Frozen fast path (``fast_path=True``, the default for a frozen backbone;
-    :mod:`mmslora.models.frozen_path`): frozen ``Conv2d``/``Linear`` layers pass
-    gradients back without keeping their inputs, eval-mode BNs are folded into the
-    convolution before them, ReLUs keep bool masks. Same function up to float rounding
-    (folding reorders products), less training memory and time; where a parameter
+    :mod:`mmslora.models.frozen_path`): frozen ``Conv2d`` layers pass gradients back
+    without keeping their inputs, eval-mode BNs are folded into the convolution before
+    them, ReLUs keep bool masks. Same function up to float rounding (folding reorders
+    products); less training memory (on R-50 0.50x instead of 0.76x of full
+    fine-tuning with MSLoRA), about the same time on CPU; where a parameter
     trains (``trainable``, full fine-tuning) that layer runs its own forward. The state
     dict is the upstream one; ``fast_path_report`` lists what runs the fast path.
 
