@@ -77,7 +77,10 @@ def test_a_fresh_process_loads_the_files_to_equal_outputs(adapter_dir, tmp_path)
         want = torch.load({str(tmp_path / 'want.pt')!r}, weights_only=True)
         with torch.no_grad():
             got = model(x)
-        assert all(torch.equal(a, b) for a, b in zip(got, want)), 'outputs differ'
+        # to float rounding: with the frozen fast path's folded BNs the convolutions
+        # carry a bias, and a process with another thread count may sum it differently
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got, want)), \
+            'outputs differ'
         print('EQUAL', len(want))
     ''')
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
