@@ -30,8 +30,9 @@ so ``Trans(F)`` is a gate in (0, 1) and ``H`` is a gated linear unit of ``F``.
 Implementation: ``LowRankProjection`` and ``MultiScaleTransform`` compute layer by
 layer, as written above (``MSLoRAAdapter.residual`` uses them). ``MSLoRAAdapter.forward``
 computes the same ``F + Proj(F) * Trans(F)`` with the same parameters in fewer, larger
-operations (:func:`fused_mslora`), about 1.5-2x faster on CPU; it equals the
-layer-by-layer result up to float rounding (``tests/test_models/test_adapter.py``).
+operations (:func:`~mmslora.models.fused_mslora.fused_mslora`), equal up to float
+rounding; both run the one definition of the chain between ``Reduce`` and ``Expand``
+(:meth:`MultiScaleTransform.chain`), and both compile with ``torch.compile``.
 Defaults ``D=64``, ``G=8`` keep the adapters under 5% of the backbone for R-50,
 Swin-T and ViT-B. The up-projection of ``Proj`` starts at zero (as LoRA's ``B``), so
 ``H(F) = 0`` and the adapted network equals the pretrained one at step 0; because of
@@ -65,10 +66,10 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from mmslora.registry import MODELS
 from .base import BlockAdapter
+from .fused_mslora import fused_mslora, nearest_upsample
 
 COMBINES = ('product', 'sum', 'proj', 'trans')
 INITS = ('zero_up', 'zero_scale', 'gate_bias')
@@ -106,16 +107,6 @@ class LowRankProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
-
-
-def nearest_upsample(t: torch.Tensor, stride: int, size: Sequence[int]) -> torch.Tensor:
-    """Each value of (B, C, h, w) ``t`` repeated over a ``stride`` x ``stride`` window,
-    cropped to ``size`` (the inverse layout of ``avg_pool2d(.., stride, ceil_mode=True)``)."""
-    if stride == 1:
-        return t
-    b, c, h, w = t.shape
-    t = t[:, :, :, None, :, None].expand(b, c, h, stride, w, stride)
-    return t.reshape(b, c, h * stride, w * stride)[:, :, :size[0], :size[1]]
 
 
 def _spatial_attention(conv: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
@@ -157,166 +148,43 @@ class MultiScaleTransform(nn.Module):
         self.expand = nn.Conv2d(hidden_dim, channels, 1, groups=groups)
         self.sigmoid, self.stride = sigmoid, stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        if self.stride > 1:
-            x = F.avg_pool2d(x, self.stride, ceil_mode=True)
-        t = self.norm(self.reduce(x))
-        t = self.act(t + sum(conv(t) for conv in self.multi_scale) / len(self.multi_scale))
+    def multi_scale_kernel(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Kernel (D, 1, K, K) and bias (D,) of one depthwise convolution equal to
+        ``t + mean_k DWConv_k(t)``: the zero-padded kernels averaged, plus 1 at the
+        centre (the residual); K is the largest kernel size."""
+        convs = self.multi_scale
+        size = max(conv.kernel_size[0] for conv in convs)
+        kernel = sum(F.pad(conv.weight, [(size - conv.kernel_size[0]) // 2] * 4)
+                     for conv in convs) / len(convs)
+        centre = torch.zeros_like(kernel[:1])
+        centre[..., size // 2, size // 2] = 1
+        return kernel + centre, sum(conv.bias for conv in convs) / len(convs)
+
+    def chain(self, t: torch.Tensor) -> torch.Tensor:
+        """``Trans`` between ``Reduce`` and ``Expand`` on the (B, D, h, w) map ``t``:
+        norm, ``GELU(t + mean_k DWConv_k(t))`` (one depthwise convolution,
+        :meth:`multi_scale_kernel`), channel and spatial attention. Both the layer by
+        layer :meth:`forward` and :func:`~mmslora.models.fused_mslora.fused_mslora`
+        run this."""
+        t = self.norm(t)
+        if torch.is_grad_enabled():
+            # the depthwise weight gradient is about 2x faster in channels-last on CPU
+            t = t.contiguous(memory_format=torch.channels_last)
+        kernel, bias = self.multi_scale_kernel()
+        t = self.act(F.conv2d(t, kernel, bias, padding=kernel.shape[-1] // 2,
+                              groups=t.shape[1]))
         if self.channel_attn is not None:
             t = t * self.channel_attn(t)
         if self.spatial_attn is not None:
             t = _spatial_attention(self.spatial_attn, t)
-        z = self.expand(t)
+        return t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride, ceil_mode=True)
+        z = self.expand(self.chain(self.reduce(x)))
         return nearest_upsample(torch.sigmoid(z) if self.sigmoid else z, self.stride, size)
-
-
-def _grouped_weight(conv: nn.Conv2d, groups: int) -> torch.Tensor:
-    """The (out, in / groups, 1, 1) weight of a grouped 1x1 convolution as
-    (groups, out / groups, in / groups) matrices."""
-    out, per_group = conv.weight.shape[:2]
-    return conv.weight.view(groups, out // groups, per_group)
-
-
-def fused_multi_scale_kernel(trans: MultiScaleTransform) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Kernel (D, 1, K, K) and bias (D,) of one depthwise convolution equal to
-    ``t + mean_k DWConv_k(t)``: the zero-padded kernels averaged, plus 1 at the centre
-    (the residual); K is the largest kernel size."""
-    convs = trans.multi_scale
-    size = max(conv.kernel_size[0] for conv in convs)
-    kernel = sum(F.pad(conv.weight, [(size - conv.kernel_size[0]) // 2] * 4)
-                 for conv in convs) / len(convs)
-    centre = torch.zeros_like(kernel[:1])
-    centre[..., size // 2, size // 2] = 1
-    return kernel + centre, sum(conv.bias for conv in convs) / len(convs)
-
-
-class _GatedResidual(torch.autograd.Function):
-    """``F + (W_up @ p) * sigmoid(W_e @ t)`` per (batch, group), for autograd.
-
-    ``p`` (B, G, D/G, HW) and ``t`` (B, G, D/G + 1, HW) are D-channel maps; the two
-    C-channel maps ``W_up @ p`` and the gate are recomputed in backward instead of
-    being kept from forward to backward (two bmm and a sigmoid more per step, two
-    C-channel maps less memory per adapter).
-    """
-
-    @staticmethod
-    def forward(ctx, x, p, t, w_up, w_e):
-        up = torch.matmul(w_up, p)
-        gate = torch.matmul(w_e, t).sigmoid_()
-        # under autocast the products ran in its dtype: keep the operands in it, so that
-        # backward (which runs outside autocast) multiplies what forward did
-        ctx.save_for_backward(*(v.to(up.dtype) for v in (p, t, w_up, w_e)))
-        return torch.addcmul(x, up.view(x.shape), gate.view(x.shape))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        p, t, w_up, w_e = ctx.saved_tensors
-        g = grad.to(p.dtype).reshape(p.shape[0], w_up.shape[0], w_up.shape[1], p.shape[-1])
-        up = torch.matmul(w_up, p)
-        gate = torch.matmul(w_e, t).sigmoid_()
-        grad_up = g * gate
-        # d/dz of up * sigmoid(z): grad * up * gate * (1 - gate), in up's memory
-        grad_z = torch.ops.aten.sigmoid_backward(up.mul_(g), gate)
-        del up, gate
-        grads = [grad if ctx.needs_input_grad[0] else None, None, None, None, None]
-        if ctx.needs_input_grad[1]:
-            grads[1] = torch.matmul(w_up.transpose(1, 2), grad_up)
-        if ctx.needs_input_grad[3]:
-            grads[3] = torch.matmul(grad_up, p.transpose(2, 3)).sum(0)
-        if ctx.needs_input_grad[2]:
-            grads[2] = torch.matmul(w_e.transpose(1, 2), grad_z)
-        if ctx.needs_input_grad[4]:
-            grads[4] = torch.matmul(grad_z, t.transpose(2, 3)).sum(0)
-        return tuple(grads)
-
-
-def _trans_chain(trans: 'MultiScaleTransform', t: torch.Tensor) -> torch.Tensor:
-    """``Trans`` between ``Reduce`` and ``Expand`` on the (B, D, h, w) map ``t``: norm,
-    the fused multi-scale depthwise convolution, channel and spatial attention."""
-    t = F.group_norm(t, 1, trans.norm.weight, trans.norm.bias, trans.norm.eps)
-    if torch.is_grad_enabled():
-        t = t.contiguous(memory_format=torch.channels_last)
-    kernel, bias = fused_multi_scale_kernel(trans)
-    t = trans.act(F.conv2d(t, kernel, bias, padding=kernel.shape[-1] // 2,
-                           groups=t.shape[1]))
-    if trans.channel_attn is not None:
-        squeeze, act, excite = trans.channel_attn[1], trans.channel_attn[2], trans.channel_attn[3]
-        a = act(F.linear(t.mean((2, 3)), squeeze.weight.flatten(1), squeeze.bias))
-        a = torch.sigmoid(F.linear(a, excite.weight.flatten(1), excite.bias))
-        t = t * a[:, :, None, None]
-    if trans.spatial_attn is not None:
-        t = _spatial_attention(trans.spatial_attn, t)
-    return t
-
-
-def fused_mslora(adapter: 'MSLoRAAdapter', x: torch.Tensor) -> torch.Tensor:
-    """``F + Proj(F) * Trans(F)`` with the parameters of ``adapter``, in fewer operations
-    than layer by layer (same math, equal up to float rounding). For
-    ``combine='product'`` only, with every other switch: without channel or spatial
-    attention those steps are skipped; with ``trans_stride`` the D-channel output of
-    ``Reduce`` is pooled (``Reduce`` is linear, so this is ``Reduce`` of the pooled map)
-    and the D-channel map before ``Expand`` upsampled (nearest upsampling commutes with
-    ``Expand`` and the sigmoid); ``init='zero_scale'``'s ``scale`` is folded into the
-    up-projection (``diag(scale) W_up``).
-
-    * the four grouped 1x1 convolutions are batched matrix products over
-      (batch, group) (grouped convolutions with few channels per group are slow on
-      CPU), and ``Reduce`` and ``Proj.down``, which both read ``F``, are one product;
-    * ``t + mean_k DWConv_k(t)`` is one depthwise convolution
-      (:func:`fused_multi_scale_kernel`), run in channels-last memory format under
-      autograd (its weight gradient is about 2x faster there on CPU);
-    * the channel attention's 1x1 convolutions on the pooled vector are linear maps;
-    * ``Expand``'s bias is added inside the product (a row of ones appended to its
-      input), and ``F + Proj * gate`` is one ``addcmul``; without autograd the
-      C-channel intermediates are updated in place, so only two of them are allocated
-      (memory allocation is a large part of the cost of element-wise operations on
-      CPU); under autograd :class:`_GatedResidual` keeps only D-channel maps for
-      backward and recomputes the two C-channel ones there;
-    * under autograd the D-channel chain of ``Trans`` (:func:`_trans_chain`: norm,
-      depthwise convolution, attention) keeps only its input and is recomputed in
-      backward (``torch.utils.checkpoint``): five D-channel maps less memory per
-      adapter, one D-channel forward more per step (unless ``with_cp`` recomputes the
-      whole adapter anyway).
-    """
-    trans, proj = adapter.trans, adapter.proj
-    b, c, h, w = x.shape
-    groups = adapter.groups
-    d = trans.norm.num_channels
-    dg, cg = d // groups, c // groups
-    # Reduce and Proj.down in one product: (G, 2 D/G, C/G) @ (B, G, C/G, HW)
-    both = torch.cat([_grouped_weight(trans.reduce, groups),
-                      _grouped_weight(proj.down, groups)], dim=1)
-    hidden = torch.matmul(both, x.reshape(b, groups, cg, h * w))  # (B, G, 2 D/G, HW)
-    t = hidden[:, :, :dg].reshape(b, d, h, w)
-    p = hidden[:, :, dg:]  # (B, G, D/G, HW), a strided view
-    if trans.stride > 1:
-        t = F.avg_pool2d(t, trans.stride, ceil_mode=True)
-
-    grad = torch.is_grad_enabled()
-    if grad and not adapter.with_cp:
-        # the D-channel chain recomputed in backward: only its input is kept
-        t = checkpoint(_trans_chain, trans, t, use_reentrant=False)
-    else:
-        t = _trans_chain(trans, t)
-    t = nearest_upsample(t, trans.stride, (h, w))
-
-    # gate = sigmoid(Expand(t)), the bias inside the product: [W | b] @ [t; 1] per group
-    # (a D-channel copy of t instead of a C-channel pass for the bias)
-    expand = torch.cat([_grouped_weight(trans.expand, groups),
-                        trans.expand.bias.view(groups, cg, 1)], dim=2)
-    t = torch.cat([t.reshape(b, groups, dg, h * w), t.new_ones(1, 1, 1, 1).expand(
-        b, groups, 1, h * w)], dim=2)
-    w_up = _grouped_weight(proj.up, groups)
-    if adapter.scale is not None:  # init='zero_scale': diag(scale) W_up
-        w_up = w_up * adapter.scale.view(groups, cg, 1)
-    if grad:
-        # keep p alone (not the whole `hidden`) for backward
-        return _GatedResidual.apply(x, p.contiguous(), t, w_up, expand)
-    gate = torch.matmul(expand, t).sigmoid_().view(b, c, h, w)
-    up = torch.matmul(w_up, p).view(b, c, h, w)
-    return torch.addcmul(x, up, gate, out=up)  # in place: no autograd to keep `up` for
 
 
 @MODELS.register_module()

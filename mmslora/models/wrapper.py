@@ -20,6 +20,7 @@ from mmengine.logging import print_log
 # MMEngine's ModuleDict: init_weights reaches the adapters (torch's has none)
 from mmengine.model import ModuleDict
 
+from mmslora.compat.mmcv import python_drop_probs
 from mmslora.registry import MODELS
 from .base import AdapterHost, BlockAdapter, LayerAdapter
 from .block_presets import find_blocks, iter_norms
@@ -184,6 +185,7 @@ class MSLoRABackbone(AdapterHost):
                 type='Pretrained',
                 **(pretrained if isinstance(pretrained, dict) else dict(checkpoint=pretrained)))
         self.backbone = _build_backbone(backbone)
+        python_drop_probs(self.backbone)  # NumPy drop-path rates break torch.compile's graph
         self.trainable = tuple(trainable)
         self.freeze = freeze
         self.norm_eval = freeze if norm_eval is None else norm_eval
