@@ -24,6 +24,10 @@ into their convolutions, ReLU masks; ``mmslora.models.frozen_path``) and, as
 ``<method>/off``, with ``fast_path=False`` (the layers' own forwards), so the table shows
 what the fast path buys (``--fast-path on`` or ``off`` measures one of them).
 
+``--compile`` adds every row compiled (``torch.compile``, inductor, ``fullgraph=True``,
+so a graph break stops the run) as ``<row>+compile``, measured in the same rounds and
+set against compiled full fine-tuning and the compiled plain backbone.
+
 On a GPU (``--device cuda``): bf16 autocast around the forward, CUDA-event timing,
 ``torch.cuda.max_memory_allocated`` over the step for the peak, batch 32 at 224 px,
 10 rounds; the whole table in about 2-4 minutes on one recent GPU.
@@ -41,6 +45,7 @@ Usage::
     .venv/bin/python benchmarks/cost.py            # batch 2 at 224 x 224
     .venv/bin/python benchmarks/cost.py --quick    # batch 1 at 128 x 128, fewer rounds
     .venv/bin/python benchmarks/cost.py --threads 1 --profile
+    .venv/bin/python benchmarks/cost.py --compile --fast-path on --methods mslora bitfit
     python benchmarks/cost.py --device cuda --out benchmarks/results/gpu
 """
 import argparse
@@ -67,15 +72,27 @@ from mmslora.models.peers import METHODS, wrapper_cfg  # noqa: E402
 from mmslora.models import count_parameters  # noqa: E402
 
 TARGETS = dict(train=0.75, memory=0.5, inference=1.10)  # MSLoRA's, vs full FT / plain
+#: MSLoRA's targets compiled, vs compiled full FT / compiled plain; peak memory: no
+#: worse than MSLoRA's eager peak
+COMPILED_TARGETS = {'R-50': dict(train=0.8, inference=1.15), 'Swin-T': dict(train=0.8),
+                    'ViT-B': dict(train=0.75)}
 # measured besides METHODS: name -> (method, wrapper_kwargs overrides)
 VARIANTS = {'mslora_cp': ('mslora', dict(adapter=dict(with_cp=True)))}
 #: suffix of the rows measured with the frozen fast path off
 OFF = '/off'
+#: suffix of the rows measured compiled (``torch.compile``, inductor, ``fullgraph=True``)
+COMPILED = '+compile'
+
+
+def split_compiled(row: str) -> tuple:
+    """``('mslora', '+compile')`` for ``'mslora+compile'``, ``('mslora', '')`` else."""
+    return (row[:-len(COMPILED)], COMPILED) if row.endswith(COMPILED) else (row, '')
 
 
 def method_cfg(method: str, backbone: dict) -> dict:
     """The wrapper config of a method of METHODS or of VARIANTS, ``<method>/off``
-    without the frozen fast path."""
+    without the frozen fast path (a ``+compile`` suffix is ignored)."""
+    method = split_compiled(method)[0]
     name = method[:-len(OFF)] if method.endswith(OFF) else method
     if name in VARIANTS:
         base, overrides = VARIANTS[name]
@@ -100,6 +117,17 @@ def with_fast_path_rows(methods: List[str], mode: str) -> List[str]:
         else:
             rows += [method, method + OFF]
     return rows
+
+
+def with_compiled_rows(methods: List[str]) -> List[str]:
+    """Each row of ``methods`` followed by its compiled twin ``<row>+compile``."""
+    return [row for method in methods for row in (method, method + COMPILED)]
+
+
+def maybe_compiled(model: nn.Module, row: str) -> nn.Module:
+    """``model`` compiled (inductor, ``fullgraph=True``: a graph break raises) for a
+    ``+compile`` row, else ``model``."""
+    return torch.compile(model, fullgraph=True) if split_compiled(row)[1] else model
 
 
 class Device:
@@ -302,15 +330,16 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
     plain = build(scope, cfg).to(device.name)
     plain.eval()  # (mmdet's ResNet.train returns None: no chaining)
     plain.requires_grad_(False)
-    models = {}
+    plains = {'plain' + suffix: maybe_compiled(plain, suffix)
+              for suffix in sorted({split_compiled(m)[1] for m in methods})}
+    models, rows = {}, {}
     for method in methods:
         torch.manual_seed(0)
-        models[method] = build(scope, method_cfg(method, cfg)).to(device.name)
-    rows = {}
-    for method, model in models.items():
+        model = build(scope, method_cfg(method, cfg)).to(device.name)
         report = count_parameters(model)
         rows[method] = dict(trainable=report.backbone_trainable, backbone=report.backbone,
                             share=report.backbone_share)
+        models[method] = maybe_compiled(model, method)
     log(f'[{name}] built {len(models)} models; '
         f'{rows[methods[0]]["backbone"] / 1e6:.1f}M backbone parameters')
 
@@ -345,20 +374,23 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
                 model(x)
         return run
 
-    infer_fns = {'plain': infer(plain), **{m: infer(model) for m, model in models.items()}}
+    infer_fns = {**{p: infer(model) for p, model in plains.items()},
+                 **{m: infer(model) for m, model in models.items()}}
     infer_times = interleaved_times(infer_fns, infer_rounds or rounds, warmup, device.timed)
     log(f'[{name}] inference (s): ' + ', '.join(
         f'{m} {statistics.median(v):.3f}' for m, v in infer_times.items()))
 
-    full_peak = rows['full']['peak_mib']
     for method in methods:
+        suffix = split_compiled(method)[1]  # compiled rows against compiled references
         rows[method].update(
             train_s=statistics.median(step_times[method]),
             infer_s=statistics.median(infer_times[method]),
-            train_ratio=paired_ratio(step_times, method, 'full'),
-            memory_ratio=rows[method]['peak_mib'] / full_peak,
-            infer_ratio=paired_ratio(infer_times, method, 'plain'))
-    return dict(rows=rows, plain_infer_s=statistics.median(infer_times['plain']))
+            train_ratio=paired_ratio(step_times, method, 'full' + suffix),
+            memory_ratio=rows[method]['peak_mib'] / rows['full' + suffix]['peak_mib'],
+            infer_ratio=paired_ratio(infer_times, method, 'plain' + suffix))
+    return dict(rows=rows, plain_infer_s=statistics.median(infer_times['plain']),
+                **{f'plain{COMPILED}_infer_s': statistics.median(infer_times[p])
+                   for p in plains if p != 'plain'})
 
 
 # ------------------------------------------------------------------ profile
@@ -423,7 +455,9 @@ def markdown(results: dict, meta: dict) -> str:
         "allocator's live bytes during one step (torch.profiler memory events); "
         'saved = tensors autograd keeps for backward (parameters excluded); '
         'inference = eval + no_grad forward. Ratios: train and peak vs full fine-tuning, '
-        'inference vs the plain backbone.', '',
+        'inference vs the plain backbone; rows `<row>+compile` run `torch.compile` '
+        '(inductor, fullgraph=True, first calls in the warm-up) and are measured against '
+        'compiled full fine-tuning and the compiled plain backbone.', '',
         f"MSLoRA targets: train <= {TARGETS['train']}x, peak <= {TARGETS['memory']}x, "
         f"inference <= {TARGETS['inference']}x. `<method>{OFF}` is the method with the "
         "frozen fast path off (`fast_path=False`: every frozen layer keeps its input for "
@@ -442,7 +476,9 @@ def markdown(results: dict, meta: dict) -> str:
                 f"{row['train_s']:.3f} | {row['train_ratio']:.2f} | {row['peak_mib']:.0f} | "
                 f"{row['memory_ratio']:.2f} | {row['saved_mib']:.0f} | {row['infer_s']:.3f} | "
                 f"{row['infer_ratio']:.2f} |")
-        lines.append(f"\nplain backbone inference: {result['plain_infer_s']:.3f} s\n")
+        lines.append(f"\nplain backbone inference: {result['plain_infer_s']:.3f} s"
+                     + (f" (compiled: {result['plain' + COMPILED + '_infer_s']:.3f} s)"
+                        if 'plain' + COMPILED + '_infer_s' in result else '') + '\n')
         for method in ('mslora', 'mslora' + OFF, 'mslora_cp'):
             if method not in result['rows']:
                 continue
@@ -453,8 +489,26 @@ def markdown(results: dict, meta: dict) -> str:
             lines.append(f'{method}: ' + '; '.join(
                 f"{what} {value:.2f}x ({'meets' if value <= target else 'MISSES'} "
                 f'<= {target}x)' for what, value, target in checks) + '  ')
+        lines += compiled_checks(name, result['rows'])
         lines.append('')
     return '\n'.join(lines)
+
+
+def compiled_checks(name: str, rows: dict) -> List[str]:
+    """The summary line of compiled MSLoRA against :data:`COMPILED_TARGETS`."""
+    row, eager = rows.get('mslora' + COMPILED), rows.get('mslora')
+    if row is None:
+        return []
+    targets = COMPILED_TARGETS.get(name, {})
+    checks = [(what, row[key], targets[what]) for what, key in (
+        ('train', 'train_ratio'), ('inference', 'infer_ratio')) if what in targets]
+    parts = [f"{what} {value:.2f}x ({'meets' if value <= target else 'MISSES'} <= "
+             f'{target}x)' for what, value, target in checks]
+    if eager is not None:
+        worse = row['peak_mib'] > eager['peak_mib']
+        parts.append(f"peak {row['peak_mib']:.0f} MiB vs eager {eager['peak_mib']:.0f} MiB "
+                     f"({'MISSES' if worse else 'meets'} no worse than eager)")
+    return [f'mslora{COMPILED} (vs compiled full / plain): ' + '; '.join(parts) + '  ']
 
 
 def plot(results: dict, path: str) -> None:
@@ -515,6 +569,10 @@ def main() -> None:
                              'where waiting for a core would count as wall time)')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results'))
+    parser.add_argument('--compile', action='store_true',
+                        help='also measure every row compiled (torch.compile, inductor, '
+                             f'fullgraph=True) as <row>{COMPILED}, against compiled full '
+                             'fine-tuning and the compiled plain backbone')
     parser.add_argument('--profile', action='store_true',
                         help='also profile one MSLoRA train step and inference per model '
                              '(torch.profiler, top operators) into profile_mslora.md')
@@ -536,6 +594,8 @@ def main() -> None:
     if 'full' not in methods:
         methods = ['full'] + methods  # the reference of the ratios
     methods = with_fast_path_rows(methods, args.fast_path)
+    if args.compile:
+        methods = with_compiled_rows(methods)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     configs = backbone_configs(img)

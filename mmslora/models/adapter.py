@@ -92,6 +92,20 @@ def fitting_groups(channels: int, hidden_dim: int, groups: int) -> int:
     return max(g for g in range(1, min(groups, common) + 1) if common % g == 0)
 
 
+def narrowed_width(channels: int, hidden_dim: int, groups: int, ratio: float) -> int:
+    """``hidden_dim`` capped at ``ratio * channels``, rounded down to a multiple of
+    ``groups`` and at least ``groups`` (so the groups stay as given).
+
+    Raises:
+        ValueError: ``ratio`` is not a number in (0, 1].
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise ValueError(f'MSLoRAAdapter: max_hidden_ratio must be a number in (0, 1], e.g. '
+                         f'0.5 (D at most half the block channels), got {ratio!r}.')
+    cap = max(groups, int(ratio * channels) // groups * groups)
+    return min(hidden_dim, cap)
+
+
 class LowRankProjection(nn.Module):
     """``Proj``: grouped 1x1 convolutions C -> D -> C, (B, C, H, W) -> (B, C, H, W).
 
@@ -263,6 +277,12 @@ class MSLoRAAdapter(BlockAdapter):
             (ceil mode, so odd sizes work), its output upsampled by nearest
             (each pixel gets its window's value) and cropped to (H, W); ``Proj`` stays
             at full resolution. Changes the math; 1 (default) is full resolution.
+        max_hidden_ratio (float, optional): the width rule for narrow blocks: D at most
+            ``max_hidden_ratio * C``, rounded down to a multiple of ``groups`` (at least
+            ``groups``), so that an adapter after a narrow, high-resolution block
+            (16-40 channels in a mobile backbone's first stages) is not wider than the
+            block; the narrowing is recorded in ``adjustment`` and the parameter
+            report. Default None: D is ``hidden_dim`` everywhere.
         init_cfg (dict, optional): MMEngine initialisation config. Default None.
             The ``zero_init`` parameters are set back to zero after it (the zero
             start), and ``init='gate_bias'``'s bias is restored.
@@ -283,7 +303,8 @@ class MSLoRAAdapter(BlockAdapter):
                  spatial_kernel: int = 7, dropout: float = 0.0, strict_groups: bool = False,
                  with_cp: bool = False, combine: str = 'product',
                  channel_attention: bool = True, spatial_attention: bool = True,
-                 init: str = 'zero_up', trans_stride: int = 1, init_cfg=None) -> None:
+                 init: str = 'zero_up', trans_stride: int = 1,
+                 max_hidden_ratio: Optional[float] = None, init_cfg=None) -> None:
         super().__init__(channels, dropout=dropout, with_cp=with_cp, init_cfg=init_cfg)
         for name, value in (('hidden_dim', hidden_dim), ('groups', groups),
                             ('reduction', reduction), ('trans_stride', trans_stride)):
@@ -301,14 +322,22 @@ class MSLoRAAdapter(BlockAdapter):
             raise ValueError(f"MSLoRAAdapter: init='gate_bias' opens the sigmoid gate on "
                              f"Proj, which only combine='product' has, got combine={combine!r}; "
                              f"use init='zero_up' or 'zero_scale'.")
+        adjustments = []
+        if max_hidden_ratio is not None:
+            capped = narrowed_width(channels, hidden_dim, groups, max_hidden_ratio)
+            if capped != hidden_dim:
+                adjustments.append(f'MSLoRAAdapter hidden_dim {hidden_dim} -> {capped} '
+                                   f'(C={channels}, max_hidden_ratio={max_hidden_ratio})')
+                hidden_dim = capped
         if strict_groups:
             _check_divisible('channels', channels, groups)
             _check_divisible('hidden_dim', hidden_dim, groups)
         elif channels % groups or hidden_dim % groups:
             fitted = fitting_groups(channels, hidden_dim, groups)
-            self.adjustment = (f'MSLoRAAdapter groups {groups} -> {fitted} (C={channels}, '
+            adjustments.append(f'MSLoRAAdapter groups {groups} -> {fitted} (C={channels}, '
                                f'D={hidden_dim})')
             groups = fitted
+        self.adjustment = '; '.join(adjustments) or None
         kernel_sizes = tuple(kernel_sizes)
         if not kernel_sizes:
             raise ValueError('MSLoRAAdapter: kernel_sizes is empty; give at least one odd '

@@ -166,3 +166,30 @@ def test_bf16_autocast_forward_then_backward_outside_it():
     for got, want in zip(*grads):
         assert got.dtype == want.dtype
         assert (got - want).norm() <= 0.05 * want.norm() + 1e-6
+
+
+@pytest.mark.parametrize('channels, ratio, width, adjusted', [
+    (16, 0.5, 8, True),     # a narrow block: D = C / 2
+    (24, 0.5, 8, True),     # C / 2 = 12, down to a multiple of G = 8
+    (40, 0.25, 8, True),    # at least G
+    (256, 0.5, 32, False),  # wide enough: D as given
+])
+def test_max_hidden_ratio_narrows_the_width(channels, ratio, width, adjusted):
+    """The width rule caps D at ratio x C in multiples of the groups; the groups stay,
+    the zero start holds, and the adjustment is recorded."""
+    adapter = MSLoRAAdapter(channels, hidden_dim=32, groups=8, max_hidden_ratio=ratio)
+    assert adapter.proj.down.out_channels == adapter.trans.reduce.out_channels == width
+    assert adapter.groups == 8
+    assert (adapter.adjustment is not None) == adjusted
+    if adjusted:
+        assert f'hidden_dim 32 -> {width}' in adapter.adjustment
+    x = torch.randn(2, channels, 6, 5)
+    assert torch.equal(adapter(x), x)
+    torch.nn.init.normal_(adapter.proj.up.weight)
+    torch.testing.assert_close(adapter(x), x + adapter.residual(x))
+
+
+@pytest.mark.parametrize('ratio', [0, 1.5, -0.5, '0.5', True])
+def test_max_hidden_ratio_out_of_range_is_refused(ratio):
+    with pytest.raises(ValueError, match=r'max_hidden_ratio must be a number in \(0, 1\]'):
+        MSLoRAAdapter(16, hidden_dim=32, groups=8, max_hidden_ratio=ratio)
