@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from mmengine.utils import digit_version
 
 from mmslora.utils.logs import latest_metrics
 
@@ -16,6 +17,7 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DET = 'configs/demo/mask-rcnn_effnet-lite0-mslora_fpn_nuclei.py'
 SEG = 'configs/demo/upernet_effnet-lite0-mslora_nuclei-256x256.py'
 CLS = 'configs/demo/effnet-lite0-mslora_fashion-mnist.py'
+CLS_COMPILED = 'configs/demo/effnet-lite0-mslora-compile_fashion-mnist.py'
 
 
 def run_tool(*args, timeout=600):
@@ -171,3 +173,20 @@ def test_visualize_reweighting_writes_a_figure_per_stage(det_run, nuclei_root, t
     import mmcv
     picture = mmcv.imread(pngs[0])
     assert picture.ndim == 3 and picture.std() > 0
+
+
+@pytest.mark.skipif(digit_version(torch.__version__) < digit_version('2.4.0'), reason='torch.compile of mmslora needs torch '
+                    '>= 2.4 (tests/test_models/test_compile.py)')
+def test_compiled_config_trains(fashion_root, tmp_path):
+    """The shipped config with ``compile=True``: mmengine compiles ``train_step`` and
+    trains; the adapters' zero-started up-projections moved."""
+    log = run_tool('tools/train.py', CLS_COMPILED, '--work-dir', str(tmp_path),
+                   '--cfg-options', *iters_options(3), *cls_options(fashion_root),
+                   timeout=900)
+    assert 'Model has been "compiled"' in log
+    from mmslora.utils.checkpoint import safe_torch_load
+    state = safe_torch_load(osp.join(str(tmp_path), 'iter_3.pth'))['state_dict']
+    ups = [v for k, v in state.items() if k.endswith('proj.up.weight')]
+    assert ups and all(torch.isfinite(v).all() for v in ups)
+    assert any(v.abs().sum() > 0 for v in ups)
+    assert 0 <= latest_metrics(str(tmp_path), 'accuracy/top1')['accuracy/top1'] <= 100

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmslora.compat.torch import is_compiling
 from ..discovery import working_input
 from .folding import FOLD_ATTR, find_folds
 from .functions import ChannelAffine, FrozenConv2d, MaskedClamp, scaled
@@ -92,8 +93,10 @@ def bn_forward(bn: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
 
 def clamp_forward(act: nn.Module, low: float, high: Optional[float],
                   x: torch.Tensor) -> torch.Tensor:
-    """Replaces a ReLU's / ReLU6's ``forward``: a bool mask kept for backward."""
-    if not _needs_graph(x):
+    """Replaces a ReLU's / ReLU6's ``forward``: a bool mask kept for backward. Under
+    ``torch.compile`` the layer's own forward: the compiler's partitioner chooses what
+    its backward keeps (dynamo cannot trace an in-place function with dynamic shapes)."""
+    if not _needs_graph(x) or is_compiling():
         return type(act).forward(act, x)
     return MaskedClamp.apply(x, low, high, bool(getattr(act, 'inplace', False)))
 
