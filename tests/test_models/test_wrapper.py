@@ -193,7 +193,8 @@ def test_groups_not_dividing_channels():
                                                   hidden_dim=63, strict_groups=True)))
     # not strict: fewer groups where they do not divide, listed in the parameter report
     hrnet = dict(type='mmdet.HRNet', extra=HRNET_W18_TINY, init_cfg=None)
-    model = build_in_scope('mmdet', wrap(hrnet))
+    model = build_in_scope('mmdet', wrap(hrnet, adapter=dict(type='mmslora.MSLoRAAdapter',
+                                                             hidden_dim=64)))
     report = count_parameters(model)
     assert 'MSLoRAAdapter groups 8 -> 2 (C=18, D=64): 3 adapters' in report.notes
     assert 'groups 8 -> 2' in report.table()
