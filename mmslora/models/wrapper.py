@@ -381,31 +381,33 @@ class MSLoRABackbone(AdapterHost):
         :data:`DEFAULT_BUDGET`), or without one at the class default, fitted to
         :data:`DEFAULT_BUDGET` where the default exceeds it."""
         arg = adapter_cls.width_arg
-        given = arg is None or arg in adapter
         cfg = with_default_width(adapter)
         adapter_set = build(AdapterSet(name, cfg, ModuleDict()))
         share = self._share(adapter_set)
         if share <= DEFAULT_BUDGET:
             return adapter_set
         where = f'{adapter_cls.__name__} (set {name!r})'
-        if given:
-            fix = (f'drop {arg} to fit the width, or set budget={DEFAULT_BUDGET}' if arg
-                   else 'adapt fewer blocks')
-            width = f' with {arg}={cfg[arg]} as given' if arg else ''
-            self._note(f'{where}{width} is {share:.3%} of the backbone, above '
-                       f'{DEFAULT_BUDGET:.0%}; kept ({fix})', logging.WARNING)
-            return adapter_set
-        if arg not in cfg:  # a width without a default: the class refuses it anyway
-            return adapter_set
-        self._note(f'{where}: the default {arg}={cfg[arg]} would be {share:.3%} of the '
-                   f'backbone; fitting the width to {DEFAULT_BUDGET:.0%} (give {arg} to '
-                   f'choose it)')
-        return self._fit_budget(name, adapter, adapter_cls, DEFAULT_BUDGET, build)
+        if arg in cfg and arg not in adapter:  # the class default: fit it
+            self._note(f'{where}: the default {arg}={cfg[arg]} would be {share:.3%} of the '
+                       f'backbone; fitting the width to {DEFAULT_BUDGET:.0%} (give {arg} to '
+                       f'choose it)')
+            return self._fit_budget(name, adapter, adapter_cls, DEFAULT_BUDGET, build,
+                                    strict=False)
+        if arg in adapter:
+            width = f' with {arg}={cfg[arg]} as given'
+            fix = f'drop {arg} to fit the width, or set budget={DEFAULT_BUDGET}'
+        else:  # no width to fit
+            width, fix = '', 'adapt fewer blocks'
+        self._note(f'{where}{width} is {share:.3%} of the backbone, above '
+                   f'{DEFAULT_BUDGET:.0%}; kept ({fix})', logging.WARNING)
+        return adapter_set
 
     def _fit_budget(self, name: str, adapter: dict, adapter_cls, budget: float,
-                    build) -> AdapterSet:
+                    build, strict: bool = True) -> AdapterSet:
         """The widest set whose adapters have at most ``budget`` x the backbone's
-        parameters (``cls.width_arg`` taken from :data:`BUDGET_WIDTHS`)."""
+        parameters (``cls.width_arg`` taken from :data:`BUDGET_WIDTHS`). Where even the
+        narrowest exceeds it: ``ValueError`` if ``strict``, else the narrowest, with a
+        warning."""
         arg = adapter_cls.width_arg
         if arg is None:
             raise ValueError(f'MSLoRABackbone: budget={budget} needs an adapter width to '
@@ -426,10 +428,16 @@ class MSLoRABackbone(AdapterHost):
         low, high = 0, len(BUDGET_WIDTHS) - 1
         fitting = trial(BUDGET_WIDTHS[high])
         if fitting[1] > limit:
-            raise ValueError(
-                f'MSLoRABackbone: even {arg}={BUDGET_WIDTHS[-1]} gives {adapter_cls.__name__} '
-                f'{fitting[1]:,d} parameters, more than budget={budget} of the backbone '
-                f'({int(limit):,d}); raise the budget or adapt fewer blocks.')
+            problem = (f'even {arg}={BUDGET_WIDTHS[-1]} gives {adapter_cls.__name__} (set '
+                       f'{name!r}) {fitting[1]:,d} parameters, more than {budget:.2%} of the '
+                       f'backbone ({int(limit):,d})')
+            if strict:
+                raise ValueError(f'MSLoRABackbone: {problem}; raise the budget, or adapt '
+                                 f'fewer blocks (blocks=dict(pattern=..., layout=...)).')
+            self._note(f'{problem}; built at {arg}={BUDGET_WIDTHS[-1]} (adapt fewer blocks '
+                       f'with blocks=dict(pattern=..., layout=...) to stay within it)',
+                       logging.WARNING)
+            return fitting[0]
         while low < high:
             middle = (low + high) // 2
             candidate = trial(BUDGET_WIDTHS[middle])

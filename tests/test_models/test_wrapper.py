@@ -448,3 +448,20 @@ def test_grid_from_must_name_a_module_and_be_used():
     with logged() as messages:
         MSLoRABackbone(backbone=vit, grid_from='patch_embed.projection')
     assert not any('grid_from' in m for m in messages)
+
+
+def test_without_a_width_a_backbone_too_small_for_any_width_gets_the_narrowest():
+    """ShuffleNetV1's 16 blocks of up to 960 channels hold more than 5% of its
+    parameters in adapters even at hidden_dim=1: built there, with a warning."""
+    with logged() as messages:
+        model = MSLoRABackbone(backbone=dict(type='mmpretrain.ShuffleNetV1', widen_factor=0.5,
+                                             init_cfg=None))
+    assert model.adapter_cfg['hidden_dim'] == 1
+    assert count_parameters(model).backbone_share > 0.05
+    warning = next(n for n in model.notes if n.startswith('even hidden_dim=1 gives'))
+    assert 'built at hidden_dim=1 (adapt fewer blocks with blocks=dict(' in warning
+    assert any(warning in m for m in messages)
+    with pytest.raises(ValueError, match=r'even hidden_dim=1 .*; raise the budget, or adapt '
+                       r'fewer blocks'):
+        MSLoRABackbone(backbone=dict(type='mmpretrain.ShuffleNetV1', widen_factor=0.5,
+                                     init_cfg=None), budget=0.05)
