@@ -205,6 +205,17 @@ def _layer_channels(block: nn.Module) -> Optional[int]:
         return None
 
 
+def _aspect_layout(out: Sequence[int], size: Tuple[int, int]) -> Optional[str]:
+    """``'nchw'`` or ``'nhwc'`` for a 4-d map whose spatial dims alone keep the
+    non-square input's aspect (up to odd-size rounding); None when it does not tell."""
+    aspect = size[0] / size[1]
+    fits_nchw = abs(out[2] / out[3] / aspect - 1) < ASPECT_TOLERANCE
+    fits_nhwc = abs(out[1] / out[2] / aspect - 1) < ASPECT_TOLERANCE
+    if size[0] != size[1] and fits_nchw != fits_nhwc:
+        return 'nchw' if fits_nchw else 'nhwc'
+    return None
+
+
 def _layout(call: _Call, block: nn.Module, size: Tuple[int, int], grid
             ) -> Tuple[Optional[str], str]:
     """``(layout, why not)`` of a block from its dry-forward call."""
@@ -215,12 +226,9 @@ def _layout(call: _Call, block: nn.Module, size: Tuple[int, int], grid
         stated = _layer_channels(block)
         if stated is not None and (out[1] == stated) != (out[3] == stated):
             return ('nchw' if out[1] == stated else 'nhwc'), ''
-        # the spatial dims keep the non-square input's aspect (up to odd-size rounding)
-        aspect = size[0] / size[1]
-        fits_nchw = abs(out[2] / out[3] / aspect - 1) < ASPECT_TOLERANCE
-        fits_nhwc = abs(out[1] / out[2] / aspect - 1) < ASPECT_TOLERANCE
-        if size[0] != size[1] and fits_nchw != fits_nhwc:
-            return ('nchw' if fits_nchw else 'nhwc'), ''
+        by_aspect = _aspect_layout(out, size)
+        if by_aspect:
+            return by_aspect, ''
         # maps too small for their aspect: the channels are the one dim much larger
         if out[1] >= 4 * max(out[2], out[3]):
             return 'nchw', ''
@@ -348,7 +356,8 @@ def check_declared_blocks(backbone: nn.Module,
     """Check blocks a user named (name -> ``(layout, channels or None)``) against one dry
     forward: ``ValueError`` naming the block, what its output is and the fix when the
     output has another rank than the layout, is (B, C, H, W) where ``'nhwc'`` was
-    declared or (B, H, W, C) where ``'nchw'`` was (read as by the block finder), has
+    declared or (B, H, W, C) where ``'nchw'`` was (read as by the block finder, unless
+    the map's aspect backs the declared layout), has
     other channels than ``channels``, or, for ``'nlc'`` and ``'tokens'``, has no grid
     to reshape with. A backbone that no sample input runs is not checked."""
     named = dict(backbone.named_modules())
@@ -366,7 +375,8 @@ def check_declared_blocks(backbone: nn.Module,
         problem = None
         if len(out) != (4 if layout in ('nchw', 'nhwc') else 3):
             problem = f'its output in a dry forward at {size} has shape {out}'
-        elif layout in ('nchw', 'nhwc') and found in ('nchw', 'nhwc') and found != layout:
+        elif layout in ('nchw', 'nhwc') and found in ('nchw', 'nhwc') and found != layout \
+                and _aspect_layout(out, size) != layout:  # the map's aspect may back the user
             problem = (f'its output in a dry forward at {size} has shape {out}, which is '
                        f'{found!r} (the channels are dim {1 if found == "nchw" else 3})')
         elif layout == 'nlc' and call.hw is None:

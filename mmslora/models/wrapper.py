@@ -46,18 +46,13 @@ def with_default_width(adapter: dict) -> dict:
     ``width_arg``: ``hidden_dim``, LoRA's ``rank``) set to the class default where the
     config gives none; unchanged for a class without a width or without a default."""
     adapter = copy.deepcopy(adapter)
-    arg = _adapter_class(adapter).width_arg
+    adapter_cls = _adapter_class(adapter)
+    arg = adapter_cls.width_arg
     if arg is not None and arg not in adapter:
-        default = _default_width(_adapter_class(adapter))
-        if default is not None:
-            adapter[arg] = default
+        param = inspect.signature(adapter_cls.__init__).parameters.get(arg)
+        if param is not None and param.default is not inspect.Parameter.empty:
+            adapter[arg] = param.default
     return adapter
-
-
-def _default_width(adapter_cls) -> Optional[int]:
-    """The default of ``adapter_cls``'s width argument, None if it has none."""
-    param = inspect.signature(adapter_cls.__init__).parameters.get(adapter_cls.width_arg)
-    return None if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 def adapter_key(module_name: str) -> str:
@@ -350,7 +345,8 @@ class MSLoRABackbone(AdapterHost):
                         f'`targets` in the adapter config instead.')
                 build = functools.partial(self._build_layer_adapters, adapter_cls=adapter_cls)
             if budget is None:
-                adapter_set = self._default_width(name, adapter, adapter_cls, build)
+                adapter_set = self._build_within_default_budget(name, adapter, adapter_cls,
+                                                                build)
             else:
                 adapter_set = self._fit_budget(name, adapter, adapter_cls, budget, build)
         self._hooks[name] = self._register_hooks(adapter_set, modules_by_name)
@@ -376,7 +372,8 @@ class MSLoRABackbone(AdapterHost):
         return (sum(p.numel() for p in adapter_set.modules.parameters()) /
                 max(sum(p.numel() for p in self.backbone.parameters()), 1))
 
-    def _default_width(self, name: str, adapter: dict, adapter_cls, build) -> AdapterSet:
+    def _build_within_default_budget(self, name: str, adapter: dict, adapter_cls,
+                                     build) -> AdapterSet:
         """The set at the width the config gives (kept, with a warning above
         :data:`DEFAULT_BUDGET`), or without one at the class default, fitted to
         :data:`DEFAULT_BUDGET` where the default exceeds it."""
