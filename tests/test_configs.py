@@ -67,7 +67,7 @@ def test_config_builds_offline_under_five_percent(path):
     # no custom_imports (it would clash with an upstream base's): mmslora types are
     # scoped, so mmengine imports mmslora when it meets them
     assert 'custom_imports' not in cfg
-    assert_mmslora_types_scoped(cfg._cfg_dict.to_dict())
+    assert_mmslora_types_scoped(cfg.to_dict())
     model = build_model_from_config(disable_pretrained(cfg))
     assert isinstance(model.backbone, MSLoRABackbone)
     report = count_parameters(model)
