@@ -16,6 +16,8 @@ from mmslora.models.peers import METHODS, apply_method
 from mmslora.utils.config import build_model_from_config, disable_pretrained
 from mmslora_testing import build_in_scope
 
+pytestmark = pytest.mark.usefixtures('restore_default_scope')
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TASK_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'mm*', '*.py')))
 DEMO_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'demo', '*.py')))

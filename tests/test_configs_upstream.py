@@ -21,6 +21,8 @@ from mmengine.optim import build_optim_wrapper
 from mmslora.models import MSLoRABackbone, count_parameters
 from mmslora.utils.config import build_model_from_config, disable_pretrained
 
+pytestmark = pytest.mark.usefixtures('restore_default_scope')
+
 RECIPE = """
 _base_ = ['{upstream}', 'mmslora::_base_/mslora.py']
 model = dict(backbone=dict(_base_.mslora_backbone, backbone=_base_.model.backbone))
