@@ -31,3 +31,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_default_scope():
+    """Leave mmengine's default scope as it was: building from a config
+    (``build_model_from_config``) sets it for the whole process, and a later test that
+    builds unscoped types would look them up in that toolbox."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmengine'):
+        yield

@@ -16,6 +16,8 @@ from mmslora.models.peers import METHODS, apply_method
 from mmslora.utils.config import build_model_from_config, disable_pretrained
 from mmslora_testing import build_in_scope
 
+pytestmark = pytest.mark.usefixtures('restore_default_scope')
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TASK_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'mm*', '*.py')))
 DEMO_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'demo', '*.py')))
@@ -29,6 +31,23 @@ REQUIRED = {
     'mmpretrain/swin-tiny-mslora_16xb64-ft30e_in1k.py',
     'mmpretrain/vit-base-p16-mslora_64xb64-ft30e_in1k.py',
 }
+
+
+def assert_mmslora_types_scoped(node):
+    """Every ``type`` that names a class registered by mmslora is written
+    ``mmslora.<Name>``: an unscoped one resolves only where mmslora was imported first."""
+    from mmslora import registry
+    ours = {name for reg in (registry.MODELS, registry.OPTIM_WRAPPER_CONSTRUCTORS,
+                             registry.HOOKS, registry.DATASETS, registry.TRANSFORMS)
+            for name in reg.module_dict}
+    if isinstance(node, dict):
+        for key in ('type', 'constructor'):
+            assert node.get(key) not in ours, f'{key}={node[key]!r}: write mmslora.{node[key]}'
+        for value in node.values():
+            assert_mmslora_types_scoped(value)
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            assert_mmslora_types_scoped(item)
 
 
 def rel(path):
@@ -47,7 +66,10 @@ def test_config_builds_offline_under_five_percent(path):
     cfg = Config.fromfile(path)
     assert cfg.default_scope == upstream.group(1)
     assert cfg.model.backbone.type == 'mmslora.MSLoRABackbone'
-    assert cfg.custom_imports['imports'] == ['mmslora']
+    # no custom_imports (it would clash with an upstream base's): mmslora types are
+    # scoped, so mmengine imports mmslora when it meets them
+    assert 'custom_imports' not in cfg
+    assert_mmslora_types_scoped(cfg.to_dict())
     model = build_model_from_config(disable_pretrained(cfg))
     assert isinstance(model.backbone, MSLoRABackbone)
     report = count_parameters(model)

@@ -13,9 +13,9 @@ NO_CUSTOM_IMPORTS = textwrap.dedent('''
     from mmengine.runner import Runner
 
     config, root, work = sys.argv[1:4]
-    # what a config without `custom_imports` gives: nothing of mmslora imported
-    cfg = Config.fromfile(config, import_custom_modules=False)
-    cfg.pop('custom_imports')
+    # the shipped configs declare no `custom_imports`: nothing of mmslora imported yet
+    cfg = Config.fromfile(config)
+    assert 'custom_imports' not in cfg
     cfg.merge_from_dict({
         'work_dir': work, 'train_dataloader.dataset.data_root': root,
         'val_dataloader.dataset.data_root': root, 'test_dataloader.dataset.data_root': root,
@@ -42,9 +42,10 @@ NO_CUSTOM_IMPORTS = textwrap.dedent('''
 
 def test_config_without_custom_imports(fashion_root, tmp_path):
     """MMEngine imports ``mmslora.registry`` (so the whole package) the first time
-    it meets a type scoped ``mmslora.``: a config that forgets ``custom_imports``
-    still trains, and safe checkpoint loading is on before the first checkpoint is
-    read. An unscoped ``MSLoRABackbone`` is then an upstream registry KeyError."""
+    it meets a type scoped ``mmslora.``: a shipped config (no ``custom_imports``, given
+    by its path) trains in a process that never imported mmslora, and safe checkpoint
+    loading is on before the first checkpoint is read. An unscoped ``MSLoRABackbone``
+    is then an upstream registry KeyError."""
     script = tmp_path / 'no_custom_imports.py'
     script.write_text(NO_CUSTOM_IMPORTS)
     env = dict(os.environ, OMP_NUM_THREADS='1')

@@ -1,11 +1,19 @@
-# Shared by every mmslora config: import the plug-in and give the adapter defaults.
-# A config inherits this beside its upstream base:
-#     _base_ = ['mmdet::<upstream config>.py', '../_base_/mslora.py']
-custom_imports = dict(imports=['mmslora'], allow_failed_imports=False)
+# Shared by every mmslora config: the adapter and optimizer defaults. Inherit it beside
+# any upstream config:
+#     _base_ = ['mmdet::<upstream config>.py', 'mmslora::_base_/mslora.py']
+#
+# No `custom_imports` here, on purpose: mmengine refuses a key that two bases both set,
+# and many upstream configs set their own `custom_imports` (ConvNeXt, Mask2Former, ...).
+# None is needed: every mmslora type below is written `mmslora.<Name>`, and mmengine
+# imports `mmslora.registry` (so the whole package) the first time a registry meets the
+# scope `mmslora`, before any checkpoint is read; a `mmslora::` name resolves only in a
+# process that imported mmslora already.
 
-# MSLoRA after every block: D = 64 low-rank width, G = 8 groups (mmslora's defaults,
-# under 5% of R-50, Swin-T and ViT-B).
-mslora_adapter = dict(type='mmslora.MSLoRAAdapter', hidden_dim=64, groups=8)
+# MSLoRA after every block, G = 8 groups. No width: the wrapper gives the class default
+# (hidden_dim = 64) where it keeps the adapters within 5% of the backbone, and the widest
+# width that does elsewhere (logged, and listed in the parameter report). A width given
+# here or in your config (`dict(_base_.mslora_adapter, hidden_dim=32)`) is kept.
+mslora_adapter = dict(type='mmslora.MSLoRAAdapter', groups=8)
 
 # The wrapper that replaces a base config's backbone; give it the base's backbone:
 #     model = dict(backbone=dict(_base_.mslora_backbone, backbone=_base_.model.backbone))

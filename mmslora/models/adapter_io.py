@@ -40,6 +40,7 @@ from mmslora.utils.state_dict import (CheckpointMismatchError, mismatch_summary,
                                       state_dict_mismatches)
 from mmslora.version import __version__
 from .base import find_wrappers
+from .wrapper import with_default_width
 
 __all__ = ['FORMAT', 'LEGACY_FORMAT', 'WEIGHTS_NAME', 'CONFIG_NAME', 'frozen_backbone_keys',
            'adapter_state_dict', 'adapter_set_state_dict', 'adapter_meta', 'save_adapter',
@@ -213,7 +214,9 @@ def _add_missing_sets(model: nn.Module, meta: dict, only: Optional[Dict[str, str
                 continue
             spec = saved[file_name]
             blocks = _exact_blocks(spec['blocks']) if spec['blocks'] else None
-            wrapper.add_adapter(as_name, spec['adapter'], blocks=blocks)
+            # the width the file was built with: files record it since widths are
+            # fitted to the backbone; an earlier file without one had the class default
+            wrapper.add_adapter(as_name, with_default_width(spec['adapter']), blocks=blocks)
 
 
 def load_adapter(model: nn.Module, checkpoint, adapter_name: Optional[str] = None) -> dict:

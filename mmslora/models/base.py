@@ -58,7 +58,8 @@ class AdapterBase(BaseModule):
             adapter without a zero start (the wrapper then cannot promise that the
             adapted model equals the frozen one at step 0).
         width_arg (str | None): the constructor argument that sets the adapter's width
-            (``hidden_dim``, LoRA's ``rank``); the wrapper's ``budget`` scales it.
+            (``hidden_dim``, LoRA's ``rank``); the wrapper's ``budget`` scales it, and
+            so does its default 5% bound where a config gives no width.
         adjustment (str | None): set by an adapter that changed an argument to fit its
             layer (e.g. fewer groups); the parameter report lists it.
     """

@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Type
 import torch.nn as nn
 from mmengine.logging import print_log
 
-from .discovery import discover_blocks, preset_channels
+from .discovery import check_declared_blocks, discover_blocks, preset_channels
 from .layouts import parse_layout
 
 # (module path, block class names, layout). Subclasses (ResNeXt, ...) match too.
@@ -75,12 +75,14 @@ def find_blocks(backbone: nn.Module, blocks=None, grid_from: str = 'patch_embed'
             forward); ``'auto'`` for discovery alone; or a dict / list of dicts with
             ``pattern`` (a regular expression matched in full against
             ``named_modules()`` names), ``layout`` (default ``'nchw'``) and optionally
-            ``channels``.
+            ``channels``, checked against one dry forward
+            (:func:`~mmslora.models.discovery.check_declared_blocks`).
         grid_from: the patch embedding, for discovering ``'tokens'`` blocks.
 
     Raises:
-        ValueError: when nothing matched; the message lists what was tried and a few
-            candidate module names.
+        ValueError: when nothing matched (the message lists what was tried and a few
+            candidate module names), or when a named block's output contradicts its
+            declared layout or channels (the message names the layout found).
     """
     found: Dict[str, Tuple[str, Optional[int]]] = {}
     if blocks is None:
@@ -115,6 +117,8 @@ def find_blocks(backbone: nn.Module, blocks=None, grid_from: str = 'patch_embed'
                     found[name] = (spec.get('layout', 'nchw'), spec.get('channels'))
                     break
         tried = 'the patterns ' + ', '.join(f"'{s['pattern']}'" for s in specs)
+        if found:
+            check_declared_blocks(backbone, found, grid_from)
     if not found:
         raise ValueError(
             f'MSLoRABackbone: no block of {type(backbone).__name__} matched {tried}. '

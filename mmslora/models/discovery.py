@@ -26,10 +26,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .layouts import hw_from_args
+from .layouts import hw_from_args, parse_layout
 
 __all__ = ['discover_blocks', 'Discovery', 'infer_channels', 'preset_channels',
-           'sample_inputs', 'working_input']
+           'check_declared_blocks', 'sample_inputs', 'working_input']
 
 #: input sizes tried in order (after a size the backbone declares): non-square first
 #: (it tells NCHW from NHWC), small first (it is fast)
@@ -205,6 +205,17 @@ def _layer_channels(block: nn.Module) -> Optional[int]:
         return None
 
 
+def _aspect_layout(out: Sequence[int], size: Tuple[int, int]) -> Optional[str]:
+    """``'nchw'`` or ``'nhwc'`` for a 4-d map whose spatial dims alone keep the
+    non-square input's aspect (up to odd-size rounding); None when it does not tell."""
+    aspect = size[0] / size[1]
+    fits_nchw = abs(out[2] / out[3] / aspect - 1) < ASPECT_TOLERANCE
+    fits_nhwc = abs(out[1] / out[2] / aspect - 1) < ASPECT_TOLERANCE
+    if size[0] != size[1] and fits_nchw != fits_nhwc:
+        return 'nchw' if fits_nchw else 'nhwc'
+    return None
+
+
 def _layout(call: _Call, block: nn.Module, size: Tuple[int, int], grid
             ) -> Tuple[Optional[str], str]:
     """``(layout, why not)`` of a block from its dry-forward call."""
@@ -215,12 +226,9 @@ def _layout(call: _Call, block: nn.Module, size: Tuple[int, int], grid
         stated = _layer_channels(block)
         if stated is not None and (out[1] == stated) != (out[3] == stated):
             return ('nchw' if out[1] == stated else 'nhwc'), ''
-        # the spatial dims keep the non-square input's aspect (up to odd-size rounding)
-        aspect = size[0] / size[1]
-        fits_nchw = abs(out[2] / out[3] / aspect - 1) < ASPECT_TOLERANCE
-        fits_nhwc = abs(out[1] / out[2] / aspect - 1) < ASPECT_TOLERANCE
-        if size[0] != size[1] and fits_nchw != fits_nhwc:
-            return ('nchw' if fits_nchw else 'nhwc'), ''
+        by_aspect = _aspect_layout(out, size)
+        if by_aspect:
+            return by_aspect, ''
         # maps too small for their aspect: the channels are the one dim much larger
         if out[1] >= 4 * max(out[2], out[3]):
             return 'nchw', ''
@@ -340,3 +348,53 @@ def preset_channels(backbone: nn.Module, layouts: Dict[str, str],
             return None
         channels[name] = int(out[1] if layout == 'nchw' else out[-1])
     return channels
+
+
+def check_declared_blocks(backbone: nn.Module,
+                          declared: Dict[str, Tuple[str, Optional[int]]],
+                          grid_from: str = 'patch_embed') -> None:
+    """Check blocks a user named (name -> ``(layout, channels or None)``) against one dry
+    forward: ``ValueError`` naming the block, what its output is and the fix when the
+    output has another rank than the layout, is (B, C, H, W) where ``'nhwc'`` was
+    declared or (B, H, W, C) where ``'nchw'`` was (read as by the block finder, unless
+    the map's aspect backs the declared layout), has
+    other channels than ``channels``, or, for ``'nlc'`` and ``'tokens'``, has no grid
+    to reshape with. A backbone that no sample input runs is not checked."""
+    named = dict(backbone.named_modules())
+    try:
+        calls, grid, size = _dry_forward(backbone, list(declared), grid_from)
+    except ValueError:
+        return
+    for name, (declared_layout, channels) in declared.items():
+        call = calls.get(name)
+        if call is None or call.out is None:
+            continue  # not run by the dry forward: nothing to check against
+        layout, stride = parse_layout(declared_layout)
+        out = tuple(call.out)
+        found, _ = _layout(call, named[name], size, grid)
+        problem = None
+        if len(out) != (4 if layout in ('nchw', 'nhwc') else 3):
+            problem = f'its output in a dry forward at {size} has shape {out}'
+        elif layout in ('nchw', 'nhwc') and found in ('nchw', 'nhwc') and found != layout \
+                and _aspect_layout(out, size) != layout:  # the map's aspect may back the user
+            problem = (f'its output in a dry forward at {size} has shape {out}, which is '
+                       f'{found!r} (the channels are dim {1 if found == "nchw" else 3})')
+        elif layout == 'nlc' and call.hw is None:
+            problem = (f'it is not called with an (H, W) pair whose product is its {out[1]} '
+                       f'tokens')
+        elif layout == 'tokens' and stride is None and grid is None:
+            problem = f'grid_from={grid_from!r} gave no patch grid in a dry forward'
+        if problem:
+            fix = (f'use layout={found!r}' if found and found != declared_layout else
+                   "give the layout its output has: 'nchw', 'nhwc', 'nlc' with an (H, W) "
+                   "argument, 'tokens' with grid_from naming the patch embedding, or "
+                   "'tokens/<stride>'")
+            raise ValueError(f'MSLoRABackbone: blocks declares {name!r} as '
+                             f'{declared_layout!r}, but {problem}; {fix}.')
+        actual = out[1] if layout == 'nchw' else out[-1]
+        if channels is not None and channels != actual:
+            raise ValueError(
+                f'MSLoRABackbone: blocks declares {name!r} with channels={channels}, but its '
+                f'output in a dry forward at {size} has shape {out}: {actual} channels in '
+                f'layout {declared_layout!r}; give channels={actual} or leave channels out '
+                f'(they are read off the block).')

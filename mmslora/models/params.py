@@ -16,8 +16,8 @@ class ParameterReport:
     they carry, ``trainable`` every parameter with ``requires_grad`` anywhere in the
     model (heads and necks included), ``backbone_trainable`` the trainable parameters
     inside the wrappers (adapters plus any unfrozen backbone parameter); ``notes`` what
-    adapters changed to fit their blocks (e.g. fewer groups) and how a parameter budget
-    was met.
+    adapters changed to fit their blocks (e.g. fewer groups), how a parameter budget
+    was met, and where the adapters exceed the default 5% of the backbone.
     """
     total: int
     trainable: int

@@ -9,6 +9,7 @@ adapter sets on one frozen backbone (:meth:`MSLoRABackbone.add_adapter`).
 import contextlib
 import copy
 import functools
+import inspect
 import logging
 import re
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from .base import AdapterHost, BlockAdapter, LayerAdapter
 from .block_presets import find_blocks, iter_norms
 from .discovery import infer_channels
 from .frozen_path import FastPathReport, disable_frozen_fast_path, enable_frozen_fast_path
-from .layouts import apply_in_layout
+from .layouts import apply_in_layout, parse_layout
 from .params import ParameterReport, print_trainable_parameters
 
 TRAINABLE_OPTIONS = ('norm', 'bias')
@@ -35,6 +36,24 @@ DEFAULT_ADAPTER = dict(type='mmslora.MSLoRAAdapter')
 DEFAULT_SET = 'default'
 #: adapter widths tried, widest first, to meet a parameter ``budget``
 BUDGET_WIDTHS = (1024, 768, 512, 384, 256, 192, 128, 96, 64, 48, 32, 24, 16, 12, 8, 6, 4, 2, 1)
+#: the share of the backbone that adapters built without a width stay within
+DEFAULT_BUDGET = 0.05
+#: the module whose output gives the patch grid of ``'tokens'`` blocks, by default
+DEFAULT_GRID_FROM = 'patch_embed'
+
+
+def with_default_width(adapter: dict) -> dict:
+    """A copy of the adapter config ``adapter`` with its width (the class's
+    ``width_arg``: ``hidden_dim``, LoRA's ``rank``) set to the class default where the
+    config gives none; unchanged for a class without a width or without a default."""
+    adapter = copy.deepcopy(adapter)
+    adapter_cls = _adapter_class(adapter)
+    arg = adapter_cls.width_arg
+    if arg is not None and arg not in adapter:
+        param = inspect.signature(adapter_cls.__init__).parameters.get(arg)
+        if param is not None and param.default is not inspect.Parameter.empty:
+            adapter[arg] = param.default
+    return adapter
 
 
 def adapter_key(module_name: str) -> str:
@@ -135,7 +154,9 @@ class MSLoRABackbone(AdapterHost):
             ``dict(pattern=<regex over named_modules() names>, layout='nchw' | 'nhwc' |
             'nlc' | 'tokens', channels=<optional int>)`` or a list of them.
         grid_from (str): name of the backbone module whose output gives the patch grid,
-            for the ``'tokens'`` layout (ViTs). Default ``'patch_embed'``.
+            for the ``'tokens'`` layout (ViTs). Default ``'patch_embed'``. Another name
+            must name a module of the backbone (``ValueError`` otherwise), and one that
+            no adapted block reads (no ``'tokens'`` block) is reported as unused.
         trainable (Sequence[str]): backbone parameters to train besides the adapters:
             ``'norm'`` (affine parameters of norm layers), ``'bias'`` (every bias, as in
             BitFit). Default () - the backbone is fully frozen.
@@ -154,14 +175,19 @@ class MSLoRABackbone(AdapterHost):
             backbone's at most, e.g. 0.05: the adapter's width (``hidden_dim``, LoRA's
             ``rank``: its class's ``width_arg``) becomes the largest of
             :data:`BUDGET_WIDTHS` that meets it, reported in ``notes`` and the parameter
-            report. Default None: the width the adapter config gives.
+            report. Default None: a width the adapter config gives is kept (with a
+            warning, and a note, where the adapters exceed :data:`DEFAULT_BUDGET` of
+            the backbone); without one, the class default width where the adapters
+            stay within :data:`DEFAULT_BUDGET`, else the widest of
+            :data:`BUDGET_WIDTHS` that does (logged and noted). Either way the set's
+            config (``adapter_cfg``, adapter files) records the width built.
         fast_path (bool): the frozen fast path (above) when ``freeze`` is True. Default
             True; False runs the backbone's layers as upstream wrote them (bitwise).
         init_cfg (dict, optional): MMEngine init config of the wrapper.
     """
 
     def __init__(self, backbone: dict, adapter: Optional[dict] = DEFAULT_ADAPTER,
-                 blocks=None, grid_from: str = 'patch_embed',
+                 blocks=None, grid_from: str = DEFAULT_GRID_FROM,
                  trainable: Sequence[str] = (), freeze: bool = True,
                  norm_eval: Optional[bool] = None,
                  pretrained: Union[str, dict, None] = None, budget: Optional[float] = None,
@@ -189,7 +215,7 @@ class MSLoRABackbone(AdapterHost):
         self.trainable = tuple(trainable)
         self.freeze = freeze
         self.norm_eval = freeze if norm_eval is None else norm_eval
-        self.grid_from = grid_from
+        self.grid_from = _check_grid_from(self.backbone, grid_from)
 
         self.adapters = ModuleDict()  # the default set: state-dict keys adapters.*
         self.adapter_sets = ModuleDict()  # the other named sets
@@ -201,6 +227,12 @@ class MSLoRABackbone(AdapterHost):
         self._enabled = True
         self.notes: List[str] = []  # how a budget was met, for the parameter report
         self._add_set(DEFAULT_SET, adapter, blocks, budget)
+        if grid_from != DEFAULT_GRID_FROM and ('tokens', None) not in {
+                parse_layout(layout) for layout in self.block_layouts.values()}:
+            print_log(f'MSLoRABackbone: grid_from={grid_from!r} is not used: no adapted '
+                      f"block has the layout 'tokens' (layouts: "
+                      f'{sorted(set(self.block_layouts.values()))}); drop grid_from.',
+                      logger='current', level=logging.WARNING)
         self.freeze_backbone()
         self.fast_path_report: Optional[FastPathReport] = None
         self.set_fast_path(fast_path and freeze)
@@ -315,7 +347,8 @@ class MSLoRABackbone(AdapterHost):
                         f'`targets` in the adapter config instead.')
                 build = functools.partial(self._build_layer_adapters, adapter_cls=adapter_cls)
             if budget is None:
-                adapter_set = build(AdapterSet(name, copy.deepcopy(adapter), ModuleDict()))
+                adapter_set = self._build_within_default_budget(name, adapter, adapter_cls,
+                                                                build)
             else:
                 adapter_set = self._fit_budget(name, adapter, adapter_cls, budget, build)
         self._hooks[name] = self._register_hooks(adapter_set, modules_by_name)
@@ -332,10 +365,48 @@ class MSLoRABackbone(AdapterHost):
                       logger='current', level=logging.WARNING)
         return adapter_set
 
+    def _note(self, note: str, level: int = logging.INFO) -> None:
+        """Log ``note`` and keep it for the parameter report."""
+        self.notes.append(note)
+        print_log(f'MSLoRABackbone: {note}', logger='current', level=level)
+
+    def _share(self, adapter_set: AdapterSet) -> float:
+        return (sum(p.numel() for p in adapter_set.modules.parameters()) /
+                max(sum(p.numel() for p in self.backbone.parameters()), 1))
+
+    def _build_within_default_budget(self, name: str, adapter: dict, adapter_cls,
+                                     build) -> AdapterSet:
+        """The set at the width the config gives (kept, with a warning above
+        :data:`DEFAULT_BUDGET`), or without one at the class default, fitted to
+        :data:`DEFAULT_BUDGET` where the default exceeds it."""
+        arg = adapter_cls.width_arg
+        cfg = with_default_width(adapter)
+        adapter_set = build(AdapterSet(name, cfg, ModuleDict()))
+        share = self._share(adapter_set)
+        if share <= DEFAULT_BUDGET:
+            return adapter_set
+        where = f'{adapter_cls.__name__} (set {name!r})'
+        if arg in cfg and arg not in adapter:  # the class default: fit it
+            self._note(f'{where}: the default {arg}={cfg[arg]} would be {share:.3%} of the '
+                       f'backbone; fitting the width to {DEFAULT_BUDGET:.0%} (give {arg} to '
+                       f'choose it)')
+            return self._fit_budget(name, adapter, adapter_cls, DEFAULT_BUDGET, build,
+                                    strict=False)
+        if arg in adapter:
+            width = f' with {arg}={cfg[arg]} as given'
+            fix = f'drop {arg} to fit the width, or set budget={DEFAULT_BUDGET}'
+        else:  # no width to fit
+            width, fix = '', 'adapt fewer blocks'
+        self._note(f'{where}{width} is {share:.3%} of the backbone, above '
+                   f'{DEFAULT_BUDGET:.0%}; kept ({fix})', logging.WARNING)
+        return adapter_set
+
     def _fit_budget(self, name: str, adapter: dict, adapter_cls, budget: float,
-                    build) -> AdapterSet:
+                    build, strict: bool = True) -> AdapterSet:
         """The widest set whose adapters have at most ``budget`` x the backbone's
-        parameters (``cls.width_arg`` taken from :data:`BUDGET_WIDTHS`)."""
+        parameters (``cls.width_arg`` taken from :data:`BUDGET_WIDTHS`). Where even the
+        narrowest exceeds it: ``ValueError`` if ``strict``, else the narrowest, with a
+        warning."""
         arg = adapter_cls.width_arg
         if arg is None:
             raise ValueError(f'MSLoRABackbone: budget={budget} needs an adapter width to '
@@ -356,10 +427,16 @@ class MSLoRABackbone(AdapterHost):
         low, high = 0, len(BUDGET_WIDTHS) - 1
         fitting = trial(BUDGET_WIDTHS[high])
         if fitting[1] > limit:
-            raise ValueError(
-                f'MSLoRABackbone: even {arg}={BUDGET_WIDTHS[-1]} gives {adapter_cls.__name__} '
-                f'{fitting[1]:,d} parameters, more than budget={budget} of the backbone '
-                f'({int(limit):,d}); raise the budget or adapt fewer blocks.')
+            problem = (f'even {arg}={BUDGET_WIDTHS[-1]} gives {adapter_cls.__name__} (set '
+                       f'{name!r}) {fitting[1]:,d} parameters, more than {budget:.2%} of the '
+                       f'backbone ({int(limit):,d})')
+            if strict:
+                raise ValueError(f'MSLoRABackbone: {problem}; raise the budget, or adapt '
+                                 f'fewer blocks (blocks=dict(pattern=..., layout=...)).')
+            self._note(f'{problem}; built at {arg}={BUDGET_WIDTHS[-1]} (adapt fewer blocks '
+                       f'with blocks=dict(pattern=..., layout=...) to stay within it)',
+                       logging.WARNING)
+            return fitting[0]
         while low < high:
             middle = (low + high) // 2
             candidate = trial(BUDGET_WIDTHS[middle])
@@ -369,9 +446,8 @@ class MSLoRABackbone(AdapterHost):
                 low = middle + 1
         adapter_set, size = fitting
         share = size / (limit / budget)
-        self.notes.append(f'budget {budget:.2%} of the backbone: {arg}={BUDGET_WIDTHS[high]} '
-                          f'for {adapter_cls.__name__} (set {name!r}, {share:.3%})')
-        print_log(f'MSLoRABackbone: {self.notes[-1]}', logger='current')
+        self._note(f'budget {budget:.2%} of the backbone: {arg}={BUDGET_WIDTHS[high]} '
+                   f'for {adapter_cls.__name__} (set {name!r}, {share:.3%})')
         return adapter_set
 
     def _build_block_adapters(self, adapter_set: AdapterSet, found: dict,
@@ -569,6 +645,19 @@ def _adapter_class(cfg: dict) -> type:
             f'mmslora.models.LayerAdapter (beside layers: from_layer, forward(x) = update); '
             f'derive it from one of them (README, "Your own adapter").')
     return cls
+
+
+def _check_grid_from(backbone: nn.Module, grid_from: str) -> str:
+    """``grid_from`` if it names a module of ``backbone`` (or is the default, which
+    only ``'tokens'`` blocks need); ``ValueError`` naming candidates otherwise."""
+    names = [name for name, _ in backbone.named_modules() if name]
+    if grid_from == DEFAULT_GRID_FROM or grid_from in names:
+        return grid_from
+    embeds = [name for name in names if 'embed' in name][:5]
+    raise ValueError(
+        f'MSLoRABackbone: grid_from={grid_from!r} names no module of '
+        f'{type(backbone).__name__}; give the module whose output is the patch grid of '
+        f"'tokens' blocks (candidates: {embeds or names[:5]}), or drop grid_from.")
 
 
 def _build_backbone(cfg: dict) -> nn.Module:

@@ -200,3 +200,36 @@ def test_missing_files_and_other_checkpoints_are_named(tmp_path):
 def test_set_file_and_whole_model_file_are_not_confused(adapter_dir):
     with pytest.raises(ValueError, match='holds a whole model, not one adapter set'):
         load_adapter(resnet_wrapper(), adapter_dir, adapter_name='task_b')
+
+
+def test_a_set_file_rebuilds_the_width_it_was_trained_with(tmp_path):
+    """The set's config in the file records the width built (here fitted to 5% of a
+    small backbone), so a fresh wrapper rebuilds that width; a file written before
+    widths were recorded (no hidden_dim: the class default, 64) rebuilds 64."""
+    mobilenet = dict(type='mmpretrain.MobileNetV3', arch='small', init_cfg=None)
+
+    def wrapper(**adapter):
+        torch.manual_seed(0)
+        return MSLoRABackbone(backbone=mobilenet, adapter=dict(SMALL, **adapter))
+
+    model = wrapper()
+    model.add_adapter('fitted', dict(type='mmslora.MSLoRAAdapter'))
+    model.add_adapter('earlier', dict(type='mmslora.MSLoRAAdapter', hidden_dim=64))
+    width = model.adapter_set('fitted').cfg['hidden_dim']
+    assert width < 64
+    for name in ('fitted', 'earlier'):
+        moved(model, name, by=0.01)
+        save_adapter(model, str(tmp_path / name), adapter_name=name)
+    with open(tmp_path / 'earlier' / CONFIG_NAME) as f:
+        meta = json.load(f)
+    del meta['wrappers']['<root>']['sets']['earlier']['adapter']['hidden_dim']
+    with open(tmp_path / 'earlier' / CONFIG_NAME, 'w') as f:
+        json.dump(meta, f)
+
+    fresh = wrapper()
+    for name, built in (('fitted', width), ('earlier', 64)):
+        load_adapter(fresh, str(tmp_path / name))
+        assert all(a.proj.down.out_channels == built for a in fresh.adapters_of(name).values())
+        fresh.set_adapter(name)
+        model.set_adapter(name)
+        assert_same_outputs(fresh, model, torch.randn(1, 3, 64, 64))

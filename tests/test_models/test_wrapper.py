@@ -1,6 +1,8 @@
 """One table of backbones from mmdet, mmseg and mmpretrain, each checked the same way."""
 
+import contextlib
 import copy
+import logging
 import re
 
 import pytest
@@ -193,7 +195,8 @@ def test_groups_not_dividing_channels():
                                                   hidden_dim=63, strict_groups=True)))
     # not strict: fewer groups where they do not divide, listed in the parameter report
     hrnet = dict(type='mmdet.HRNet', extra=HRNET_W18_TINY, init_cfg=None)
-    model = build_in_scope('mmdet', wrap(hrnet))
+    model = build_in_scope('mmdet', wrap(hrnet, adapter=dict(type='mmslora.MSLoRAAdapter',
+                                                             hidden_dim=64)))
     report = count_parameters(model)
     assert 'MSLoRAAdapter groups 8 -> 2 (C=18, D=64): 3 adapters' in report.notes
     assert 'groups 8 -> 2' in report.table()
@@ -352,3 +355,113 @@ def test_a_parameter_budget_sets_the_widest_adapter_that_meets_it(adapter, arg):
         MSLoRABackbone(backbone=RESNET18, adapter=adapter, budget=5)
     with pytest.raises(ValueError, match='raise the budget'):
         MSLoRABackbone(backbone=RESNET18, adapter=adapter, budget=1e-7)
+
+
+MOBILENET_V3_SMALL = dict(type='mmpretrain.MobileNetV3', arch='small', init_cfg=None)
+
+
+@contextlib.contextmanager
+def logged():
+    """The messages mmengine's current logger emits inside the context."""
+    from mmengine.logging import MMLogger
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_without_a_width_the_adapters_stay_within_five_percent():
+    """The class default (hidden_dim=64) where it fits (R-18), the widest width that
+    does where it does not (MobileNetV3-small: 64 would be about 11%); the width built
+    is recorded in the set's config."""
+    from mmslora.models.wrapper import DEFAULT_BUDGET
+    wide = MSLoRABackbone(backbone=RESNET18, adapter=dict(type='mmslora.MSLoRAAdapter'))
+    assert wide.adapter_cfg == dict(type='mmslora.MSLoRAAdapter', hidden_dim=64)
+    assert not wide.notes and count_parameters(wide).backbone_share <= DEFAULT_BUDGET
+
+    with logged() as messages:
+        small = build_in_scope('mmpretrain', wrap(MOBILENET_V3_SMALL))
+    report = count_parameters(small)
+    width = small.adapter_cfg['hidden_dim']
+    assert width < 64 and 0 < report.backbone_share <= DEFAULT_BUDGET
+    assert any(f'the default hidden_dim=64 would be' in n and 'fitting the width to 5%' in n
+               for n in report.notes), report.notes
+    assert any(f'budget 5.00% of the backbone: hidden_dim={width}' in n for n in report.notes)
+    assert any('fitting the width' in m for m in messages)
+    assert all(a.proj.down.out_channels == width for a in small.adapters.values())
+
+
+def test_a_given_width_is_kept_with_a_warning_above_five_percent():
+    """hidden_dim=64 given builds exactly what it built before (keys and shapes),
+    however large the share; above 5% the log and the report say so."""
+    adapter = dict(type='mmslora.MSLoRAAdapter', hidden_dim=64, groups=8)
+    with logged() as messages:
+        model = build_in_scope('mmpretrain', wrap(MOBILENET_V3_SMALL, adapter=adapter))
+    assert model.adapter_cfg == adapter
+    assert all(a.proj.down.out_channels == 64 for a in model.adapters.values())
+    share = count_parameters(model).backbone_share
+    assert share > 0.05
+    warning = (f"MSLoRAAdapter (set 'default') with hidden_dim=64 as given is {share:.3%} "
+               f'of the backbone, above 5%; kept (drop hidden_dim to fit the width, or set '
+               f'budget=0.05)')
+    assert warning in model.notes
+    assert any(warning in m for m in messages)
+    fitted = build_in_scope('mmpretrain', wrap(MOBILENET_V3_SMALL, adapter=dict(
+        type='mmslora.MSLoRAAdapter', groups=8)))
+    assert set(fitted.state_dict()) == set(model.state_dict())  # same keys, narrower
+
+
+def test_a_declared_layout_that_contradicts_the_block_is_refused():
+    with pytest.raises(ValueError, match=r"blocks declares 'layer1.0' as 'nhwc', but its "
+                       r"output in a dry forward at \(128, 96\) has shape "
+                       r"\(2, 64, 32, 24\), which is 'nchw' \(the channels are dim 1\); "
+                       r"use layout='nchw'"):
+        MSLoRABackbone(backbone=RESNET18, blocks=dict(pattern=r'layer1\.0', layout='nhwc'))
+    with pytest.raises(ValueError, match=r"declares 'layer1.0' as 'nlc', but its output .* "
+                       r"has shape \(2, 64, 32, 24\); use layout='nchw'"):
+        MSLoRABackbone(backbone=RESNET18, blocks=dict(pattern=r'layer1\.0', layout='nlc'))
+    with pytest.raises(ValueError, match=r"declares 'layer1.0' with channels=32, but .* 64 "
+                       r"channels in layout 'nchw'; give channels=64 or leave channels out"):
+        MSLoRABackbone(backbone=RESNET18,
+                       blocks=dict(pattern=r'layer1\.0', layout='nchw', channels=32))
+    # what fits is accepted as before
+    model = MSLoRABackbone(backbone=RESNET18,
+                           blocks=dict(pattern=r'layer1\.0', layout='nchw', channels=64))
+    assert model.block_layouts == {'layer1.0': 'nchw'}
+
+
+def test_grid_from_must_name_a_module_and_be_used():
+    vit = dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN)
+    with pytest.raises(ValueError, match=r"grid_from='no_such_module' names no module of "
+                       r"VisionTransformer; give the module whose output is the patch "
+                       r"grid of 'tokens' blocks \(candidates: \['patch_embed', "):
+        MSLoRABackbone(backbone=vit, grid_from='no_such_module')
+    with logged() as messages:
+        MSLoRABackbone(backbone=RESNET18, grid_from='conv1')
+    assert ("MSLoRABackbone: grid_from='conv1' is not used: no adapted block has the layout "
+            "'tokens' (layouts: ['nchw']); drop grid_from.") in messages
+    with logged() as messages:
+        MSLoRABackbone(backbone=vit, grid_from='patch_embed.projection')
+    assert not any('grid_from' in m for m in messages)
+
+
+def test_without_a_width_a_backbone_too_small_for_any_width_gets_the_narrowest():
+    """ShuffleNetV1's 16 blocks of up to 960 channels hold more than 5% of its
+    parameters in adapters even at hidden_dim=1: built there, with a warning."""
+    with logged() as messages:
+        model = MSLoRABackbone(backbone=dict(type='mmpretrain.ShuffleNetV1', widen_factor=0.5,
+                                             init_cfg=None))
+    assert model.adapter_cfg['hidden_dim'] == 1
+    assert count_parameters(model).backbone_share > 0.05
+    warning = next(n for n in model.notes if n.startswith('even hidden_dim=1 gives'))
+    assert 'built at hidden_dim=1 (adapt fewer blocks with blocks=dict(' in warning
+    assert any(warning in m for m in messages)
+    with pytest.raises(ValueError, match=r'even hidden_dim=1 .*; raise the budget, or adapt '
+                       r'fewer blocks'):
+        MSLoRABackbone(backbone=dict(type='mmpretrain.ShuffleNetV1', widen_factor=0.5,
+                                     init_cfg=None), budget=0.05)

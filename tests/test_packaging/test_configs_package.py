@@ -54,7 +54,7 @@ def test_the_base_by_name_is_the_base_by_path(tmp_path, monkeypatch):
     by_name = load_string("_base_ = 'mmslora::_base_/mslora.py'\n", tmp_path, monkeypatch)
     by_path = Config.fromfile(osp.join(ROOT, 'configs/_base_/mslora.py'))
     assert by_name.to_dict() == by_path.to_dict()  # no _scope_ added: types resolve as before
-    assert by_name.custom_imports.imports == ['mmslora']
+    assert 'custom_imports' not in by_name  # it would clash with an upstream base's
 
 
 def test_a_shipped_config_by_name_is_the_config_by_path(tmp_path, monkeypatch):
