@@ -133,3 +133,17 @@ def test_inductor_trains_and_infers_mslora_with_the_fast_path(one_thread):
             _assert_same_steps([(flat(compiled(x)), [])], [(flat(eager(x)), [])], tol=1e-5)
     after = compiled_model.backbone.state_dict()
     assert all(torch.equal(after[k], v) for k, v in frozen.items())
+
+
+def test_dynamic_shapes_train_equal_to_eager(one_thread):
+    """Detection batches change size from one iteration to the next: compiled with
+    ``dynamic=True``, MSLoRA with the fast path is one graph for two input sizes, and
+    each step equals eager's."""
+    torch._dynamo.reset()
+    eager = _model('mslora', 'mmdet-resnet').double()
+    compiled = torch.compile(copy.deepcopy(eager), backend='aot_eager_decomp_partition',
+                             dynamic=True, fullgraph=True)
+    for size in ((64, 96), (96, 64)):
+        x = torch.randn(2, 3, *size, dtype=torch.float64)
+        _assert_same_steps(_train_steps(compiled, x, steps=1), _train_steps(eager, x, steps=1),
+                           tol=1e-9)
