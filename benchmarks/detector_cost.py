@@ -172,7 +172,7 @@ class DetTrainer:
         data = self.model.data_preprocessor(
             dict(inputs=list(self.batch['inputs']), data_samples=self.batch['data_samples']),
             training=True)
-        losses = self.model.loss(**data)
+        losses = self.model.loss(data['inputs'], data['data_samples'])
         loss, _ = self.model.parse_losses(losses)
         loss.backward()
         self.opt.step()
@@ -401,6 +401,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    import logging
+    from mmengine.logging import MMLogger
+    MMLogger.get_current_instance().setLevel(logging.WARNING)  # init_weights' per-tensor log
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
