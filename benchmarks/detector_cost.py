@@ -400,10 +400,18 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
     import logging
     from mmengine.logging import MMLogger
-    MMLogger.get_current_instance().setLevel(logging.WARNING)  # init_weights' per-tensor log
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # init_weights logs every tensor
+    try:
+        return run(parse_args(argv), argv)
+    finally:
+        logger.setLevel(level)
+
+
+def run(args, argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
