@@ -71,9 +71,11 @@ class Fold:
     def training_terms(self, conv_bias: Optional[torch.Tensor]
                        ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``s`` (no grad) and ``b' = b s + beta - mean s`` (with autograd: BitFit
-        trains the biases through it)."""
-        if self.cache is not None:
-            self.cache = None  # no stale copy of the weights kept through training
+        trains the biases through it). In eager mode it drops the inference cache (no
+        stale copy of the weights kept through training); under ``torch.compile`` it
+        leaves it alone (reading it would make the graph depend on it)."""
+        if not is_compiling() and self.cache is not None:
+            self.cache = None
         bn = self.bn
         with torch.no_grad():
             scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
@@ -87,7 +89,7 @@ class Fold:
         from changes. Under ``torch.compile`` computed in the graph (no cache)."""
         if is_compiling():
             scale, bias = self.training_terms(self.conv.bias)
-            return scaled(self.conv.weight, scale), bias
+            return scaled(self.conv.weight, scale), bias  # computed in the graph
         conv, bn = self.conv, self.bn
         key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device)
                     for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
