@@ -252,16 +252,6 @@ def table(results: dict) -> List[str]:
 
 
 # ------------------------------------------------------------------ per-block profile
-def _timed_median(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def adapter_width(adapter: nn.Module) -> Optional[int]:
     proj = getattr(adapter, 'proj', None)
     if proj is not None:
@@ -270,13 +260,28 @@ def adapter_width(adapter: nn.Module) -> Optional[int]:
     return trans.reduce.out_channels if trans is not None else None
 
 
-def profile_blocks(cfg, img: int, batch: int, repeats: int = 5,
-                   rows=BLOCK_ROWS) -> dict:
+def profile_blocks(cfg, img: int, batch: int, repeats: int = 7,
+                   rows=BLOCK_ROWS, threads: Optional[int] = 1, clock: str = 'cpu') -> dict:
     """Per adapted block of the backbone (each row of ``rows``): shapes, D, and the
-    median forward+backward time of the frozen block and of its adapter."""
+    median forward+backward time of the frozen block and of its adapter.
+
+    Every block's and adapter's step of every row is timed in the same interleaved
+    rounds (``cost.interleaved_times``, one warm-up), by default as this process's CPU
+    time at 1 thread (``clock='cpu'``): on a machine shared with other jobs wall time
+    of a few-ms step mostly measures when the scheduler ran us."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _profile_blocks(cfg, img, batch, repeats, rows, clock)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _profile_blocks(cfg, img, batch, repeats, rows, clock) -> dict:
     from mmdet.registry import MODELS
     from mmengine.registry import DefaultScope
-    out = {}
+    out, fns, pending = {}, {}, {}
     for row in rows:
         with DefaultScope.overwrite_default_scope('mmdet'):
             torch.manual_seed(0)
@@ -302,26 +307,33 @@ def profile_blocks(cfg, img: int, batch: int, repeats: int = 5,
             y = torch.randn(out_shape, requires_grad=True)
             g = torch.randn(out_shape)
 
-            def block_step():
+            # (defaults bind this block's tensors: the steps run later, interleaved)
+            def block_step(block=block, x=x, g=g, wrapper=wrapper):
                 x.grad = None
                 with wrapper.disable_adapters():
                     block(x).backward(g)
 
-            def adapter_step():
+            def adapter_step(adapter=adapter, y=y, g=g):
                 y.grad = None
                 adapter.zero_grad(set_to_none=True)
                 adapter(y).backward(g)
 
-            t_block = _timed_median(block_step, repeats)
-            t_adapter = _timed_median(adapter_step, repeats)
+            fns[(row, name, 'block')] = block_step
+            fns[(row, name, 'adapter')] = adapter_step
             blocks.append(dict(block=name, stage='.'.join(name.split('.')[:2]),
                                channels=out_shape[1], hw=list(out_shape[2:]),
-                               in_channels=in_shape[1], width=adapter_width(adapter),
-                               block_s=t_block, adapter_s=t_adapter,
-                               ratio=t_adapter / t_block))
-            log(f'[blocks {row}] {name}: C {out_shape[1]}, {out_shape[2]}x{out_shape[3]}, '
-                f'D {blocks[-1]["width"]}: block {1e3 * t_block:.1f} ms, '
-                f'adapter {1e3 * t_adapter:.1f} ms')
+                               in_channels=in_shape[1], width=adapter_width(adapter)))
+        pending[row] = blocks
+    device = cost.Device('cpu', amp=False, clock=clock)
+    times = cost.interleaved_times(fns, repeats, 1, device.timed)
+    for row, blocks in pending.items():
+        for b in blocks:
+            b['block_s'] = statistics.median(times[(row, b['block'], 'block')])
+            b['adapter_s'] = statistics.median(times[(row, b['block'], 'adapter')])
+            b['ratio'] = b['adapter_s'] / b['block_s']
+            log(f'[blocks {row}] {b["block"]}: C {b["channels"]}, {b["hw"][0]}x{b["hw"][1]}, '
+                f'D {b["width"]}: block {1e3 * b["block_s"]:.1f} ms, '
+                f'adapter {1e3 * b["adapter_s"]:.1f} ms')
         stages = {}
         for b in blocks:
             s = stages.setdefault(b['stage'], dict(blocks=0, block_s=0.0, adapter_s=0.0))
@@ -338,7 +350,7 @@ def profile_blocks(cfg, img: int, batch: int, repeats: int = 5,
 
 def blocks_markdown(profile: dict, header: List[str]) -> List[str]:
     lines = ['# Per-block cost of MSLoRA in the detector\'s backbone', ''] + header + [
-        '', 'Forward + backward, median over repeats: the frozen block (input requires '
+        '', 'Forward + backward, median over interleaved rounds: the frozen block (input requires '
         'grad, block parameters frozen, adapters off) and its adapter (on a tensor of the '
         'block\'s output shape). C, H x W: the block\'s output; D: the adapter width.', '']
     for row, p in profile.items():
@@ -389,7 +401,12 @@ def parse_args(argv=None):
                         help='only the per-block profile (blocks.md)')
     parser.add_argument('--no-blocks', action='store_true',
                         help='skip the per-block profile after the detector table')
-    parser.add_argument('--block-repeats', type=int, default=5)
+    parser.add_argument('--block-repeats', type=int, default=7,
+                        help='interleaved rounds of the per-block profile')
+    parser.add_argument('--block-threads', type=int, default=1,
+                        help='torch threads of the per-block profile (0: as the run)')
+    parser.add_argument('--block-clock', choices=('cpu', 'wall'), default='cpu',
+                        help='per-block times: process CPU time (default) or wall time')
     parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results', 'detector'))
     args = parser.parse_args(argv)
     quick = args.quick
@@ -469,16 +486,22 @@ def run(args, argv=None) -> dict:
         print('\n'.join(md), flush=True)
     if args.profile_blocks or not args.no_blocks:
         meter = cost.CpuMeter()
-        profile = profile_blocks(cfg, args.img, args.batch, args.block_repeats)
+        profile = profile_blocks(cfg, args.img, args.batch, args.block_repeats,
+                                 threads=args.block_threads or None, clock=args.block_clock)
         others = meter.others()
         load = f'{others:.2f} CPUs' if others is not None else 'unknown'
+        clock = 'the process CPU time' if args.block_clock == 'cpu' else 'wall time'
         md = blocks_markdown(profile, header + [
             '', f'CPU used by other processes while profiling: {load}; '
-            f'{args.block_repeats} repeats after one warm-up.'])
+            f'{args.block_repeats} interleaved rounds after one warm-up; times are '
+            f'{clock} at '
+            f'{args.block_threads or meta["threads"]} torch thread(s).'])
         with open(osp.join(args.out, 'blocks.md'), 'w') as f:
             f.write('\n'.join(md))
         with open(osp.join(args.out, 'blocks.json'), 'w') as f:
-            json.dump(dict(meta=meta, cpu_others=others, profile=profile), f, indent=1)
+            json.dump(dict(meta=meta, cpu_others=others, block_threads=args.block_threads,
+                       block_clock=args.block_clock, block_repeats=args.block_repeats,
+                       profile=profile), f, indent=1)
         print('\n'.join(md), flush=True)
         result['blocks'] = profile
     return result
