@@ -185,8 +185,9 @@ class DetTrainer:
 
 
 # ------------------------------------------------------------------ the detector table
-def measure(cfg, batch: dict, rows: List[str], rounds: int, warmup: int) -> dict:
-    device = cost.Device('cpu', amp=False)
+def measure(cfg, batch: dict, rows: List[str], rounds: int, warmup: int,
+            clock: str = 'wall') -> dict:
+    device = cost.Device('cpu', amp=False, clock=clock)
     results, trainers = {}, {}
     for row in rows:
         log(f'building {row}')
@@ -394,6 +395,9 @@ def parse_args(argv=None):
     parser.add_argument('--img', type=int, default=None, help='Resize scale in px (400)')
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--threads', type=int, default=None, help='torch threads')
+    parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                        help='iteration times as wall time (default) or this process\'s CPU '
+                        'time (with --threads 1: robust to other jobs on a shared machine)')
     parser.add_argument('--compile', action='store_true',
                         help='add every row compiled (backbone fullgraph, neck)')
     parser.add_argument('--quick', action='store_true', help='img 256, 2 rounds, 1 warm-up')
@@ -440,6 +444,7 @@ def run(args, argv=None) -> dict:
                 torch=torch.__version__, threads=torch.get_num_threads(),
                 cpus=os.cpu_count(), machine=platform.machine(), commit=git_commit(),
                 img=args.img, batch=args.batch, rounds=args.rounds, warmup=args.warmup,
+                clock=args.clock,
                 config=CONFIG)
     header = [f'Command: `{command}`', '',
               f'Date: {meta["date"]}; mmslora commit {meta["commit"]}; torch {meta["torch"]}, '
@@ -457,7 +462,7 @@ def run(args, argv=None) -> dict:
             batch = fixed_batch(cfg, tmp)
         shapes = [tuple(t.shape) for t in batch['inputs']]
         meter = cost.CpuMeter()
-        results = measure(cfg, batch, rows, args.rounds, args.warmup)
+        results = measure(cfg, batch, rows, args.rounds, args.warmup, args.clock)
         others = meter.others()
         meta.update(input_shapes=shapes, cpu_others=others)
         targets = target_lines(results)
@@ -467,6 +472,7 @@ def run(args, argv=None) -> dict:
         md += header + [
             '', f'Fixed batch of {args.batch} real images, shapes {shapes} (C, H, W, uint8, '
             f'before padding); {args.warmup} warm-up + {args.rounds} interleaved rounds; '
+            f'times are {"wall time" if args.clock == "wall" else "the process CPU time"}; '
             f'CPU used by other processes while measuring: {load}.', '',
             'Iteration = data_preprocessor + loss + backward + AdamW step. "x full": paired '
             'ratio (median over rounds) to full fine-tuning; `+compile` rows against '
