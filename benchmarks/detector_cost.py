@@ -42,12 +42,15 @@ adapter's forward + backward on a tensor of the block's output shape, their rati
 the sums per stage.
 
 The CPU time other processes used during the measurement (``cost.CpuMeter``) is
-reported; read the ratios with it. Outputs in ``--out``: ``detector_cost.md``,
+reported; read the ratios with it. ``--clock cpu`` times iterations as this process's
+CPU time (best with ``--threads 1``), which a shared machine disturbs far less than
+wall time. Outputs in ``--out``: ``detector_cost.md``,
 ``detector_cost.json``, ``blocks.md``, ``blocks.json``.
 
 Usage::
 
     .venv/bin/python benchmarks/detector_cost.py --threads 2
+    .venv/bin/python benchmarks/detector_cost.py --threads 1 --clock cpu   # shared machine
     .venv/bin/python benchmarks/detector_cost.py --compile --methods full mslora bitfit
     .venv/bin/python benchmarks/detector_cost.py --profile-blocks     # blocks.md alone
     .venv/bin/python benchmarks/detector_cost.py --quick              # 256 px, 2 rounds

@@ -8,7 +8,8 @@ from mmslora_testing import load_tool
 def test_detector_table(tmp_path):
     bench = load_tool('benchmarks/detector_cost.py')
     result = bench.main(['--methods', 'full', 'mslora', '--rounds', '1', '--warmup', '0',
-                         '--img', '128', '--batch', '1', '--no-blocks', '--out', str(tmp_path)])
+                         '--img', '128', '--batch', '1', '--no-blocks', '--clock', 'cpu',
+                         '--out', str(tmp_path)])
     rows = result['rows']
     assert list(rows) == ['full', 'mslora']
     assert rows['full']['time_ratio'] == 1.0 and rows['full']['peak_ratio'] == 1.0
@@ -22,6 +23,7 @@ def test_detector_table(tmp_path):
     assert len(result['targets']) == 2
     assert all(line.startswith(('meets', 'MISSES')) for line in result['targets'])
     saved = json.loads((tmp_path / 'detector_cost.json').read_text())
+    assert saved['meta']['clock'] == 'cpu'
     assert saved['meta']['img'] == 128 and saved['meta']['input_shapes'] == [[3, 128, 128]]
     md = (tmp_path / 'detector_cost.md').read_text()
     assert '| mslora | 86,208 | 2.56% |' in md and 'n/a' not in md
