@@ -395,7 +395,7 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
 
 # ------------------------------------------------------------------ profile
 def profile_mslora(configs: dict, names: List[str], batch: int, img: int, out: str,
-                   log) -> None:
+                   log, rows=('mslora', 'full')) -> None:
     """Top operators (self CPU time) of one training step and one inference of the
     MSLoRA-wrapped and the fully fine-tuned backbone, written to profile_mslora.md."""
     from torch.profiler import ProfilerActivity, profile
@@ -408,8 +408,9 @@ def profile_mslora(configs: dict, names: List[str], batch: int, img: int, out: s
              + ' '.join(sys.argv[1:]) + '`.', '']
     for name in names:
         scope, cfg = configs[name]
-        for method in ('mslora', 'full'):
-            trainer = Trainer(build(scope, wrapper_cfg(method, cfg)), x, Device('cpu', False))
+        for method in rows:
+            model = maybe_compiled(build(scope, method_cfg(method, cfg)), method)
+            trainer = Trainer(model, x, Device('cpu', False))
             for _ in range(2):
                 trainer.step()
             for mode in ('train step', 'inference'):
@@ -619,9 +620,10 @@ def main() -> None:
                                if line.startswith('model name'))
     except (OSError, StopIteration):
         pass
+    profiled = with_compiled_rows(['mslora', 'full']) if args.compile else ['mslora', 'full']
     if args.profile_only:
         os.makedirs(args.out, exist_ok=True)
-        profile_mslora(configs, args.models, batch, img, args.out, log)
+        profile_mslora(configs, args.models, batch, img, args.out, log, profiled)
         return
     meta['cpus'] = os.cpu_count()
     meta['others_cpus'] = {}
@@ -637,7 +639,7 @@ def main() -> None:
             log(f'[{name}] other processes used {others:.2f} CPUs meanwhile')
     meta['loadavg_end'] = ' '.join(f'{v:.2f}' for v in os.getloadavg())
     if args.profile:
-        profile_mslora(configs, args.models, batch, img, args.out, log)
+        profile_mslora(configs, args.models, batch, img, args.out, log, profiled)
     os.makedirs(args.out, exist_ok=True)
     with open(osp.join(args.out, 'cost.json'), 'w') as f:
         json.dump(dict(meta=meta, targets=TARGETS, results=results), f, indent=2)
