@@ -129,6 +129,23 @@ def _spatial_attention(conv: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
     return t * torch.sigmoid(conv(pooled))
 
 
+class ChannelAttention(nn.Sequential):
+    """Squeeze-excite gate of a (B, D, H, W) map: ``sigmoid(W2 GELU(W1 avgpool(t) + b1) +
+    b2)``, (B, D, 1, 1). Its layers keep the ``nn.Sequential`` of 1x1 convolutions (pool,
+    conv, GELU, conv, sigmoid: the state-dict keys ``1.*`` and ``3.*``); ``forward``
+    applies the two 1x1 convolutions to the pooled vector as linear maps (the same
+    values; a convolution on a 1 x 1 map is several times slower on CPU)."""
+
+    def __init__(self, dim: int, squeezed: int) -> None:
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, squeezed, 1), nn.GELU(),
+                         nn.Conv2d(squeezed, dim, 1), nn.Sigmoid())
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        _, squeeze, act, excite, gate = self
+        a = act(F.linear(t.mean((2, 3)), squeeze.weight.flatten(1), squeeze.bias))
+        return gate(F.linear(a, excite.weight.flatten(1), excite.bias))[:, :, None, None]
+
+
 class MultiScaleTransform(nn.Module):
     """``Trans``: multi-scale channel/spatial reweighting, (B, C, H, W) -> gate (B, C, H, W).
 
@@ -151,12 +168,8 @@ class MultiScaleTransform(nn.Module):
             for k in kernel_sizes)
         self.act = nn.GELU()
         squeezed = max(hidden_dim // reduction, 1)
-        self.channel_attn = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(hidden_dim, squeezed, 1),
-            nn.GELU(),
-            nn.Conv2d(squeezed, hidden_dim, 1),
-            nn.Sigmoid()) if channel_attention else None
+        self.channel_attn = ChannelAttention(hidden_dim, squeezed) if channel_attention \
+            else None
         self.spatial_attn = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2
                                       ) if spatial_attention else None
         self.expand = nn.Conv2d(hidden_dim, channels, 1, groups=groups)

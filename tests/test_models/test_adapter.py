@@ -193,3 +193,20 @@ def test_max_hidden_ratio_narrows_the_width(channels, ratio, width, adjusted):
 def test_max_hidden_ratio_out_of_range_is_refused(ratio):
     with pytest.raises(ValueError, match=r'max_hidden_ratio must be a number in \(0, 1\]'):
         MSLoRAAdapter(16, hidden_dim=32, groups=8, max_hidden_ratio=ratio)
+
+
+def test_channel_attention_equals_its_layers():
+    """The squeeze-excite gate's linear maps compute what its 1x1 convolution layers do,
+    values and gradients (the fused and the layer-by-layer paths share it)."""
+    from mmslora.models.adapter import ChannelAttention
+    torch.manual_seed(0)
+    attention = ChannelAttention(16, 4)
+    t = torch.randn(2, 16, 5, 7, requires_grad=True)
+    want = torch.nn.Sequential.forward(attention, t)  # pool, conv, GELU, conv, sigmoid
+    got = attention(t)
+    torch.testing.assert_close(got, want)
+    params = [t] + list(attention.parameters())
+    for g, w in zip(torch.autograd.grad(got.pow(2).sum(), params),
+                    torch.autograd.grad(want.pow(2).sum(), params)):
+        torch.testing.assert_close(g, w)
+    assert [k for k in attention.state_dict()] == ['1.weight', '1.bias', '3.weight', '3.bias']
