@@ -1,5 +1,7 @@
-"""The frozen fast path (a package: :mod:`.functions` the autograd functions,
-:mod:`.folding` BN folding, :mod:`.layers` the fast forwards and patching): frozen layers pass gradients back without keeping activations.
+"""The frozen fast path: frozen layers pass gradients back without keeping activations.
+
+The package: :mod:`.functions` (the autograd functions), :mod:`.folding` (BN folding),
+:mod:`.layers` (the fast forwards, and putting them on a backbone).
 
 Autograd keeps a layer's input for the gradient of its weight, also when the weight is
 frozen. A frozen linear map needs only its weight to pass a gradient back (the insight
@@ -27,12 +29,11 @@ either layer, or a BN replaced in its parent (``SyncBatchNorm`` conversion) turn
 fold off, and so does, under autograd, a convolution whose output is smaller than its
 weight (scaling the weight in forward and backward would cost more than the BN's own
 two passes over the output). Folded weights are computed from the current tensors at
-every forward (kept
-between forwards only without autograd, keyed by the tensors' storage and version), so
-``init_weights``, ``load_state_dict``, ``load_from`` and resume take effect at once.
-Under ``torch.compile`` the same functions trace into the graph (no graph break) and
-folded weights are computed in it. A layer whose weight trains, a
-class that overrides the replaced method (``Conv2d._conv_forward``, so every subclass
+every forward (kept between eager forwards without autograd, keyed by the tensors'
+storage and version), so ``init_weights``, ``load_state_dict``, ``load_from`` and resume
+take effect at once. Under ``torch.compile`` the convolution and BN functions trace
+into the graph (no graph break), folded weights are computed in it, and ReLUs run their
+own forward. A layer whose weight trains, a class that overrides the replaced method (``Conv2d._conv_forward``, so every subclass
 whose forward ends there, mmcv's wrappers or TF-style padding, runs the fast path;
 BN/ReLU ``forward``), a padding mode other than zeros, and any layer while no
 input requires grad run their own forward. Under autocast the layers cast as autocast does.
