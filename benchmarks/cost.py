@@ -69,6 +69,7 @@ sys.path.insert(0, ROOT)
 
 import mmslora  # noqa: E402,F401  (registers the modules)
 from mmslora.models.peers import METHODS, wrapper_cfg  # noqa: E402
+from mmslora.compat.mmcv import python_drop_probs  # noqa: E402
 from mmslora.models import count_parameters  # noqa: E402
 
 TARGETS = dict(train=0.75, memory=0.5, inference=1.10)  # MSLoRA's, vs full FT / plain
@@ -330,6 +331,7 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
     plain = build(scope, cfg).to(device.name)
     plain.eval()  # (mmdet's ResNet.train returns None: no chaining)
     plain.requires_grad_(False)
+    python_drop_probs(plain)  # as the wrapper does: NumPy drop-path rates break the graph
     plains = {'plain' + suffix: maybe_compiled(plain, suffix)
               for suffix in sorted({split_compiled(m)[1] for m in methods})}
     models, rows = {}, {}
