@@ -241,3 +241,21 @@ HRNET_W18_TINY = dict(
                 num_channels=(16, )),
     stage2=_hrnet_stage(2, 'BASIC'), stage3=_hrnet_stage(3, 'BASIC'),
     stage4=_hrnet_stage(4, 'BASIC'))
+
+
+def assert_share_of(percent: float, count: int) -> None:
+    """A percentage computed over ``count`` items (an accuracy on ``count`` images) is
+    ``100 k / count`` for a whole ``k`` in [0, count]: it was computed on exactly those
+    items."""
+    k = percent * count / 100
+    assert abs(k - round(k)) < 1e-3 and 0 <= round(k) <= count, (percent, count)
+
+
+def assert_adapters_trained(checkpoint: str) -> None:
+    """Every zero-started up-projection of the checkpoint's MSLoRA adapters moved."""
+    from mmslora.utils.checkpoint import safe_torch_load
+    state = safe_torch_load(checkpoint)['state_dict']
+    ups = {k: v for k, v in state.items() if k.endswith('proj.up.weight')}
+    assert ups and all(torch.isfinite(v).all() for v in ups.values())
+    assert all(v.abs().sum() > 0 for v in ups.values()), [k for k, v in ups.items()
+                                                           if not v.abs().sum() > 0]

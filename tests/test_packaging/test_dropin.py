@@ -152,7 +152,7 @@ def test_console_scripts(venv, tmp_path):
         assert f'usage: {name}' in run([str(bin_dir / name), '-h'], cwd=tmp_path)
     out = run([str(bin_dir / 'mmslora-count-params'),
                'mmslora::mmdet/mask-rcnn_r50-mslora_fpn_1x_coco.py'], cwd=tmp_path)
-    assert 'adapters                     624,176' in out  # the README's R-50 count
+    assert 'adapters                     624,176' in out  # the R-50 count of docs/wrap_backbone.md
     # mim's layout: `mim train mmslora CONFIG` runs this file on the shipped config
     assert osp.isfile(osp.join(site, 'mmslora', '.mim', 'tools', 'train.py'))
     assert not osp.exists(osp.join(site, 'mmslora', '.mim', 'tools', 'demo.py'))
