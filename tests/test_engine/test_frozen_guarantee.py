@@ -21,12 +21,12 @@ from mmengine.config import Config
 from mmengine.hooks import EMAHook, Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
-from mmslora_testing import CLS, DET, SEG, assert_share_of
 
 import mmslora  # noqa: F401
 from mmslora.cli import prepare_train_config
 from mmslora.models import MSLoRABackbone
 from mmslora.utils.checkpoint import safe_torch_load
+from mmslora_testing import CLS, DET, SEG, assert_share_of
 
 ITERS = 2  # a zero-initialised adapter branch passes gradients from step 2 on
 

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mmslora_testing import RESNET18
 
 from mmslora.models import MSLoRAAdapter, MSLoRABackbone, record_reweighting
 from mmslora.models.adapter import fused_mslora, nearest_upsample
+from mmslora_testing import RESNET18
 
 C, D, G = 16, 8, 2
 VARIANTS = {

@@ -12,8 +12,15 @@ import torch.nn as nn
 
 from mmslora.models import MSLoRABackbone
 from mmslora.models.frozen_path import FOLD_ATTR, enable_frozen_fast_path
-from mmslora_testing import (HRNET_W18_TINY, TINY_SWIN, TINY_VIT_MMPRETRAIN,
-                             TINY_VIT_MMSEG, build_in_scope, flat, wrap)
+from mmslora_testing import (
+    HRNET_W18_TINY,
+    TINY_SWIN,
+    TINY_VIT_MMPRETRAIN,
+    TINY_VIT_MMSEG,
+    build_in_scope,
+    flat,
+    wrap,
+)
 
 BACKBONES = [
     ('mmdet-resnet18', 'mmdet', dict(type='mmdet.ResNet', depth=18, init_cfg=None)),

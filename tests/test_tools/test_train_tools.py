@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 from mmengine.utils import digit_version
-from mmslora_testing import assert_adapters_trained, assert_share_of
 
 from mmslora.utils.logs import latest_metrics, run_logs
+from mmslora_testing import assert_adapters_trained, assert_share_of
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DET = 'configs/demo/mask-rcnn_effnet-lite0-mslora_fpn_nuclei.py'
