@@ -4,7 +4,8 @@
 # `make test-compat` runs the suite on the compatibility leg: .venv-torch21/ with
 # torch 2.1.2 (requirements/torch21.txt) and its own mmcv build.
 # `make lint` checks the code with ruff (pyproject.toml); `make docs` builds the
-# documentation site into docs/_build/html, warnings as errors.
+# documentation site into docs/_build/html, warnings as errors (-E: every page re-read,
+# so a warning of an unchanged page still fails the build).
 PY := .venv/bin/python
 COMPAT_VENV := .venv-torch21
 
@@ -30,4 +31,4 @@ lint: setup
 	$(PY) -m ruff format --check .
 
 docs: setup
-	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	$(PY) -m sphinx -W --keep-going -E -b html docs docs/_build/html
