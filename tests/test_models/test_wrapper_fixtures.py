@@ -1,6 +1,7 @@
 """Checkpoints and adapter files written by mmslora 0.1.0 (tests/data/wrapper_0.1.0, made
-by tests/data/make_wrapper_fixtures.py) load into today's wrapper with the same keys and
-give the same outputs, bit for bit."""
+by tests/data/make_wrapper_fixtures.py on torch 2.14.1) load into today's wrapper with the
+same keys and tensors and give the same outputs (up to the float rounding of another
+torch version)."""
 import importlib.util
 import os.path as osp
 
@@ -26,7 +27,8 @@ def assert_outputs(model, io):
     with torch.no_grad():
         for set_name in ('default', 'task_b'):
             model.set_adapter(set_name)
-            assert torch.equal(model(io['x'])[0], io[set_name]), set_name
+            torch.testing.assert_close(model(io['x'])[0], io[set_name], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f'set {set_name}: {m}')
 
 
 @pytest.mark.parametrize('name', sorted(make.MODELS))
@@ -35,6 +37,7 @@ def test_an_old_checkpoint_loads_with_the_same_keys_and_outputs(name):
     model = make.build(name)
     assert sorted(model.state_dict()) == sorted(state)
     model.load_state_dict(state, strict=True)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert_outputs(model, fixture(f'{name}_io.safetensors'))
 
 
