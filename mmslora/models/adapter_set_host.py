@@ -135,7 +135,7 @@ class AdapterSetHost(AdapterHost):
             self.set_adapter(DEFAULT_SET)
 
     @contextlib.contextmanager
-    def disable_adapters(self) -> Iterator['MSLoRABackbone']:
+    def disable_adapters(self) -> Iterator['AdapterSetHost']:
         """Within the context the wrapper computes the plain frozen backbone, exactly."""
         enabled, self._enabled = self._enabled, False
         try:
