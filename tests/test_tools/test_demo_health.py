@@ -101,7 +101,7 @@ def first_batch(nuclei_root):
         head.conv_logits.register_forward_hook(
             lambda m, args, out: record.update(logits=out.detach()))
         for wrapper in find_wrappers(model).values():
-            for adapter in wrapper.adapters_of().values():
+            for adapter in wrapper.adapter_set().modules.values():
                 adapter.register_forward_hook(lambda m, args, out: record['residual'].append(
                     float((out - args[0]).abs().max())))
         model.train()
