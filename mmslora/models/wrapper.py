@@ -24,6 +24,7 @@ from mmengine.model import ModuleDict
 from mmslora.compat.mmcv import python_drop_probs
 from mmslora.registry import MODELS
 from .base import AdapterHost, BlockAdapter, LayerAdapter
+from . import merging
 from .block_presets import find_blocks, iter_norms
 from .discovery import infer_channels
 from .frozen_path import FastPathReport, disable_frozen_fast_path, enable_frozen_fast_path
@@ -289,6 +290,8 @@ class MSLoRABackbone(AdapterHost):
         other set's ``False`` (switching builds nothing). Switch before the optimizer
         and any DDP wrapper are built."""
         self.adapter_set(name)
+        if name != self._active:
+            merging.check_unmerged(self, f'set_adapter({name!r})')
         for set_name, adapter_set in self._sets.items():
             adapter_set.modules.requires_grad_(set_name == name)
         self._active = name
@@ -299,6 +302,8 @@ class MSLoRABackbone(AdapterHost):
             raise ValueError('MSLoRABackbone: the default adapter set cannot be deleted; '
                              'build the wrapper with adapter=None for none.')
         self.adapter_set(name)
+        if merging.merged_set(self) == name:
+            merging.check_unmerged(self, f'delete_adapter({name!r})')
         for handle in self._hooks.pop(name, []):
             handle.remove()
         del self._sets[name]
@@ -308,7 +313,9 @@ class MSLoRABackbone(AdapterHost):
 
     @contextlib.contextmanager
     def disable_adapters(self) -> Iterator['MSLoRABackbone']:
-        """Within the context the wrapper computes the plain frozen backbone, exactly."""
+        """Within the context the wrapper computes the plain frozen backbone, exactly
+        (``RuntimeError`` while a set is merged: :meth:`unmerge_adapters` first)."""
+        merging.check_unmerged(self, 'disable_adapters()')
         enabled, self._enabled = self._enabled, False
         try:
             yield self
@@ -542,10 +549,11 @@ class MSLoRABackbone(AdapterHost):
                                input_hw=self._input_hw)
 
     def _layer_hook(self, set_name: str, key: str, module, args, kwargs, output):
-        if not self._runs(set_name):
+        adapter = self._sets[set_name].modules[key]
+        if not self._runs(set_name) or adapter.merged:  # merged: inside the weight
             return None
         x = args[0] if args else next(iter(kwargs.values()))
-        return output + self._sets[set_name].modules[key](x)
+        return output + adapter(x)
 
     # ------------------------------------------- the default set's records
     @property
@@ -629,6 +637,27 @@ class MSLoRABackbone(AdapterHost):
         inputs = args[0] if args else next(iter(kwargs.values()), None)
         self._input_hw = tuple(inputs.shape[-2:]) if isinstance(inputs, Tensor) else None
         return self.backbone(*args, **kwargs)
+
+    # ------------------------------------------------------------- merging
+    @property
+    def merged_adapter(self) -> Optional[str]:
+        """The set merged into the backbone's weights (:meth:`merge_adapters`), or None."""
+        return merging.merged_set(self)
+
+    def merge_adapters(self, name: Optional[str] = None, safe: bool = True,
+                       keep_original: bool = True) -> List[str]:
+        """Merge the layer adapters of the active set into the layers' weights
+        (``W + delta_weight()``), so the layers run at the plain backbone's cost; returns
+        the merged layers. ``safe``: merge nothing if a merged weight would not be
+        finite. ``keep_original``: keep a copy of the weights for a bitwise
+        :meth:`unmerge_adapters`. Block adapters (MSLoRA, Mona, Adapter) stay modules:
+        ``ValueError``. See :mod:`mmslora.models.merging`."""
+        return merging.merge(self, name, safe=safe, keep_original=keep_original)
+
+    def unmerge_adapters(self) -> List[str]:
+        """Restore the weights :meth:`merge_adapters` changed (bitwise from the kept
+        originals); returns the layers. ``RuntimeError`` when nothing is merged."""
+        return merging.unmerge(self)
 
 
 def _adapter_class(cfg: dict) -> type:
