@@ -71,8 +71,23 @@ class LayerMerge:
     def weight_changed(self) -> bool:
         return self.layer.weight._version != self.version
 
+    def _adapter_versions(self) -> Tuple[int, ...]:
+        return tuple(p._version for p in self.adapter.parameters())
+
     def adapter_changed(self) -> bool:
-        return tuple(p._version for p in self.adapter.parameters()) != self.adapter_versions
+        return self._adapter_versions() != self.adapter_versions
+
+    def __deepcopy__(self, memo) -> 'LayerMerge':
+        """A copy for a copied wrapper: tensors copied restart their version counters,
+        so the copy records the copies' versions (or marks them changed)."""
+        twin = LayerMerge(self.name, *(copy.deepcopy(v, memo) for v in (
+            self.layer, self.adapter, self.original)), -1, ())
+        if not self.weight_changed():
+            twin.version = twin.layer.weight._version
+        if not self.adapter_changed():
+            twin.adapter_versions = twin._adapter_versions()
+        memo[id(self)] = twin
+        return twin
 
     def unmerged_weight(self) -> torch.Tensor:
         """The weight without the update: the original where it is kept and the weight
@@ -200,8 +215,9 @@ def merge(wrapper: AdapterHost, name: Optional[str] = None, safe: bool = True,
             original = weight.detach().clone() if keep_original else None
             weight.add_(delta)
             adapter.merged = True
-            merges.append(LayerMerge(layer, module, adapter, original, weight._version,
-                                     tuple(p._version for p in adapter.parameters())))
+            merge = LayerMerge(layer, module, adapter, original, weight._version, ())
+            merge.adapter_versions = merge._adapter_versions()
+            merges.append(merge)
     record = MergeRecord(set_name, merges, None)
     record.handle = register_state_dict_post_hook(wrapper, _StateDictHook(record))
     wrapper.__dict__[MERGE_ATTR] = record
