@@ -13,15 +13,16 @@ from mmslora_testing import (PEER_BACKBONES, TINY_VIT_MMSEG, build_in_scope, bui
                              flat, wrap)
 
 MMSEG_VIT = dict(type='mmseg.VisionTransformer', **TINY_VIT_MMSEG)
+RESNET18_NARROW = dict(PEER_BACKBONES[0][2], base_channels=16)  # 1/16 of the weights
 # conv layers (ResNet-18), linear layers (mmpretrain ViT), nn.MultiheadAttention (mmseg
 # ViT: its projections are skipped, the FFN linears are adapted)
-CASES = [('mmdet', PEER_BACKBONES[0][2]), ('mmpretrain', PEER_BACKBONES[1][2]),
+CASES = [('mmdet', RESNET18_NARROW), ('mmpretrain', PEER_BACKBONES[1][2]),
          ('mmseg', MMSEG_VIT)]
 
 
 def trained_lora(scope, cfg, **overrides):
     """A LoRA wrapper whose B matrices are away from zero, as after training."""
-    model = build_method('lora', scope, cfg, **overrides)
+    model = build_method('lora', scope, cfg, adapter=dict(rank=4), **overrides)
     for adapter in model.adapters.values():
         nn.init.normal_(adapter.lora_B.weight, std=0.05)
     return model.eval()
