@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from mmslora.models import merging
+from mmslora.models import AdapterSet, LayerAdapter, merging
 from mmslora.models.frozen_path.folding import folds_in
 from mmslora_testing import (PEER_BACKBONES, TINY_VIT_MMSEG, build_in_scope, build_method,
                              flat, wrap)
@@ -186,6 +186,7 @@ def test_merged_wrapper_deep_copies_with_its_own_record():
     assert twin.merged_adapter == 'default'
     twin.unmerge_adapters()
     assert all(torch.equal(v, before[k]) for k, v in twin.backbone.state_dict().items())
+    assert not twin._state_dict_hooks and model._state_dict_hooks  # each its own hook
     assert model.merged_adapter == 'default'  # the original is still merged
 
 
@@ -204,3 +205,24 @@ def test_upstream_config_replaces_the_wrapper():
     assert leftovers == [] and cfg.model.backbone.type == 'mmslora.MSLoRABackbone'
     own = Config(dict(model=dict(backbone=wrap(dict(type='mmslora.EfficientNetLite')))))
     assert merging.upstream_config(own)[1] == ['model.backbone.type']
+
+
+class _NonlinearUpdate(LayerAdapter):
+    """A layer adapter without delta_weight (its update is not a weight)."""
+
+    @classmethod
+    def from_layer(cls, layer, **kwargs):
+        return cls()
+
+    def forward(self, x):
+        return torch.tanh(x)
+
+
+def test_layer_adapters_without_delta_weight_cannot_merge():
+    from mmslora.models.peers import LoRA
+    assert LoRA.can_merge() and not _NonlinearUpdate.can_merge()
+    adapter_set = AdapterSet('tanh', None, nn.ModuleDict(dict(fc=_NonlinearUpdate())),
+                             layers=['fc'])
+    assert merging.unmergeable_reason(adapter_set) == (
+        "adapter set 'tanh' holds _NonlinearUpdate layer adapters, which have no "
+        'delta_weight(): their update is not a weight to add')
