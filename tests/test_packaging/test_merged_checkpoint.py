@@ -80,7 +80,7 @@ def test_merged_lora_checkpoint_runs_in_plain_mmdet(tmp_path, restore_default_sc
     plain_cfg = Config.fromfile(out[:-4] + '.py')
     assert plain_cfg.model.backbone.type == 'ResNet' and 'mmslora' not in plain_cfg.text
 
-    python, _ = stack_venv(tmp_path / 'venv')
+    python, _ = stack_venv(tmp_path / 'venv', with_pip=False)
     script = tmp_path / 'plain_check.py'
     script.write_text(PLAIN_CHECK)
     log = run_clean([python, str(script), out[:-4] + '.py', out,
