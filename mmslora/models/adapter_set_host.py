@@ -14,6 +14,7 @@ from mmengine.logging import print_log
 from mmengine.model import ModuleDict
 
 from mmslora._deprecated import deprecated_method
+from . import merging
 from .adapter_set import AdapterSet, adapter_class
 from .base import AdapterHost, BlockAdapter
 from .block_presets import find_blocks
@@ -119,6 +120,8 @@ class AdapterSetHost(AdapterHost):
         other set's ``False`` (switching builds nothing). Switch before the optimizer
         and any DDP wrapper are built."""
         self.adapter_set(name)
+        if name != self._active:
+            merging.check_unmerged(self, f'set_adapter({name!r})')
         for set_name, adapter_set in self._sets.items():
             adapter_set.modules.requires_grad_(set_name == name)
         self._active = name
@@ -128,7 +131,10 @@ class AdapterSetHost(AdapterHost):
         if name == DEFAULT_SET:
             raise ValueError('MSLoRABackbone: the default adapter set cannot be deleted; '
                              'build the wrapper with adapter=None for none.')
-        self.adapter_set(name).detach()
+        adapter_set = self.adapter_set(name)
+        if merging.merged_set(self) == name:
+            merging.check_unmerged(self, f'delete_adapter({name!r})')
+        adapter_set.detach()
         del self._sets[name]
         del self.adapter_sets[name]
         if self._active == name:
@@ -136,7 +142,9 @@ class AdapterSetHost(AdapterHost):
 
     @contextlib.contextmanager
     def disable_adapters(self) -> Iterator['AdapterSetHost']:
-        """Within the context the wrapper computes the plain frozen backbone, exactly."""
+        """Within the context the wrapper computes the plain frozen backbone, exactly
+        (``RuntimeError`` while a set is merged: :meth:`unmerge_adapters` first)."""
+        merging.check_unmerged(self, 'disable_adapters()')
         enabled, self._enabled = self._enabled, False
         try:
             yield self

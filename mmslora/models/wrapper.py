@@ -14,13 +14,14 @@ patch grid of ``'tokens'`` blocks) and :mod:`.frozen_path` (the frozen fast path
 """
 import copy
 import logging
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch.nn as nn
 from mmengine.logging import print_log
 
 from mmslora.compat.mmcv import python_drop_probs
 from mmslora.registry import MODELS
+from . import merging
 from .adapter_set import AdapterSet, adapter_key
 from .adapter_set_host import DEFAULT_SET, AdapterSetHost
 from .block_presets import iter_norms
@@ -219,6 +220,27 @@ class MSLoRABackbone(AdapterSetHost):
         the active set's adapters applied by their hooks."""
         self._token_grid.start(args[0] if args else next(iter(kwargs.values()), None))
         return self.backbone(*args, **kwargs)
+
+    # ------------------------------------------------------------- merging
+    @property
+    def merged_adapter(self) -> Optional[str]:
+        """The set merged into the backbone's weights (:meth:`merge_adapters`), or None."""
+        return merging.merged_set(self)
+
+    def merge_adapters(self, name: Optional[str] = None, safe: bool = True,
+                       keep_original: bool = True) -> List[str]:
+        """Merge the layer adapters of the active set into the layers' weights
+        (``W + delta_weight()``), so the layers run at the plain backbone's cost; returns
+        the merged layers. ``safe``: merge nothing if a merged weight would not be
+        finite. ``keep_original``: keep a copy of the weights for a bitwise
+        :meth:`unmerge_adapters`. Block adapters (MSLoRA, Mona, Adapter) stay modules:
+        ``ValueError``. See :mod:`mmslora.models.merging`."""
+        return merging.merge(self, name, safe=safe, keep_original=keep_original)
+
+    def unmerge_adapters(self) -> List[str]:
+        """Restore the weights :meth:`merge_adapters` changed (bitwise from the kept
+        originals); returns the layers. ``RuntimeError`` when nothing is merged."""
+        return merging.unmerge(self)
 
 
 def _check_options(backbone, trainable: Sequence[str], freeze: bool) -> None:
