@@ -199,8 +199,13 @@ def load_run(paths: dict, plan: dict, args) -> tuple:
                              f"{meta['plan']['tasks'][task]}; give the same settings, or "
                              f"another --name")
         meta['plan']['tasks'][task] = settings
+    records = []
     with open(paths['jsonl']) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short when a sitting was killed
+                pass
     # an error (an adapter option missing) is tried again
     return [r for r in records if 'error' not in r or args.report_only], meta
 
@@ -238,14 +243,64 @@ def write_report(paths: dict, records: list, plan: dict, meta: dict) -> None:
 
 
 def git_commit(paths: dict, message: str) -> None:
+    """Commit the run files (only them) in the git repository that holds them."""
     files = [p for p in paths.values() if osp.exists(p)]
+    where = osp.dirname(paths['jsonl'])
     try:
-        subprocess.run(['git', '-C', ROOT, 'add', '--'] + files, check=True,
+        subprocess.run(['git', '-C', where, 'add', '--'] + files, check=True,
                        capture_output=True)
-        subprocess.run(['git', '-C', ROOT, 'commit', '-q', '-m', message, '--'] + files,
+        subprocess.run(['git', '-C', where, 'commit', '-q', '-m', message, '--'] + files,
                        check=True, capture_output=True)
-    except subprocess.CalledProcessError as err:  # retried after the next run
-        print(f'git commit failed ({err.stderr.decode().strip()[:200]}); going on', flush=True)
+    except (OSError, subprocess.CalledProcessError) as err:  # tried again after the next run
+        detail = getattr(err, 'stderr', b'') or b''
+        print(f'git commit failed ({detail.decode().strip()[:200] or err}); going on',
+              flush=True)
+
+
+def run_all(args, plan: dict, paths: dict, records: list, meta: dict) -> None:
+    """Run the grid until nothing is left, writing and (``--commit``) committing the run
+    files after every run."""
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('--device cuda: torch sees no GPU here')
+    _init_worker(plan, args.device, plan['threads'], args.cache_dir)
+    for task in plan['tasks']:  # data prepared (and errors raised) before any run
+        load_task(task, dict(TASKS[task], **plan['tasks'][task]), args.cache_dir)
+    if plan['amp']:
+        from bench.training import check_amp
+        check_amp(device, plan['rows'])
+    start, wall0 = time.time(), meta['wall_min']
+
+    def on_record(record):
+        records.append(record)
+        meta['wall_min'] = wall0 + (time.time() - start) / 60
+        with open(paths['jsonl'], 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        with open(paths['meta'], 'w') as f:
+            json.dump(meta, f, indent=1)
+        print(f"[{len(records)}] {record['key']}: " + (
+            record['error'] if 'error' in record else
+            f"val {record['val']:.2f} test {record['test']:.2f} "
+            f"train {record['train_s']:.0f}s wall {record['wall_s']:.0f}s"), flush=True)
+        write_report(paths, records, plan, meta)
+        if args.commit:
+            git_commit(paths, f"evidence: {record['key']} ({osp.basename(paths['jsonl'])})")
+
+    pool = None
+    if plan['workers'] > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        pool = ProcessPoolExecutor(plan['workers'], mp_context=multiprocessing.get_context('spawn'),
+                                   initializer=_init_worker,
+                                   initargs=(plan, args.device, plan['threads'], args.cache_dir))
+    gmap = grids(plan)
+    try:
+        grid.run_grid(lambda: grid.next_jobs(list(plan['tasks']), plan['rows'], plan['seeds'],
+                                             gmap, records, plan['max_extend']),
+                      run_job, on_record, plan['workers'], pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def main(argv=None) -> dict:
@@ -258,51 +313,8 @@ def main(argv=None) -> dict:
     meta.update(plan=plan, machine=f'{platform.machine()}, {os.cpu_count()} CPUs',
                 commit=env.git_commit(), commands=meta['commands'] + (
                     [] if args.report_only else [command.strip()]))
-    device = torch.device(args.device)
     if not args.report_only:
-        if device.type == 'cuda' and not torch.cuda.is_available():
-            raise SystemExit('--device cuda: torch sees no GPU here')
-        _init_worker(plan, args.device, plan['threads'], args.cache_dir)
-        for task in plan['tasks']:  # data prepared (and errors raised) before any run
-            load_task(task, dict(TASKS[task], **plan['tasks'][task]), args.cache_dir)
-        if plan['amp']:
-            from bench.training import check_amp
-            check_amp(device, plan['rows'])
-        start, wall0 = time.time(), meta['wall_min']
-
-        def on_record(record):
-            records.append(record)
-            meta['wall_min'] = wall0 + (time.time() - start) / 60
-            with open(paths['jsonl'], 'a') as f:
-                f.write(json.dumps(record) + '\n')
-            with open(paths['meta'], 'w') as f:
-                json.dump(meta, f, indent=1)
-            print(f"[{len(records)}] {record['key']}: " + (
-                record['error'] if 'error' in record else
-                f"val {record['val']:.2f} test {record['test']:.2f} "
-                f"train {record['train_s']:.0f}s wall {record['wall_s']:.0f}s"), flush=True)
-            write_report(paths, records, plan, meta)
-            if args.commit:
-                git_commit(paths, f"evidence: {record['key']} ({osp.basename(paths['jsonl'])})")
-
-        gmap = grids(plan)
-        pool = None
-        if plan['workers'] > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-            pool = ProcessPoolExecutor(plan['workers'],
-                                       mp_context=multiprocessing.get_context('spawn'),
-                                       initializer=_init_worker,
-                                       initargs=(plan, args.device, plan['threads'],
-                                                 args.cache_dir))
-        try:
-            grid.run_grid(lambda: grid.next_jobs(list(plan['tasks']), plan['rows'],
-                                                 plan['seeds'], gmap, records,
-                                                 plan['max_extend']),
-                          run_job, on_record, plan['workers'], pool)
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+        run_all(args, plan, paths, records, meta)
     write_report(paths, records, plan, meta)
     print(open(paths['md']).read())
     return dict(paths=paths, records=records,

@@ -99,7 +99,8 @@ def _lr_cell(row: dict) -> str:
 def task_lines(task: str, settings: dict, result: dict, n_seeds: int) -> List[str]:
     metric = settings['metric']
     extra_keys = sorted({k for r in result['rows'].values() for k in r.get('test_metrics', {})})
-    lines = [f"## {settings['title']}", '', f"Settings: {settings}.", '',
+    shown = {k: v for k, v in settings.items() if k not in ('title', 'metric')}
+    lines = [f"## {settings['title']}", '', f"Settings: {shown}.", '',
              f"| row | lr (val {metric} at each lr tried) | test {metric} mean +- std | "
              f"per seed | {NAMES[REFERENCE]} - row | " + ''.join(f'{k} | ' for k in extra_keys)
              + 'trainable in backbone (all) | train s | peak MiB | val change, last 20% |',

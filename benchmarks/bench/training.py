@@ -114,14 +114,15 @@ def fit(model: nn.Module, groups: List[dict], loss_fn: Callable[[], torch.Tensor
         device: torch.device, amp: bool = False, clip: Optional[float] = None) -> dict:
     """Train ``steps`` steps of ``loss_fn()``; the validation curve ``[[step, val_fn()],
     ...]`` at ``eval_at`` and ``loss_curve``, the mean training loss since the previous
-    point; stops at a non-finite loss (``diverged``). ``train_s``: the
-    steps' wall time without evaluations; ``peak_bytes`` (CPU): live bytes at the start
-    of step 2 plus :func:`step_peak_bytes` of it, on CUDA the allocator's peak."""
+    point; stops at a non-finite loss (``diverged``). ``train_s`` and ``train_cpu_s``:
+    the steps' wall time and this process's CPU time, without evaluations (the profiled
+    step 2 counts as step 1 did). ``peak_mib``: on CPU the live bytes at the start of
+    step 2 plus :func:`step_peak_bytes` of it; on CUDA the allocator's peak."""
     opt = torch.optim.AdamW(groups, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps))
     params = [p for g in groups for p in g['params']]
     evals = sorted({max(1, round(f * steps)) for f in eval_at})
-    curve, losses, since, train_s, peak, diverged = [], [], [], 0.0, None, False
+    curve, losses, since, train_s, train_cpu, peak, diverged = [], [], [], 0.0, 0.0, None, False
     cuda = device.type == 'cuda'
 
     def step():
@@ -137,17 +138,18 @@ def fit(model: nn.Module, groups: List[dict], loss_fn: Callable[[], torch.Tensor
 
     model.train()
     for i in range(1, steps + 1):
-        t0 = time.perf_counter()
-        if i == 2 and not cuda:  # the memory probe (its own time is not counted)
+        t0, c0 = time.perf_counter(), time.process_time()
+        if i == 2 and not cuda:  # the memory probe (its own time counts as step 1's)
             box = []
             peak = persistent_bytes(model, opt) + step_peak_bytes(lambda: box.append(step()))
-            loss, dt = box[0], train_s / max(1, i - 1)
+            loss, dt, dc = box[0], train_s, train_cpu
         else:
             loss = step()
             if cuda:
                 torch.cuda.synchronize(device)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
         train_s += dt
+        train_cpu += dc
         diverged = not math.isfinite(loss)
         since.append(loss)
         if i in evals or diverged:
@@ -162,7 +164,7 @@ def fit(model: nn.Module, groups: List[dict], loss_fn: Callable[[], torch.Tensor
     if cuda:
         peak = torch.cuda.max_memory_allocated(device)
     return dict(val_curve=curve, val=curve[-1][1], loss_curve=losses, diverged=diverged,
-                train_s=round(train_s, 2),
+                train_s=round(train_s, 2), train_cpu_s=round(train_cpu, 2),
                 peak_mib=round(peak / 2 ** 20, 1) if peak is not None else None)
 
 

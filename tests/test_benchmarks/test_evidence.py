@@ -2,6 +2,7 @@
 run file, the report and --resume, on Fashion-MNIST and on nuclei detection; and the
 detection task's ground truth and COCO scores."""
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -56,11 +57,20 @@ def test_quick_grid_fashion_and_resume(evidence, tmp_path):
         evidence.main(args + ['--resume', '--steps', '7'])
 
 
-def test_quick_detection(evidence, tmp_path):
+def test_quick_detection_committing_each_run(evidence, tmp_path):
+    git = ['git', '-C', str(tmp_path)]
+    subprocess.run(git + ['init', '-q'], check=True)
+    subprocess.run(git + ['config', 'user.email', 't@t'], check=True)
+    subprocess.run(git + ['config', 'user.name', 't'], check=True)
     out = evidence.main(['--quick', '--tasks', 'det', '--rows', 'linear_probe', 'mslora',
-                         '--lrs', '1e-2', '--max-extend', '0', '--seeds', '0',
+                         '--lrs', '1e-2', '--max-extend', '0', '--seeds', '0', '--commit',
                          '--out', str(tmp_path), '--name', 'd',
                          '--cache-dir', str(tmp_path / 'cache')])
+    log = subprocess.run(git + ['log', '--format=%s', '--name-only'], check=True,
+                         capture_output=True, text=True).stdout
+    assert log.count('evidence: det/') == 2 and 'det/mslora/lr0.01/s0 (d.jsonl)' in log
+    assert {'d.jsonl', 'd.json', 'd.md', 'd_curves.png'} <= set(log.split())
+    assert 'cache' not in log
     probe, mslora = out['records']
     assert (probe['row'], probe['lr'], mslora['row'], mslora['lr']) == (
         'linear_probe', None, 'mslora', 1e-2)
