@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from bench import ROOT, data, env, grid, report  # noqa: E402
+from bench.training import EVAL_AT  # noqa: E402
 
 ROWS = ('full', 'linear_probe', 'bitfit', 'lora', 'mona', 'mslora', 'mslora_proj',
         'mslora_stride2', 'mslora_ratio')
@@ -93,15 +94,21 @@ def _init_worker(plan: dict, device: str, threads: int, cache_dir: str) -> None:
     _WORKER.update(plan=plan, device=torch.device(device), cache_dir=cache_dir, data={})
 
 
+def _worker_data(task: str, settings: dict) -> dict:
+    """The task's data in this process, loaded once (on the device, but for detection)."""
+    if task not in _WORKER['data']:
+        loaded = load_task(task, settings, _WORKER['cache_dir'])
+        _WORKER['data'][task] = loaded if settings['kind'] == 'det' else {
+            k: (x.to(_WORKER['device']), y.to(_WORKER['device'])) for k, (x, y) in loaded.items()}
+    return _WORKER['data'][task]
+
+
 def run_job(job: dict) -> dict:
     """One run of the grid in this process (a pool worker or the main process)."""
     plan, device, start = _WORKER['plan'], _WORKER['device'], time.perf_counter()
     task = job['task']
     settings = dict(TASKS[task], **plan['tasks'][task])
-    if task not in _WORKER['data']:
-        loaded = load_task(task, settings, _WORKER['cache_dir'])
-        _WORKER['data'][task] = loaded if settings['kind'] == 'det' else {
-            k: (x.to(device), y.to(device)) for k, (x, y) in loaded.items()}
+    _worker_data(task, settings)
     if settings['kind'] == 'det':
         from bench.detection import run_detection as run
     else:
@@ -137,6 +144,9 @@ def parse_args(argv=None):
     p.add_argument('--resume', action='store_true',
                    help='go on with --name, or the newest evidence_<profile>_*.jsonl in --out')
     p.add_argument('--report-only', action='store_true', help='rewrite md/png, run nothing')
+    p.add_argument('--estimate', type=int, metavar='STEPS',
+                   help='time every row for STEPS steps (process CPU time) and project '
+                        'the grid per task, into estimate_<profile>.md; runs no grid')
     p.add_argument('--commit', action='store_true',
                    help='git-commit the run files after every run (several sittings)')
     return p.parse_args(argv)
@@ -257,6 +267,45 @@ def git_commit(paths: dict, message: str) -> None:
               flush=True)
 
 
+def estimate(args, plan: dict) -> dict:
+    """CPU seconds a step and per run of every row at the profile's settings, from
+    ``--estimate`` steps of one run each, and the grid's projected time per task when
+    every row with an lr needs one extension."""
+    _init_worker(plan, args.device, plan['threads'], args.cache_dir)
+    out, gmap, lines = {}, grids(plan), [
+        f"# Grid time estimate, profile {plan['profile']}", '',
+        f"`{' '.join(['python benchmarks/evidence.py'] + sys.argv[1:])}`, "
+        f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {plan['threads']} thread(s); "
+        'process CPU time of one run per row.', '',
+        '| task | row | s / step | s fixed | s a run | runs | s in the grid |',
+        '|---|---|---|---|---|---|---|']
+    for task, settings in plan['tasks'].items():
+        total = 0.0
+        _worker_data(task, dict(TASKS[task], **settings))
+        for row in plan['rows']:
+            lr = gmap[(task, row)][0]
+            job = dict(task=task, row=row, lr=lr, seed=plan['seeds'][0])
+            _WORKER['plan'] = dict(plan, tasks={task: dict(settings, steps=args.estimate,
+                                                             eval_at=[1.0])})
+            meter, start = env.CpuMeter(), time.process_time()
+            record = run_job(job)
+            cpu = time.process_time() - start
+            step = record['train_cpu_s'] / args.estimate
+            evals = len(settings.get('eval_at', EVAL_AT))
+            run_s = step * settings['steps'] + (cpu - record['train_cpu_s']) * (evals + 1) / 2
+            runs = (len(gmap[(task, row)]) + (lr is not None)) + len(plan['seeds']) - 1
+            total += runs * run_s
+            out[(task, row)] = dict(step=step, run_s=run_s, runs=runs, others=meter.others())
+            lines.append(f"| {task} | {row} | {step:.2f} | {cpu - record['train_cpu_s']:.1f} | "
+                         f"{run_s:.0f} | {runs} | {runs * run_s:.0f} |")
+        lines.append(f"| {task} | all | | | | | **{total / 3600:.2f} h** |")
+    _WORKER['plan'] = plan
+    with open(osp.join(args.out, f"estimate_{plan['profile']}.md"), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
+    return out
+
+
 def run_all(args, plan: dict, paths: dict, records: list, meta: dict) -> None:
     """Run the grid until nothing is left, writing and (``--commit``) committing the run
     files after every run."""
@@ -313,6 +362,8 @@ def main(argv=None) -> dict:
     meta.update(plan=plan, machine=f'{platform.machine()}, {os.cpu_count()} CPUs',
                 commit=env.git_commit(), commands=meta['commands'] + (
                     [] if args.report_only else [command.strip()]))
+    if args.estimate:
+        return estimate(args, plan)
     if not args.report_only:
         run_all(args, plan, paths, records, meta)
     write_report(paths, records, plan, meta)
