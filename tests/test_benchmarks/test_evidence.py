@@ -18,14 +18,20 @@ def evidence():
     return load_tool('benchmarks/evidence.py')
 
 
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+    """The decoded data, shared by the tests of this module."""
+    return str(tmp_path_factory.mktemp('evidence_cache'))
+
+
 def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_quick_grid_fashion_and_resume(evidence, tmp_path):
+def test_quick_grid_fashion_and_resume(evidence, tmp_path, cache):
     args = ['--quick', '--tasks', 'fashion', '--rows', 'linear_probe', 'mslora', '--lrs',
             '1e-2', '--max-extend', '1', '--out', str(tmp_path), '--name', 'q',
-            '--cache-dir', str(tmp_path / 'cache')]
+            '--cache-dir', cache]
     out = evidence.main(args)
     records = _lines(tmp_path / 'q.jsonl')
     # probe: 1 run; MSLoRA: 1e-2, then one lr out (an edge either way); then seed 1 of both
@@ -57,7 +63,7 @@ def test_quick_grid_fashion_and_resume(evidence, tmp_path):
         evidence.main(args + ['--resume', '--steps', '7'])
 
 
-def test_quick_detection_committing_each_run(evidence, tmp_path):
+def test_quick_detection_committing_each_run(evidence, tmp_path, cache):
     git = ['git', '-C', str(tmp_path)]
     subprocess.run(git + ['init', '-q'], check=True)
     subprocess.run(git + ['config', 'user.email', 't@t'], check=True)
@@ -65,12 +71,11 @@ def test_quick_detection_committing_each_run(evidence, tmp_path):
     out = evidence.main(['--quick', '--tasks', 'det', '--rows', 'linear_probe', 'mslora',
                          '--lrs', '1e-2', '--max-extend', '0', '--seeds', '0', '--commit',
                          '--out', str(tmp_path), '--name', 'd',
-                         '--cache-dir', str(tmp_path / 'cache')])
+                         '--cache-dir', cache])
     log = subprocess.run(git + ['log', '--format=%s', '--name-only'], check=True,
                          capture_output=True, text=True).stdout
     assert log.count('evidence: det/') == 2 and 'det/mslora/lr0.01/s0 (d.jsonl)' in log
     assert {'d.jsonl', 'd.json', 'd.md', 'd_curves.png'} <= set(log.split())
-    assert 'cache' not in log
     probe, mslora = out['records']
     assert (probe['row'], probe['lr'], mslora['row'], mslora['lr']) == (
         'linear_probe', None, 'mslora', 1e-2)
@@ -110,3 +115,16 @@ def test_detection_ground_truth_and_coco_scores(evidence):
         masks=torch.zeros(0, 8, 8, dtype=torch.bool)))
     assert detection.coco_ap(nothing, coco, ['bbox']) == {'bbox_mAP': 0.0, 'bbox_mAP_50': 0.0}
     assert np.array_equal(coco[0]['bbox'], [1, 1, 4, 3])
+
+
+def test_estimate_projects_the_grid(evidence, tmp_path, cache):
+    out = evidence.main(['--quick', '--tasks', 'fashion', '--rows', 'linear_probe', 'mslora',
+                         '--estimate', '2', '--out', str(tmp_path),
+                         '--cache-dir', cache])
+    probe, mslora = out[('fashion', 'linear_probe')], out[('fashion', 'mslora')]
+    # probe: 1 selection run + 1 more seed; MSLoRA: 3 lrs + 1 extension + 1 more seed
+    assert (probe['runs'], mslora['runs']) == (2, 5)
+    assert mslora['step'] > probe['step'] > 0  # MSLoRA differentiates through the backbone
+    text = (tmp_path / 'estimate_quick.md').read_text()
+    assert '| fashion | mslora |' in text and '| fashion | all |' in text
+    assert not list(tmp_path.glob('*.jsonl'))  # no grid ran
