@@ -24,7 +24,7 @@ dataloader. Reported:
   rotating each round) after warm-up iterations, and the paired ratio to full
   fine-tuning (``cost.paired_ratio``: median of per-round ratios);
 * peak memory: persistent bytes (parameters, buffers, AdamW state; gradients set to
-  None) plus ``cost.step_peak_bytes`` of one iteration (the highest rise of the CPU
+  None) plus ``bench.memory.step_peak_bytes`` of one iteration (the highest rise of the CPU
   allocator's live bytes, from the profiler's memory events); ratio to full.
 
 ``--compile`` adds every row compiled as ``<row>+compile``: ``model.backbone.compile(
