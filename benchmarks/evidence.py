@@ -43,7 +43,7 @@ TASKS = dict(
 DET = dict(min_area=8, head_lr=1e-3, clip=10.0)
 PROFILES = dict(
     cpu=dict(tasks=dict(
-        det=dict(DET, detector='faster', crop=128, scale=1, batch=4, steps=200),
+        det=dict(DET, detector='faster', crop=128, scale=1, batch=4, steps=400),
         fashion=dict(size=48, n_fit=2000, n_val=300, n_test=800, batch=32, steps=150,
                      head_lr=3e-3, eval_batch=200),
         digits=dict(size=48, n_fit=960, n_val=240, n_test=597, batch=32, steps=150,
@@ -277,8 +277,8 @@ def estimate(args, plan: dict) -> dict:
         f"`{' '.join(['python benchmarks/evidence.py'] + sys.argv[1:])}`, "
         f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {plan['threads']} thread(s); "
         'process CPU time of one run per row.', '',
-        '| task | row | s / step | s fixed | s a run | runs | s in the grid |',
-        '|---|---|---|---|---|---|---|']
+        '| task | steps | row | s / step | s fixed | s a run | runs | s in the grid |',
+        '|---|---|---|---|---|---|---|---|']
     for task, settings in plan['tasks'].items():
         total = 0.0
         _worker_data(task, dict(TASKS[task], **settings))
@@ -296,9 +296,10 @@ def estimate(args, plan: dict) -> dict:
             runs = (len(gmap[(task, row)]) + (lr is not None)) + len(plan['seeds']) - 1
             total += runs * run_s
             out[(task, row)] = dict(step=step, run_s=run_s, runs=runs, others=meter.others())
-            lines.append(f"| {task} | {row} | {step:.2f} | {cpu - record['train_cpu_s']:.1f} | "
+            lines.append(f"| {task} | {settings['steps']} | {row} | {step:.2f} | "
+                         f"{cpu - record['train_cpu_s']:.1f} | "
                          f"{run_s:.0f} | {runs} | {runs * run_s:.0f} |")
-        lines.append(f"| {task} | all | | | | | **{total / 3600:.2f} h** |")
+        lines.append(f"| {task} | | all | | | | | **{total / 3600:.2f} h** |")
     _WORKER['plan'] = plan
     with open(osp.join(args.out, f"estimate_{plan['profile']}.md"), 'w') as f:
         f.write('\n'.join(lines) + '\n')

@@ -126,5 +126,5 @@ def test_estimate_projects_the_grid(evidence, tmp_path, cache):
     assert (probe['runs'], mslora['runs']) == (2, 5)
     assert mslora['step'] > probe['step'] > 0  # MSLoRA differentiates through the backbone
     text = (tmp_path / 'estimate_quick.md').read_text()
-    assert '| fashion | mslora |' in text and '| fashion | all |' in text
+    assert '| fashion | 6 | mslora |' in text and '| fashion | | all |' in text
     assert not list(tmp_path.glob('*.jsonl'))  # no grid ran
