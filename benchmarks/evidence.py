@@ -181,7 +181,7 @@ def grids(plan: dict) -> dict:
 
 def run_paths(args, profile: str) -> dict:
     stem = args.name
-    if stem is None and args.resume:
+    if stem is None and (args.resume or args.report_only):
         found = sorted(glob.glob(osp.join(args.out, f'evidence_{profile}_*.jsonl')),
                        key=osp.getmtime)
         stem = osp.basename(found[-1])[:-len('.jsonl')] if found else None

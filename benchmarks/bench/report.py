@@ -54,6 +54,8 @@ def _row(runs: Dict[int, dict], seeds: Sequence[int], state: dict) -> dict:
         row.update(params=runs[have[0]]['params'], val_curve=curve,
                    flatness=flatness(curve) if n > 1 else None,
                    train_s=statistics.fmean(runs[s]['train_s'] for s in have),
+                   train_cpu_s=statistics.fmean(runs[s].get('train_cpu_s', math.nan)
+                                                for s in have),
                    peak_mib=max(peaks) if peaks else None,
                    test_metrics={k: statistics.fmean(m[k] for m in extra)
                                  for k in extra[0] if all(k in m for m in extra)})
@@ -103,7 +105,7 @@ def task_lines(task: str, settings: dict, result: dict, n_seeds: int) -> List[st
     lines = [f"## {settings['title']}", '', f"Settings: {shown}.", '',
              f"| row | lr (val {metric} at each lr tried) | test {metric} mean +- std | "
              f"per seed | {NAMES[REFERENCE]} - row | " + ''.join(f'{k} | ' for k in extra_keys)
-             + 'trainable in backbone (all) | train s | peak MiB | val change, last 20% |',
+             + 'trainable in backbone (all) | train s (CPU s) | peak MiB | val change, last 20% |',
              '|---' * (9 + len(extra_keys)) + '|']
     for row, r in result['rows'].items():
         mean = '-' if r['test_mean'] is None else \
@@ -121,7 +123,8 @@ def task_lines(task: str, settings: dict, result: dict, n_seeds: int) -> List[st
             f"{_pair_text(r['ref_minus'], n_seeds) if row != REFERENCE else ''} | "
             + ''.join(f"{_f(r.get('test_metrics', {}).get(k))} | " for k in extra_keys)
             + (f"{p['backbone_trainable']:,d} ({p['trainable']:,d})" if p else '-') + ' | '
-            f"{_f(r.get('train_s'), '.1f')} | {_f(r.get('peak_mib'), '.0f')} | "
+            f"{_f(r.get('train_s'), '.0f')} ({_f(r.get('train_cpu_s'), '.0f')}) | "
+            f"{_f(r.get('peak_mib'), '.0f')} | "
             f"{_f(100 * flat['rel_change'], '+.2f') + '%' if flat else '-'} |")
     best = result['best']
     if best and result['rows'][best].get('flatness'):
