@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.checkpoint import checkpoint
 
 from mmslora.models import MSLoRAAdapter
 from mmslora.models.peers import METHODS, BottleneckAdapter, MonaAdapter
@@ -34,7 +35,8 @@ CASES += [('mmdet-swin', 'mslora')]
 
 class ForeignTensors(TorchDispatchMode):
     """Counts the operator results that are floating point but not ``dtype``, or not on
-    ``device``, by (operator, dtype, device)."""
+    ``device``, by (operator, dtype, device); empty ones aside (torch 2.1's
+    ``torch.utils.checkpoint`` makes a 0-element float32 CPU placeholder)."""
 
     def __init__(self, dtype: torch.dtype, device: torch.device):
         super().__init__()
@@ -43,7 +45,7 @@ class ForeignTensors(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and (
+            if isinstance(t, torch.Tensor) and t.numel() and (
                     t.device != self.device or t.is_floating_point() and t.dtype != self.dtype):
                 self.found[(str(func), t.dtype, t.device)] += 1
         return out
@@ -72,11 +74,24 @@ def test_float64_runs_make_no_other_dtype_or_device(backbone, method):
     assert made - _foreign(plain, x) == Counter(), dict(made)
 
 
+def skip_unless_checkpoint_runs_on_meta():
+    """MSLoRA's training forward recomputes its ``Trans`` chain through
+    ``torch.utils.checkpoint``, which on torch 2.1 fails on ``meta``."""
+    try:
+        checkpoint(torch.sin, torch.empty(1, device='meta', requires_grad=True),
+                   use_reentrant=False)
+    except AttributeError as error:
+        pytest.skip(f'torch {torch.__version__}: torch.utils.checkpoint cannot run on the '
+                    f'meta device ({error})')
+
+
 @pytest.mark.parametrize('backbone, method', CASES, ids=[f'{b}-{m}' for b, m in CASES])
 def test_every_method_runs_on_the_meta_device(backbone, method):
     """Moved to ``meta`` after it was built (finding the blocks and the folds needs
     data), the wrapper runs a training forward and backward and an inference forward
     there, with the output shapes of the CPU model."""
+    if method == 'mslora':
+        skip_unless_checkpoint_runs_on_meta()
     scope, cfg = BACKBONES[backbone]
     model = build_method(method, scope, cfg)
     x = torch.randn(2, 3, 64, 64)
@@ -112,6 +127,8 @@ ADAPTERS = {
 def test_adapters_built_and_run_on_the_meta_device(name):
     """Built under ``torch.device('meta')``: parameters, forward (training, with
     autograd, and inference) and backward all stay on ``meta``."""
+    if name.startswith('mslora'):
+        skip_unless_checkpoint_runs_on_meta()
     with torch.device('meta'):
         adapter = ADAPTERS[name]()
     assert all(p.is_meta for p in adapter.parameters())
