@@ -3,10 +3,13 @@
 # 20 minutes on 2 cores the first time, seconds afterwards).
 # `make test-compat` runs the suite on the compatibility leg: .venv-torch21/ with
 # torch 2.1.2 (requirements/torch21.txt) and its own mmcv build.
+# `make test-gpu` runs the GPU leg on one CUDA GPU (scripts/test_gpu.sh, docs/gpu.md):
+# the CUDA tests and benchmarks/cost.py --device cuda; it stops with the reason on a
+# machine without one.
 PY := .venv/bin/python
 COMPAT_VENV := .venv-torch21
 
-.PHONY: setup demo test setup-compat test-compat
+.PHONY: setup demo test setup-compat test-compat test-gpu
 setup:
 	@bash scripts/setup_env.sh
 
@@ -22,3 +25,6 @@ setup-compat:
 
 test-compat: setup-compat
 	$(COMPAT_VENV)/bin/python -m pytest tests
+
+test-gpu: setup
+	@bash scripts/test_gpu.sh
