@@ -139,8 +139,8 @@ def _amp_step(model, x, dtype, params, tries=8):
 @pytest.mark.parametrize('dtype', list(DTYPES.values()), ids=list(DTYPES))
 def test_inductor_compiled_amp_steps_equal_eager_on_cuda(dtype):
     """Inductor's CUDA code for MSLoRA with the frozen fast path under autocast: two
-    scaled SGD steps (``fullgraph=True``, no recompilation at the second) give eager's
-    losses and trainable parameters."""
+    SGD steps (float16 through the grad scaler; ``fullgraph=True``, no recompilation at
+    the second) move the trainable parameters as eager's do."""
     cuda = torch.device('cuda')
     name, scope, cfg = BACKBONES[0]
     eager = _model('mslora', scope, cfg, cuda)
@@ -148,25 +148,23 @@ def test_inductor_compiled_amp_steps_equal_eager_on_cuda(dtype):
     torch._dynamo.reset()
     compiled = torch.compile(copy.deepcopy(eager), fullgraph=True)
     x = torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(1)).to(cuda)
-    results = []
+    updates = []
     for model in (compiled, eager):
         params = [p for p in model.parameters() if p.requires_grad]
+        start = [p.detach().clone() for p in params]
         optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
         scaler = _grad_scaler(cuda, dtype)
-        losses = []
         for step in range(2):
             optimizer.zero_grad(set_to_none=True)
             with torch._dynamo.config.patch(error_on_recompile=step > 0):
                 loss = _forward(model, x, dtype)[1]
+            assert torch.isfinite(loss)
             (scaler.scale(loss) if scaler else loss).backward()
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 optimizer.step()
-            losses.append(loss.detach())
-        results.append((torch.stack(losses), [p.detach() for p in params]))
-    (got_losses, got_params), (want_losses, want_params) = results
-    torch.testing.assert_close(got_losses, want_losses, rtol=2e-2, atol=0)
-    for got, want in zip(got_params, want_params):
-        _assert_near(got, want, GRAD_RTOL[dtype], 'parameter after two steps')
+        updates.append(torch.cat([(p.detach() - s).flatten() for p, s in zip(params, start)]))
+    assert updates[1].abs().sum() > 0  # a step was taken
+    _assert_near(updates[0], updates[1], GRAD_RTOL[dtype], 'parameter updates')
