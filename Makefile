@@ -3,13 +3,16 @@
 # 20 minutes on 2 cores the first time, seconds afterwards).
 # `make test-compat` runs the suite on the compatibility leg: .venv-torch21/ with
 # torch 2.1.2 (requirements/torch21.txt) and its own mmcv build.
+# `make test-gpu` runs the GPU leg on one CUDA GPU (scripts/test_gpu.sh, docs/gpu.md):
+# the CUDA tests and benchmarks/cost.py --device cuda; it stops with the reason on a
+# machine without one.
 # `make lint` checks the code with ruff (pyproject.toml); `make docs` builds the
 # documentation site into docs/_build/html, warnings as errors (-E: every page re-read,
 # so a warning of an unchanged page still fails the build).
 PY := .venv/bin/python
 COMPAT_VENV := .venv-torch21
 
-.PHONY: setup demo test setup-compat test-compat lint docs
+.PHONY: setup demo test setup-compat test-compat lint docs test-gpu
 setup:
 	@bash scripts/setup_env.sh
 
@@ -32,3 +35,6 @@ lint: setup
 
 docs: setup
 	$(PY) -m sphinx -W --keep-going -E -b html docs docs/_build/html
+
+test-gpu: setup
+	@bash scripts/test_gpu.sh

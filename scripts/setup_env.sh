@@ -19,7 +19,10 @@
 # Environment: MMSLORA_VENV (default .venv at the repository root),
 # MMSLORA_TORCH_REQUIREMENTS (default requirements/torch.txt; the compatibility leg
 # uses requirements/torch21.txt), PYTHON (default python3), MMSLORA_CACHE (default
-# ~/.cache/mmslora), MAX_JOBS (default 2, parallel compile jobs of the mmcv build).
+# ~/.cache/mmslora), MAX_JOBS (default 2, parallel compile jobs of the mmcv build),
+# FORCE_CUDA (default: 1 where torch sees a GPU and nvcc is on the PATH, else unset):
+# mmcv's ops are compiled for CUDA too (the GPU leg, docs/gpu.md; cached apart from the
+# CPU-only wheel).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,21 +56,36 @@ say "installing torch from $TORCH_REQUIREMENTS (a few minutes on first use)"
 # From here on the torch leg holds: every pip command gets it as constraints.
 PIP+=(-c "$TORCH_REQUIREMENTS")
 
-read -r TORCH_VERSION CXX_STD PYTAG < <("$VENV/bin/python" - <<'PY'
+read -r TORCH_VERSION CXX_STD PYTAG GPU_CUDA < <("$VENV/bin/python" - <<'PY'
 import importlib.metadata
 import sys
+
+import torch
 
 version = importlib.metadata.version('torch')
 major, minor = (int(part) for part in version.split('.')[:2])
 # mmcv 2.1.0 compiles with -std=c++17; torch >= 2.10's headers require C++20.
 std = 'c++20' if (major, minor) >= (2, 10) else 'c++17'
-print(version, std, f'cp{sys.version_info.major}{sys.version_info.minor}')
+cuda = torch.version.cuda if torch.cuda.is_available() else 'none'
+print(version, std, f'cp{sys.version_info.major}{sys.version_info.minor}', cuda)
 PY
 )
-WHEEL_DIR="$CACHE/wheels/mmcv-$MMCV_VERSION-torch-$TORCH_VERSION-$PYTAG-$(uname -m)"
+# mmcv's CUDA ops: built where a GPU and nvcc are there (FORCE_CUDA=1), unless the
+# caller set FORCE_CUDA; a CUDA build is cached apart from the CPU-only one.
+if [[ -z "${FORCE_CUDA:-}" && "$GPU_CUDA" != none ]]; then
+  if command -v nvcc >/dev/null; then
+    export FORCE_CUDA=1
+  else
+    say "WARNING: torch sees a GPU but nvcc is not on the PATH: mmcv gets CPU ops only"
+    say "  (mmdet's RoIAlign and NMS then fail on CUDA tensors; put CUDA's nvcc on the PATH)"
+  fi
+fi
+CUDA_TAG=""
+[[ "${FORCE_CUDA:-}" == 1 ]] && CUDA_TAG="-cuda$GPU_CUDA"
+WHEEL_DIR="$CACHE/wheels/mmcv-$MMCV_VERSION-torch-$TORCH_VERSION-$PYTAG-$(uname -m)$CUDA_TAG"
 WHEEL=$(ls "$WHEEL_DIR"/mmcv-*.whl 2>/dev/null | head -n1 || true)
 if [[ -z "$WHEEL" ]]; then
-  say "building mmcv $MMCV_VERSION with its ops against torch $TORCH_VERSION ($CXX_STD)"
+  say "building mmcv $MMCV_VERSION with its ops against torch $TORCH_VERSION ($CXX_STD)${CUDA_TAG:+, CUDA ops (FORCE_CUDA=1)}"
   say "  (10 to 20 minutes on 2 cores; cached in $WHEEL_DIR for later runs)"
   BUILD=$(mktemp -d)
   # --no-build-isolation here too: preparing the sdist's metadata runs its setup.py,
@@ -77,7 +95,7 @@ if [[ -z "$WHEEL" ]]; then
   tar -xzf "$BUILD/mmcv-$MMCV_VERSION.tar.gz" -C "$BUILD"
   sed -i "s/-std=c++17/-std=$CXX_STD/g" "$BUILD/mmcv-$MMCV_VERSION/setup.py"
   # --no-build-isolation: mmcv's setup.py must see the installed torch, or it
-  # silently builds no ops. FORCE_CUDA stays unset on a CPU machine.
+  # silently builds no ops. FORCE_CUDA (above) stays unset on a CPU machine.
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} "$VENV/bin/python" -m pip wheel \
     --disable-pip-version-check --no-build-isolation --no-deps --no-cache-dir \
     -w "$BUILD" "$BUILD/mmcv-$MMCV_VERSION"

@@ -1,3 +1,4 @@
+import os
 import os.path as osp
 import sys
 
@@ -6,6 +7,65 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from mmslora_testing import load_tool  # noqa: E402
+
+#: environment variable naming the device of the device-parametrised tests (as --device)
+DEVICE_ENV = 'MMSLORA_TEST_DEVICE'
+DEVICE_CHOICES = ('cpu', 'cuda', 'auto')
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        '--device', choices=DEVICE_CHOICES, default=None,
+        help="device of the tests that take the `device` fixture: 'cpu' (default), 'cuda' "
+             f"(fails at once without a GPU) or 'auto' (cuda where torch sees one); "
+             f"default from ${DEVICE_ENV}, else cpu. Tests marked `cuda` run wherever torch "
+             "sees a GPU and are skipped elsewhere.")
+
+
+def _device_name(config) -> str:
+    name = config.getoption('--device') or os.environ.get(DEVICE_ENV) or 'cpu'
+    if name not in DEVICE_CHOICES:
+        raise pytest.UsageError(f'{DEVICE_ENV}={name!r}: use one of {", ".join(DEVICE_CHOICES)}')
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise pytest.UsageError(
+            f'--device cuda: torch {torch.__version__} sees no CUDA device here (torch built '
+            f'for CUDA {torch.version.cuda}); run on a GPU machine, or use --device cpu')
+    return name
+
+
+def pytest_configure(config):
+    config.mmslora_device = _device_name(config)
+
+
+def pytest_report_header(config):
+    return f'mmslora test device: {config.mmslora_device}'
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that take the ``device`` fixture ``device`` (the GPU leg selects
+    them with ``-m "device or cuda"``), and skip ``cuda`` tests where there is no GPU."""
+    skip_cuda = pytest.mark.skip(reason=f'needs a CUDA GPU: torch {torch.__version__} sees '
+                                 'none here (the GPU leg: make test-gpu, docs/gpu.md)')
+    for item in items:
+        if 'device' in getattr(item, 'fixturenames', ()):
+            item.add_marker(pytest.mark.device)
+        if item.get_closest_marker('cuda') and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope='session')
+def device(pytestconfig) -> torch.device:
+    """The device of a device-parametrised test: CPU unless ``--device`` or
+    ``$MMSLORA_TEST_DEVICE`` says otherwise. On CUDA, TF32 is off for matrix products and
+    convolutions (cuDNN's default is on), so that float32 comparisons against a reference
+    keep float32's precision."""
+    name = pytestconfig.mmslora_device
+    if name == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return torch.device(name)
 
 
 @pytest.fixture(scope='session')

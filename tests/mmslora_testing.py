@@ -7,6 +7,7 @@ import os.path as osp
 import subprocess
 import sys
 import sysconfig
+import warnings
 
 import numpy as np
 import torch
@@ -109,6 +110,23 @@ TINY_VIT_MMPRETRAIN = dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2,
                                      feedforward_channels=64),
                            img_size=64, patch_size=16, out_type='featmap', init_cfg=None)
 RESNET18 = dict(type='mmdet.ResNet', depth=18, init_cfg=None)
+
+
+def skip_unless_autocast(device, dtype):
+    """Skip (with the reason) where ``torch.autocast(device.type, dtype)`` does not cast:
+    older torch (2.1) autocasts CPU to bfloat16 only."""
+    import pytest
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            with torch.autocast(device.type, dtype=dtype):
+                a = torch.ones(2, 2, device=device)
+                casts = torch.mm(a, a).dtype == dtype
+    except RuntimeError:
+        casts = False
+    if not casts:
+        pytest.skip(f'torch {torch.__version__} has no {device.type} autocast to {dtype} '
+                    '(older torch autocasts CPU to bfloat16 only)')
 
 
 def wrap(backbone_cfg, **kwargs):

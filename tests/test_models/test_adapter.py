@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mmslora.models import MSLoRAAdapter
+from mmslora_testing import skip_unless_autocast
 
 
 def test_identity_at_init_and_shapes():
@@ -88,14 +89,15 @@ def test_wrong_input_channels_named():
 
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels-last'])
 @pytest.mark.parametrize('kernel_sizes', [(3, 5, 7), (1, 5), (3, )])
-def test_fused_forward_equals_layer_by_layer(kernel_sizes, channels_last):
+def test_fused_forward_equals_layer_by_layer(kernel_sizes, channels_last, device):
     """``forward`` (fused_mslora) computes ``F + Proj(F) * Trans(F)`` of the modules,
     values and gradients, with and without autograd."""
     torch.manual_seed(0)
     adapter = MSLoRAAdapter(channels=32, hidden_dim=16, groups=4, kernel_sizes=kernel_sizes)
     for p in adapter.parameters():  # away from the zero start, so every branch counts
         torch.nn.init.normal_(p, std=0.2)
-    x = torch.randn(2, 32, 9, 7)
+    adapter.to(device)
+    x = torch.randn(2, 32, 9, 7).to(device)
     if channels_last:  # token layouts hand over a channels-last strided map
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
@@ -148,18 +150,21 @@ def test_defaults_keep_the_state_dict_keys(kwargs):
     assert adapter.scale is None and adapter.combine == 'product'
 
 
-def test_bf16_autocast_forward_then_backward_outside_it():
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+def test_autocast_forward_then_backward_outside_it(dtype, device):
     """The AMP pattern: forward under autocast, backward after it (the fused backward
     multiplies in the dtype its forward ran in); gradients near float32's."""
+    skip_unless_autocast(device, dtype)
     torch.manual_seed(0)
     adapter = MSLoRAAdapter(channels=32, hidden_dim=16, groups=4)
     torch.nn.init.normal_(adapter.proj.up.weight, std=0.1)
-    x = torch.randn(2, 32, 9, 7)
+    adapter.to(device)
+    x = torch.randn(2, 32, 9, 7).to(device)
     grads = []
     for amp in (True, False):
         adapter.zero_grad()
         xi = x.clone().requires_grad_(True)
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
             out = adapter(xi)
         out.float().pow(2).sum().backward()
         grads.append([xi.grad] + [p.grad for p in adapter.parameters()])

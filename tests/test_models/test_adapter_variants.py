@@ -71,13 +71,14 @@ def test_identity_at_step_0(kwargs):
 
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels-last'])
 @parametrize_variants
-def test_forward_equals_layer_by_layer(kwargs, channels_last):
+def test_forward_equals_layer_by_layer(kwargs, channels_last, device):
     """Values with and without autograd, in train and eval mode, and the gradients
     w.r.t. the input and every parameter, against ``F + residual(F)``; for
     combine='product' :func:`fused_mslora` itself too."""
     adapter = build(kwargs)
     move_off_zero_start(adapter)
-    x = inputs()
+    adapter.to(device)
+    x = inputs().to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)

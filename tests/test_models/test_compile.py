@@ -96,29 +96,29 @@ def _assert_same_steps(got, want, tol):
 
 @pytest.mark.parametrize('backbone', list(BACKBONES))
 @pytest.mark.parametrize('method', list(METHODS))
-def test_one_graph_and_eager_values(method, backbone, one_thread):
+def test_one_graph_and_eager_values(method, backbone, one_thread, device):
     """``fullgraph=True``: dynamo raises at any graph break; two training steps (the
     second after the zero-started parts moved) give eager's outputs and gradients, in
     float64 (float32 gradients of random-init backbones differ by 1e-4 from the order
     of the sums alone)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    x = torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64)
-    eager = _model(method, backbone).double()
+    x = torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64).to(device)
+    eager = _model(method, backbone).double().to(device)
     compiled_model = copy.deepcopy(eager)
     compiled = torch.compile(compiled_model, backend='aot_eager_decomp_partition',
                              fullgraph=True)
     _assert_same_steps(_train_steps(compiled, x), _train_steps(eager, x), tol=1e-9)
 
 
-def test_inductor_trains_and_infers_mslora_with_the_fast_path(one_thread):
+def test_inductor_trains_and_infers_mslora_with_the_fast_path(one_thread, device):
     """Inductor's code, MSLoRA on a ResNet with folded BNs and ReLU masks: training
     steps and inference (the folded inference weights computed in the graph) equal
     eager's; the backbone stays bitwise frozen."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    x = torch.randn(2, 3, SIZE, SIZE)
-    eager = _model('mslora', 'mmdet-resnet')
+    x = torch.randn(2, 3, SIZE, SIZE).to(device)
+    eager = _model('mslora', 'mmdet-resnet').to(device)
     report = eager.fast_path_report
     assert report.folded and report.activations  # the fast path is what is compiled
     compiled_model = copy.deepcopy(eager)
@@ -135,15 +135,15 @@ def test_inductor_trains_and_infers_mslora_with_the_fast_path(one_thread):
     assert all(torch.equal(after[k], v) for k, v in frozen.items())
 
 
-def test_dynamic_shapes_train_equal_to_eager(one_thread):
+def test_dynamic_shapes_train_equal_to_eager(one_thread, device):
     """Detection batches change size from one iteration to the next: compiled with
     ``dynamic=True``, MSLoRA with the fast path is one graph for two input sizes, and
     each step equals eager's."""
     torch._dynamo.reset()
-    eager = _model('mslora', 'mmdet-resnet').double()
+    eager = _model('mslora', 'mmdet-resnet').double().to(device)
     compiled = torch.compile(copy.deepcopy(eager), backend='aot_eager_decomp_partition',
                              dynamic=True, fullgraph=True)
     for size in ((64, 96), (96, 64)):
-        x = torch.randn(2, 3, *size, dtype=torch.float64)
+        x = torch.randn(2, 3, *size, dtype=torch.float64).to(device)
         _assert_same_steps(_train_steps(compiled, x, steps=1), _train_steps(eager, x, steps=1),
                            tol=1e-9)

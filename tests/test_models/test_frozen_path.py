@@ -19,6 +19,7 @@ from mmslora_testing import (
     TINY_VIT_MMSEG,
     build_in_scope,
     flat,
+    skip_unless_autocast,
     wrap,
 )
 
@@ -69,12 +70,13 @@ def _pair(scope, cfg, **kwargs):
     return models
 
 
-def _step(model, x, amp=False):
+def _step(model, x, amp=None):
     """Outputs, input gradient and trainable-parameter gradients of one
-    sum-of-squares backward (``amp``: forward under bf16 autocast, backward after it)."""
+    sum-of-squares backward (``amp``: forward under autocast to that dtype, on the
+    input's device, backward after it)."""
     x = x.clone().requires_grad_(True)
     model.zero_grad(set_to_none=True)
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
         outputs = _forward(model, x)
     sum(o.float().pow(2).sum() for o in outputs).backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
@@ -98,13 +100,13 @@ def _input(cfg):
 
 
 @pytest.mark.parametrize('name, scope, cfg', BACKBONES, ids=[b[0] for b in BACKBONES])
-def test_outputs_and_gradients_equal_plain_autograd(name, scope, cfg):
-    fast, plain = _pair(scope, cfg)
+def test_outputs_and_gradients_equal_plain_autograd(name, scope, cfg, device):
+    fast, plain = (model.to(device) for model in _pair(scope, cfg))
     report = fast.fast_path_report
     assert report.convs  # every backbone here has at least a patch-embedding conv
     if 'resnet' in name or 'effnet' in name:
         assert report.folded and not report.unfolded
-    x = _input(cfg)
+    x = _input(cfg).to(device)
     for mode in (True, False):  # train (norms stay in eval) and eval mode
         fast.train(mode), plain.train(mode)
         with torch.no_grad():
@@ -161,10 +163,10 @@ def test_folds_follow_weight_loads_and_inference_cache():
 
 
 @pytest.mark.parametrize('trainable', [('bias', ), ('norm', )])
-def test_trainable_backbone_parameters_get_plain_gradients(trainable):
+def test_trainable_backbone_parameters_get_plain_gradients(trainable, device):
     fast, plain = _pair('mmdet', BACKBONES[0][2], trainable=trainable)
-    fast, plain = fast.double().train(), plain.double().train()
-    x = _input({}).double()
+    fast, plain = fast.to(device).double().train(), plain.to(device).double().train()
+    x = _input({}).double().to(device)
     got, want = _step(fast, x), _step(plain, x)
     assert any(k.startswith('backbone.') for k in want[2])
     _assert_close([got[2][k] for k in want[2]], list(want[2].values()), 1e-10)
@@ -240,11 +242,14 @@ def test_a_fold_that_changes_the_output_is_refused():
             torch.testing.assert_close(a, b)
 
 
-def test_bf16_autocast_casts_like_autocast():
-    fast, plain = _pair('mmdet', BACKBONES[0][2])
-    fast.train(), plain.train()
-    x = _input({})
-    got, want = _step(fast, x, amp=True), _step(plain, x, amp=True)
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+def test_autocast_casts_like_autocast(dtype, device):
+    """Under autocast the fast path's outputs have the plain layers' dtypes, and outputs
+    and gradients are near theirs."""
+    skip_unless_autocast(device, dtype)
+    fast, plain = (model.to(device).train() for model in _pair('mmdet', BACKBONES[0][2]))
+    x = _input({}).to(device)
+    got, want = _step(fast, x, amp=dtype), _step(plain, x, amp=dtype)
     assert [o.dtype for o in got[0]] == [o.dtype for o in want[0]]
     _assert_close([o.float() for o in got[0]], [o.float() for o in want[0]], 2e-2)
     _assert_close([g.float() for g in got[2].values()],
@@ -262,14 +267,15 @@ def test_full_fine_tuning_has_no_fast_path():
     (4, 8, 3, 1, 1, 1, 1, 10), (4, 8, 3, 2, 1, 1, 1, 11), (4, 8, 1, 2, 0, 1, 1, 7),
     (8, 8, 3, 1, 2, 2, 8, 9), (6, 9, 5, 3, 1, 1, 3, 13), (4, 4, 7, 2, 3, 1, 4, 12)])
 def test_frozen_conv_gradients_for_strides_dilations_groups(in_ch, out_ch, kernel, stride,
-                                                           padding, dilation, groups, size):
+                                                           padding, dilation, groups, size,
+                                                           device):
     """The input gradient (a transposed convolution padded to the input's size) and the
     bias gradient equal autograd's for odd sizes, strides, dilations and groups."""
     conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, dilation, groups).double()
-    conv.weight.requires_grad_(False)
+    conv.to(device).weight.requires_grad_(False)
     plain = copy.deepcopy(conv)
     enable_frozen_fast_path(conv)
-    x = torch.randn(2, in_ch, size, size + 1, dtype=torch.float64)
+    x = torch.randn(2, in_ch, size, size + 1, dtype=torch.float64).to(device)
     results = []
     for layer in (conv, plain):
         xi = x.clone().requires_grad_(True)
@@ -305,15 +311,15 @@ def test_float64_models_fold_too():
 
 
 @pytest.mark.parametrize('layout', ['channels_last', 'unbatched'])
-def test_frozen_conv_on_channels_last_and_unbatched_inputs(layout):
+def test_frozen_conv_on_channels_last_and_unbatched_inputs(layout, device):
     conv = nn.Conv2d(4, 8, 3, padding=1).double()
-    conv.weight.requires_grad_(False)
+    conv.to(device).weight.requires_grad_(False)
     plain = copy.deepcopy(conv)
     enable_frozen_fast_path(conv)
     if layout == 'unbatched':
-        x = torch.randn(4, 9, 9, dtype=torch.float64)
+        x = torch.randn(4, 9, 9, dtype=torch.float64, device=device)
     else:
-        x = torch.randn(2, 4, 9, 9, dtype=torch.float64).contiguous(
+        x = torch.randn(2, 4, 9, 9, dtype=torch.float64, device=device).contiguous(
             memory_format=torch.channels_last)
     results = []
     for layer in (conv, plain):

@@ -60,9 +60,9 @@ def test_pretrained_at_init_and_parameters_reported(method, backbone_case):
 
 
 @pytest.mark.parametrize('method', METHOD_NAMES)
-def test_only_the_methods_parameters_train(method, backbone_case):
+def test_only_the_methods_parameters_train(method, backbone_case, device):
     scope, cfg = backbone_case
-    model = build_method(method, scope, cfg)
+    model = build_method(method, scope, cfg).to(device)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     backbone_names = {f'backbone.{n}' for n, _ in model.backbone.named_parameters()}
     adapter_names = {n for n, _ in model.named_parameters() if n.startswith('adapters.')}
@@ -71,11 +71,11 @@ def test_only_the_methods_parameters_train(method, backbone_case):
         bitfit={n for n in backbone_names if n.endswith('bias')}).get(method, adapter_names)
     assert names == expected and (expected or method == 'linear_probe')
 
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 64, 64).to(device)
     model.eval()
     with torch.no_grad():
         last = flat(model(x))[-1]
-    head = nn.Linear(last.shape[1], 3)  # trains in every method, alone in a linear probe
+    head = nn.Linear(last.shape[1], 3).to(device)  # trains in every method, alone in a linear probe
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     before_adapters = {k: v.clone() for k, v in model.adapters.state_dict().items()}
     model.train()
