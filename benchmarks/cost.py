@@ -54,7 +54,6 @@ import datetime
 import json
 import os
 import os.path as osp
-import platform
 import statistics
 import sys
 import contextlib
@@ -66,7 +65,7 @@ import torch.nn as nn
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from bench import ROOT  # noqa: E402,F401  (puts the repository on sys.path)
-from bench.env import CpuMeter  # noqa: E402,F401  (also used by detector_cost.py)
+from bench.env import CpuMeter, cpu_name  # noqa: E402,F401  (CpuMeter: also detector_cost.py)
 from bench.memory import event_start, step_peak_bytes, tensor_bytes  # noqa: E402,F401
 from mmslora.models.peers import METHODS, wrapper_cfg  # noqa: E402
 from mmslora.compat.mmcv import python_drop_probs  # noqa: E402
@@ -559,19 +558,13 @@ def main() -> None:
     meta = dict(command=' '.join(['python', 'benchmarks/cost.py'] + sys.argv[1:]),
                 batch=batch, img=img, rounds=rounds, infer_rounds=infer_rounds, warmup=warmup,
                 threads=torch.get_num_threads(), torch=torch.__version__,
-                cpu=platform.processor() or platform.machine(),
+                cpu=cpu_name(),
                 loadavg=' '.join(f'{v:.2f}' for v in os.getloadavg()),
                 date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
                 precision='bf16 autocast' if device.amp else 'float32',
                 clock='CUDA events' if device.cuda else (
                     'process CPU time' if args.clock == 'cpu' else 'wall clock'),
                 device_name=torch.cuda.get_device_name() if device.cuda else None)
-    try:
-        with open('/proc/cpuinfo') as f:
-            meta['cpu'] = next(line.split(':', 1)[1].strip() for line in f
-                               if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
     profiled = with_compiled_rows(['mslora', 'full']) if args.compile else ['mslora', 'full']
     if args.profile_only:
         os.makedirs(args.out, exist_ok=True)

@@ -140,13 +140,7 @@ def main() -> None:
                 date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
                 batch=args.batch, img=args.img, rounds=args.rounds, warmup=args.warmup,
                 threads=torch.get_num_threads(), torch=torch.__version__,
-                cpu=cost.platform.processor() or cost.platform.machine())
-    try:
-        with open('/proc/cpuinfo') as f:
-            meta['cpu'] = next(line.split(':', 1)[1].strip() for line in f
-                               if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
+                cpu=cost.cpu_name())
     os.makedirs(args.out, exist_ok=True)
     with open(osp.join(args.out, 'merged_cost.json'), 'w') as f:
         json.dump(dict(meta=meta, results=results), f, indent=2)

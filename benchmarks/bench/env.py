@@ -22,6 +22,17 @@ def git_commit() -> Optional[str]:
     return head + ('+dirty' if dirty else '')
 
 
+def cpu_name() -> str:
+    """The processor's model name from ``/proc/cpuinfo`` (``platform``'s guess elsewhere)."""
+    import platform
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next(line.split(':', 1)[1].strip() for line in f
+                        if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def converter(name: str):
     """``tools/dataset_converters/<name>.py`` as a module (a script, not a package)."""
     spec = importlib.util.spec_from_file_location(
