@@ -32,6 +32,7 @@ setup(
         'mmslora-test = mmslora.cli.test:main',
         'mmslora-count-params = mmslora.cli.count_params:main',
         'mmslora-export-adapter = mmslora.cli.export_adapter:main',
+        'mmslora-export-onnx = mmslora.cli.export_onnx:main',
     ]},
     python_requires='>=3.8',
     install_requires=read_requirements('runtime.txt'),
@@ -39,6 +40,7 @@ setup(
         'mim': read_requirements('mminstall.txt'),
         'tests': read_requirements('tests.txt'),
         'optional': read_requirements('optional.txt'),
+        'deploy': read_requirements('deploy.txt'),
     },
     license='Apache-2.0',
 )

