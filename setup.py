@@ -32,6 +32,7 @@ setup(
         'mmslora-test = mmslora.cli.test:main',
         'mmslora-count-params = mmslora.cli.count_params:main',
         'mmslora-export-adapter = mmslora.cli.export_adapter:main',
+        'mmslora-merge = mmslora.cli.merge:main',
         'mmslora-export-onnx = mmslora.cli.export_onnx:main',
     ]},
     python_requires='>=3.8',

@@ -64,10 +64,10 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import mmslora  # noqa: E402,F401  (registers the modules)
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from bench import ROOT  # noqa: E402,F401  (puts the repository on sys.path)
+from bench.env import CpuMeter  # noqa: E402,F401  (also used by detector_cost.py)
+from bench.memory import event_start, step_peak_bytes, tensor_bytes  # noqa: E402,F401
 from mmslora.models.peers import METHODS, wrapper_cfg  # noqa: E402
 from mmslora.compat.mmcv import python_drop_probs  # noqa: E402
 from mmslora.models import count_parameters  # noqa: E402
@@ -197,10 +197,6 @@ def flat(outputs) -> List[torch.Tensor]:
     return [t for item in outputs for t in flat(item)]
 
 
-def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 class Trainer:
     """One method's model, optimizer and training step."""
 
@@ -229,26 +225,6 @@ class Trainer:
                  for v in s.values() if isinstance(v, torch.Tensor)]
         return (tensor_bytes(self.model.parameters()) + tensor_bytes(self.model.buffers())
                 + tensor_bytes(state))
-
-
-def event_start(event) -> int:
-    """When a profiler (kineto) event started: ``start_ns()``, or ``start_us()`` on a
-    torch that has no nanosecond times yet (torch 2.1). Only the order is used."""
-    return event.start_ns() if hasattr(event, 'start_ns') else event.start_us()
-
-
-def step_peak_bytes(fn: Callable[[], None]) -> int:
-    """Highest rise of the CPU allocator's live bytes during ``fn()``, from the memory
-    events of ``torch.profiler`` (frees of blocks allocated before are not seen)."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
-    live = peak = 0
-    for event in sorted(events, key=event_start):
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
 
 
 def saved_activation_bytes(trainer: Trainer) -> int:
@@ -293,32 +269,6 @@ def paired_ratio(times: Dict[str, List[float]], name: str, reference: str) -> fl
     """Median over rounds of ``time(name) / time(reference)`` in the same round (the
     two ran close in time, so load from other processes cancels better)."""
     return statistics.median(a / b for a, b in zip(times[name], times[reference]))
-
-
-class CpuMeter:
-    """CPU time used by other processes while measuring, from ``/proc/stat`` minus
-    this process's own CPU time, in CPUs (0 = idle machine; 1 = one busy core)."""
-
-    def __init__(self) -> None:
-        self.start = self._read()
-
-    @staticmethod
-    def _read():
-        try:
-            with open('/proc/stat') as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system irq softirq steal
-        return busy / os.sysconf('SC_CLK_TCK'), time.process_time(), time.perf_counter()
-
-    def others(self) -> Optional[float]:
-        end = self._read()
-        if self.start is None or end is None:
-            return None
-        busy = end[0] - self.start[0]
-        own = end[1] - self.start[1]
-        return max(busy - own, 0.0) / max(end[2] - self.start[2], 1e-9)
 
 
 def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch: int,

@@ -10,7 +10,7 @@ pipeline's ``Resize`` set to ``--img`` px (default 400), batch ``--batch`` (2).
 Rows: every method of ``mmslora.models.peers.METHODS`` (switched with ``apply_method``
 on the config's ``model.backbone``, as ``tools/train.py --method`` does) plus MSLoRA
 variants (:data:`VARIANTS`). The bottleneck widths are the demo's: MSLoRA, Adapter and
-Mona at D = 32 (``transfer.ADAPTER_OVERRIDES``; the demo config sets MSLoRA's
+Mona at D = 32 (``bench.methods.DEMO_WIDTHS``; the demo config sets MSLoRA's
 ``hidden_dim=32``), LoRA rank 8.
 
 Per row: the detector is built with mmdet's ``MODELS`` in the mmdet default scope,
@@ -24,7 +24,7 @@ dataloader. Reported:
   rotating each round) after warm-up iterations, and the paired ratio to full
   fine-tuning (``cost.paired_ratio``: median of per-round ratios);
 * peak memory: persistent bytes (parameters, buffers, AdamW state; gradients set to
-  None) plus ``cost.step_peak_bytes`` of one iteration (the highest rise of the CPU
+  None) plus ``bench.memory.step_peak_bytes`` of one iteration (the highest rise of the CPU
   allocator's live bytes, from the profiler's memory events); ratio to full.
 
 ``--compile`` adds every row compiled as ``<row>+compile``: ``model.backbone.compile(
@@ -41,7 +41,7 @@ backward (input requiring grad, block parameters frozen, adapters off) and of it
 adapter's forward + backward on a tensor of the block's output shape, their ratio, and
 the sums per stage.
 
-The CPU time other processes used during the measurement (``cost.CpuMeter``) is
+The CPU time other processes used during the measurement (``bench.env.CpuMeter``) is
 reported; read the ratios with it. ``--clock cpu`` times iterations as this process's
 CPU time (best with ``--threads 1``), which a shared machine disturbs far less than
 wall time. Outputs in ``--out``: ``detector_cost.md``,
@@ -58,39 +58,35 @@ Usage::
 import argparse
 import copy
 import datetime
-import importlib.util
 import json
 import os
 import os.path as osp
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-import cost  # noqa: E402  (timing, memory and load helpers; puts the repo on sys.path)
-from transfer import ADAPTER_OVERRIDES  # noqa: E402  (the demo tasks' adapter widths)
+import cost  # noqa: E402  (timing helpers; puts the repo on sys.path)
+from bench import ROOT  # noqa: E402
+from bench.detection import CONFIG, build_detector as build, detector_cfg  # noqa: E402
+from bench.env import CpuMeter, git_commit, run_converter  # noqa: E402
+from bench.memory import persistent_bytes, step_peak_bytes  # noqa: E402
+from bench.methods import DEMO_WIDTHS, switch  # noqa: E402
 
 from mmslora.models import count_parameters  # noqa: E402
-from mmslora.models.peers import METHODS, apply_method  # noqa: E402
+from mmslora.models.peers import METHODS  # noqa: E402
 from mmslora.models.wrapper import adapter_key  # noqa: E402
 
-ROOT = cost.ROOT
-CONFIG = 'configs/demo/mask-rcnn_effnet-lite0-mslora_fpn_nuclei.py'
 #: MSLoRA's targets against full fine-tuning (eager vs eager, compiled vs compiled)
 TARGETS = dict(iteration=0.9, peak=0.7)
-#: MSLoRA variants measured besides METHODS: name -> (method, adapter overrides)
-VARIANTS = {
-    'mslora_ratio': ('mslora', dict(max_hidden_ratio=0.5)),
-    'mslora_stride2': ('mslora', dict(trans_stride=2)),
-    'mslora_proj': ('mslora', dict(combine='proj')),
-}
+#: MSLoRA variants measured besides METHODS (``bench.methods.VARIANTS``)
+VARIANTS = ('mslora_ratio', 'mslora_stride2', 'mslora_proj')
 ALL_ROWS = list(METHODS) + list(VARIANTS)
 #: the rows of the per-block profile
 BLOCK_ROWS = ('mslora', 'mslora_ratio')
@@ -115,21 +111,9 @@ def load_config(img: int, batch: int):
 
 
 def row_backbone(wrapper: dict, row: str) -> dict:
-    """The config's ``MSLoRABackbone`` switched to ``row`` (a method of METHODS or a
-    VARIANTS name; a ``+compile`` suffix is ignored), with the demo's adapter widths."""
-    name = cost.split_compiled(row)[0]
-    method, extra = VARIANTS.get(name, (name, {}))
-    adapter = dict(ADAPTER_OVERRIDES.get(method, {}), **extra)
-    overrides = dict(adapter=adapter) if adapter and METHODS[method].get('adapter') else {}
-    return apply_method(wrapper, method, **overrides)
-
-
-def convert_nuclei(out_dir: str) -> dict:
-    spec = importlib.util.spec_from_file_location(
-        '_detector_cost_nuclei', osp.join(ROOT, 'tools', 'dataset_converters', 'nuclei.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.convert_nuclei(out_dir, verbose=False)
+    """The config's ``MSLoRABackbone`` switched to ``row`` (a ``+compile`` suffix is
+    ignored), with the demo's adapter widths."""
+    return switch(wrapper, cost.split_compiled(row)[0], DEMO_WIDTHS)
 
 
 def fixed_batch(cfg, data_root: str) -> dict:
@@ -146,15 +130,7 @@ def fixed_batch(cfg, data_root: str) -> dict:
 
 
 def build_detector(cfg, row: str) -> nn.Module:
-    from mmdet.registry import MODELS
-    from mmengine.registry import DefaultScope
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.backbone = row_backbone(model_cfg.backbone, row)
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        torch.manual_seed(0)
-        model = MODELS.build(model_cfg)
-        model.init_weights()
-    model.train()
+    model = build(detector_cfg(cfg.model, cost.split_compiled(row)[0]))
     if cost.split_compiled(row)[1]:
         model.backbone.compile(fullgraph=True)  # in place (nn.Module.compile)
         model.neck.compile()
@@ -181,10 +157,7 @@ class DetTrainer:
         self.opt.step()
 
     def persistent_bytes(self) -> int:
-        state = [v for s in self.opt.state.values() for v in s.values()
-                 if isinstance(v, torch.Tensor)]
-        return (cost.tensor_bytes(self.model.parameters())
-                + cost.tensor_bytes(self.model.buffers()) + cost.tensor_bytes(state))
+        return persistent_bytes(self.model, self.opt)
 
 
 # ------------------------------------------------------------------ the detector table
@@ -212,7 +185,7 @@ def measure(cfg, batch: dict, rows: List[str], rounds: int, warmup: int,
         reference = 'full' + cost.split_compiled(row)[1]
         persistent = trainer.persistent_bytes()
         trainer.opt.zero_grad(set_to_none=True)
-        step_peak = cost.step_peak_bytes(trainer.step)
+        step_peak = step_peak_bytes(trainer.step)
         results[row].update(times=times[row], median_s=statistics.median(times[row]),
                             persistent_bytes=persistent, step_peak_bytes=step_peak,
                             peak_bytes=persistent + step_peak, reference=reference)
@@ -380,14 +353,6 @@ def blocks_markdown(profile: dict, header: List[str]) -> List[str]:
 
 
 # ------------------------------------------------------------------ main
-def git_commit() -> Optional[str]:
-    try:
-        return subprocess.run(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--methods', nargs='+', default=None, choices=ALL_ROWS,
@@ -461,10 +426,10 @@ def run(args, argv=None) -> dict:
         if args.compile:
             rows = cost.with_compiled_rows(rows)
         with tempfile.TemporaryDirectory(prefix='nuclei_') as tmp:
-            convert_nuclei(tmp)
+            run_converter('nuclei', tmp, verbose=False)
             batch = fixed_batch(cfg, tmp)
         shapes = [tuple(t.shape) for t in batch['inputs']]
-        meter = cost.CpuMeter()
+        meter = CpuMeter()
         results = measure(cfg, batch, rows, args.rounds, args.warmup, args.clock)
         others = meter.others()
         meta.update(input_shapes=shapes, cpu_others=others)
@@ -494,7 +459,7 @@ def run(args, argv=None) -> dict:
             json.dump(result, f, indent=1)
         print('\n'.join(md), flush=True)
     if args.profile_blocks or not args.no_blocks:
-        meter = cost.CpuMeter()
+        meter = CpuMeter()
         profile = profile_blocks(cfg, args.img, args.batch, args.block_repeats,
                                  threads=args.block_threads or None, clock=args.block_clock)
         others = meter.others()

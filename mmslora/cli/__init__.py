@@ -2,8 +2,8 @@
 
 The commands (console scripts of the package; ``tools/*.py`` call the same ``main``):
 ``mmslora-train`` (:mod:`.train`), ``mmslora-test`` (:mod:`.test`),
-``mmslora-count-params`` (:mod:`.count_params`) and ``mmslora-export-adapter``
-(:mod:`.export_adapter`); ``python -m mmslora SCRIPT ...`` runs an upstream script
+``mmslora-count-params`` (:mod:`.count_params`), ``mmslora-export-adapter``
+(:mod:`.export_adapter`) and ``mmslora-merge`` (:mod:`.merge`); ``python -m mmslora SCRIPT ...`` runs an upstream script
 (mmdet's ``tools/train.py``) with mmslora imported first (:mod:`.run_script`). Their
 glue: arguments and config preparation (:mod:`.config`) and CPU-only distributed
 runs (:mod:`.distributed`).

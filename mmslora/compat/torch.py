@@ -3,6 +3,9 @@
 * :func:`is_compiling`: whether ``torch.compile`` (dynamo) is tracing the caller.
   ``torch.compiler.is_compiling`` is public from torch 2.3; torch 2.1 and 2.2 have
   only ``torch._dynamo.is_compiling``.
+* :func:`register_state_dict_post_hook`: a hook that edits a module's state dict in
+  place. ``Module.register_state_dict_post_hook`` is public from torch 2.2; torch 2.1
+  has only ``Module._register_state_dict_hook``, which runs the same way.
 * :func:`is_exporting`: whether an exporter records the caller into a graph for use
   outside Python. ``torch.onnx.is_in_onnx_export`` (every supported torch) is True in
   the TorchScript-based ONNX exporter and, from torch 2.5 on, in the torch.export-based
@@ -16,12 +19,13 @@
 """
 import importlib.util
 import inspect
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
-__all__ = ['is_compiling', 'is_exporting', 'records_autograd', 'onnx_export',
-           'dynamo_onnx_unavailable']
+__all__ = ['is_compiling', 'register_state_dict_post_hook', 'is_exporting',
+           'records_autograd', 'onnx_export', 'dynamo_onnx_unavailable']
 
 
 def is_compiling() -> bool:
@@ -35,6 +39,16 @@ def is_compiling() -> bool:
     if compiler is not None and hasattr(compiler, 'is_compiling'):
         return compiler.is_compiling()
     return torch._dynamo.is_compiling()
+
+
+def register_state_dict_post_hook(module: torch.nn.Module, hook: Callable) -> RemovableHandle:
+    """Run ``hook(module, state_dict, prefix, local_metadata)`` after ``module`` has
+    written its part of a state dict (torch's ``state_dict()`` and mmengine's
+    ``get_state_dict`` both run it); the hook edits ``state_dict`` in place and returns
+    None. The returned handle's ``remove()`` detaches it."""
+    if hasattr(module, 'register_state_dict_post_hook'):
+        return module.register_state_dict_post_hook(hook)
+    return module._register_state_dict_hook(hook)
 
 
 def is_exporting() -> bool:

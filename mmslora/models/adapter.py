@@ -4,61 +4,23 @@ Inserted after a frozen block with output ``F`` of shape (B, C, H, W)::
 
     F_hat = F + H(F),        H(F) = Proj(F) * Trans(F)        (pointwise product)
 
-``Proj`` is the efficient low-rank projection branch: a grouped 1x1 convolution that
-projects C -> D, then a grouped 1x1 convolution back D -> C (G groups each), linear
-in ``F`` as in LoRA. ``Trans`` is the multi-scale nonlinear transformation branch that
-modulates channel and spatial attention and produces the weights by which ``Proj(F)``
-is multiplied, so the module *reweights* the frozen feature instead of re-tuning the
-weights that produced it.
-
-What the paper fixes and what mmslora chose
--------------------------------------------
-The paper states the equations above, the grouped 1x1 low-rank ``Proj`` (C -> D -> C
-with G groups), that ``Trans`` uses multi-scale convolutions jointly modulating spatial
-and channel attention, and that the adapter follows every block. It leaves the exact
-layers of ``Trans`` and the defaults open in the text available to us, so mmslora
-chose (each an argument below)::
+``Proj`` (:class:`LowRankProjection`) is a grouped 1x1 convolution C -> D followed by a
+grouped 1x1 convolution D -> C (G groups each), linear in ``F``. ``Trans``
+(:class:`MultiScaleTransform`) is the multi-scale gate::
 
     t = GN(Reduce(F))                        Reduce: grouped 1x1, C -> D
-    t = GELU(t + mean_k DWConv_k(t))         k in kernel_sizes = (3, 5, 7), depthwise
+    t = GELU(t + mean_k DWConv_k(t))         k in kernel_sizes, depthwise
     t = t * sigmoid(W2 GELU(W1 avgpool(t)))  channel attention, D -> D/r -> D
-    t = t * sigmoid(Conv_7x7([mean_c t; max_c t]))   spatial attention
+    t = t * sigmoid(Conv_k([mean_c t; max_c t]))     spatial attention
     Trans(F) = sigmoid(Expand(t))            Expand: grouped 1x1, D -> C
 
-so ``Trans(F)`` is a gate in (0, 1) and ``H`` is a gated linear unit of ``F``.
+``Proj``'s up-projection starts at zero, so ``F_hat = F`` at step 0.
+:meth:`MSLoRAAdapter.forward` computes the same values as the layer-by-layer
+:meth:`MSLoRAAdapter.residual` in fewer operations
+(:func:`~mmslora.models.fused_mslora.fused_mslora`), equal up to float rounding.
 
-Implementation: ``LowRankProjection`` and ``MultiScaleTransform`` compute layer by
-layer, as written above (``MSLoRAAdapter.residual`` uses them). ``MSLoRAAdapter.forward``
-computes the same ``F + Proj(F) * Trans(F)`` with the same parameters in fewer, larger
-operations (:func:`~mmslora.models.fused_mslora.fused_mslora`), equal up to float
-rounding; both run the one definition of the chain between ``Reduce`` and ``Expand``
-(:meth:`MultiScaleTransform.chain`), and both compile with ``torch.compile``.
-Defaults ``D=64``, ``G=8`` keep the adapters under 5% of the backbone for R-50,
-Swin-T and ViT-B. The up-projection of ``Proj`` starts at zero (as LoRA's ``B``), so
-``H(F) = 0`` and the adapted network equals the pretrained one at step 0; because of
-the product, ``Trans`` receives its first non-zero gradient on the second step.
-
-Ablation and initialisation switches (mmslora's, not the paper's)
------------------------------------------------------------------
-``MSLoRAAdapter`` arguments for ablations; their defaults are the module above, with
-the same parameters, state-dict keys and values. ``z = Expand(t)`` is the logit of the
-gate (``Trans(F) = sigmoid(z)``)::
-
-    combine='product'   H = Proj(F) * sigmoid(z)           the paper's equation (default)
-    combine='sum'       H = Proj(F) + z                     Trans without its sigmoid
-    combine='proj'      H = Proj(F)                         no Trans built (a grouped LoRA)
-    combine='trans'     F_hat = F * 2 sigmoid(z),  H = F * (2 sigmoid(z) - 1)   no Proj built
-    channel_attention=False / spatial_attention=False   skip that step of Trans
-    trans_stride=s      Trans on avgpool_s(F) (ceil mode), its output repeated over each
-                        s x s window (nearest upsampling) and cropped to (H, W)
-    init='zero_up' | 'zero_scale' | 'gate_bias'    the start, see MSLoRAAdapter
-
-Every combination starts at ``F_hat = F`` exactly: 'sum' and 'trans' also zero
-``Expand``'s weight and bias (``z = 0``: ``Proj + 0 = 0``, ``2 sigmoid(0) - 1 = 0``).
-Nearest upsampling is chosen over bilinear because each pixel then gets the value of
-the window it was averaged into (no blending across windows, no alignment question
-at a cropped edge), and because it commutes with the 1x1 ``Expand`` and the sigmoid,
-so the fused path repeats the D-channel map instead of the C-channel gate.
+Which layers are the paper's and which are mmslora's choices, the ablation switches
+and the derivation of each start: ``docs/mslora.md``.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -132,10 +94,9 @@ def _spatial_attention(conv: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
 
 class ChannelAttention(nn.Sequential):
     """Squeeze-excite gate of a (B, D, H, W) map: ``sigmoid(W2 GELU(W1 avgpool(t) + b1) +
-    b2)``, (B, D, 1, 1). Its layers keep the ``nn.Sequential`` of 1x1 convolutions (pool,
-    conv, GELU, conv, sigmoid: the state-dict keys ``1.*`` and ``3.*``); ``forward``
-    applies the two 1x1 convolutions to the pooled vector as linear maps (the same
-    values; a convolution on a 1 x 1 map is several times slower on CPU)."""
+    b2)``, (B, D, 1, 1). The layers are an ``nn.Sequential`` of pool, 1x1 convolution,
+    GELU, 1x1 convolution and sigmoid (state-dict keys ``1.*`` and ``3.*``); ``forward``
+    applies the two convolutions to the pooled vector as linear maps (the same values)."""
 
     def __init__(self, dim: int, squeezed: int) -> None:
         super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, squeezed, 1), nn.GELU(),
@@ -231,11 +192,10 @@ class MultiScaleTransform(nn.Module):
 class MSLoRAAdapter(BlockAdapter):
     """MSLoRA: ``F_hat = F + Proj(F) * Trans(F)`` on a (B, C, H, W) feature map.
 
-    A :class:`~mmslora.models.base.BlockAdapter`. See the module docstring for the
-    equations and for which details are the paper's and which are mmslora's choices.
-    ``combine``, ``channel_attention``, ``spatial_attention``, ``init`` and
-    ``trans_stride`` are mmslora's ablation switches; their defaults are the paper's
-    module as mmslora builds it (same parameters and state-dict keys).
+    A :class:`~mmslora.models.base.BlockAdapter` (see the module docstring for the
+    equations). ``combine``, ``channel_attention``, ``spatial_attention``, ``init``,
+    ``trans_stride`` and ``max_hidden_ratio`` are ablation switches; their defaults
+    build the module of the equations.
 
     Args:
         channels (int): C, channels of the block output it adapts.
@@ -251,72 +211,43 @@ class MSLoRAAdapter(BlockAdapter):
         strict_groups (bool): refuse a ``groups`` that does not divide C and D
             instead of reducing it. Default False.
         with_cp (bool): gradient checkpointing of the adapter: keep only its input
-            from forward to backward and recompute the rest there (less training
-            memory, one more adapter forward per step; same values). Default False.
-        combine (str): how the branches make ``H`` (``z = Expand(t)``, the gate's logit):
-            ``'product'`` ``Proj(F) * sigmoid(z)`` (the paper's); ``'sum'``
-            ``Proj(F) + z``; ``'proj'`` ``Proj(F)`` alone (no ``trans`` module);
-            ``'trans'`` ``F * (2 sigmoid(z) - 1)``, i.e. ``F_hat = F * 2 Trans(F)``, a
-            gate on ``F`` alone (no ``proj`` module). Default 'product'. The Trans
-            arguments are ignored for 'proj'.
+            from forward to backward and recompute the rest there (same values).
+            Default False.
+        combine (str): how the branches make ``H``, with ``z = Expand(t)`` the gate's
+            logit: ``'product'`` ``Proj(F) * sigmoid(z)`` (the paper's); ``'sum'``
+            ``Proj(F) + z``; ``'proj'`` ``Proj(F)`` alone (no ``trans`` module, the
+            Trans arguments ignored); ``'trans'`` ``F * (2 sigmoid(z) - 1)``, a gate on
+            ``F`` alone (no ``proj`` module). Default 'product'.
         channel_attention (bool): the squeeze-excite step of ``Trans``; False skips it
             (no parameters). Default True.
-        spatial_attention (bool): the 7x7 spatial attention step of ``Trans``; False
-            skips it (no parameters). Default True.
-        init (str): the start; each keeps ``F_hat = F`` exactly at step 0. With
-            ``g`` the gradient of the loss w.r.t. ``F_hat`` and ``p = Down(F)``:
-
-            * ``'zero_up'`` (default; LoRA's zero ``B``, Hu et al. 2021): ``Proj``'s
-              up-projection is zero. Step 0: only ``W_up`` gets a gradient,
-              ``sum (g * Trans(F)) p^T``; ``Proj.down`` and all of ``Trans`` reach
-              ``H`` through ``W_up p = 0`` and get theirs from step 2. ('sum': also
-              ``Expand``'s weight and bias start at zero and get ``sum g t^T``,
-              ``sum g`` at step 0; 'trans': ``Expand`` is zero, its step-0 gradient
-              ``0.5 g * F`` through ``2 sigmoid'(0)``.)
-            * ``'zero_scale'`` (ReZero, Bachlechner et al. 2020, arXiv 2003.04887, and
-              SkipInit, De and Smith 2020, with LayerScale's per-channel shape, Touvron
-              et al. 2021): both branches random (the up-projection Kaiming-uniform like
-              the down-projection, ``Expand`` at PyTorch's default), and ``H`` is
-              multiplied by a learned per-channel ``scale`` (C,), zero at start. Step 0:
-              ``scale`` gets ``sum_{B,H,W} g * H_0(F)`` at once (``H_0`` the unscaled
-              random residual); every branch parameter's gradient carries the factor
-              ``scale = 0`` and is zero, non-zero from step 2 (after ``scale`` moved).
-              The branches then start from a random, non-degenerate point: ``Trans``
-              does not wait for ``Proj`` to grow, nor ``Proj.down`` for ``W_up``.
-            * ``'gate_bias'`` ('product' only): ``'zero_up'`` with ``Expand``'s bias
-              at ``log 9`` so the gate starts open, ``sigmoid(z) ~ 0.9`` instead of
-              ``~ 0.5``, as the forget-gate bias of LSTMs (Gers et al. 2000;
-              Jozefowicz et al. 2015) and the gate bias of highway networks
-              (Srivastava et al. 2015, toward carrying the input) start a
-              multiplicative gate where it passes the signal. ``W_up``'s first
-              gradient ``sum (g * Trans(F)) p^T`` is proportional to the gate, so
-              ``Proj`` starts about 1.8x faster and as a nearly plain low-rank
-              update (``H ~ 0.9 Proj(F)``); the price is ``sigmoid'(z) = 0.09``
-              instead of 0.25, so the gate's own gradient from step 2 on is about
-              2.8x smaller until its logits move. An ``init_cfg`` cannot undo it:
-              ``init_weights`` restores the bias with the zero start.
-
-            Default 'zero_up'. ``zero_init`` lists the zero-start parameters of the
-            instance (``('proj.up.weight',)`` for the defaults, ``('scale',)`` for
-            'zero_scale', plus ``trans.expand.*`` for 'sum' and 'trans').
+        spatial_attention (bool): the spatial attention step of ``Trans``; False skips
+            it (no parameters). Default True.
+        init (str): the start; each gives ``F_hat = F`` exactly at step 0.
+            ``'zero_up'`` zeros ``Proj``'s up-projection; ``'zero_scale'`` starts both
+            branches random and multiplies ``H`` by a learned per-channel ``scale``
+            (C,) that starts at zero; ``'gate_bias'`` (``combine='product'`` only) is
+            ``'zero_up'`` with ``Expand``'s bias at ``log 9``, the gate starting at 0.9.
+            ``zero_init`` lists the instance's zero-start parameters. Default 'zero_up'.
         trans_stride (int): ``Trans`` on the map average-pooled by ``trans_stride``
-            (ceil mode, so odd sizes work), its output upsampled by nearest
-            (each pixel gets its window's value) and cropped to (H, W); ``Proj`` stays
-            at full resolution. Changes the math; 1 (default) is full resolution.
-        max_hidden_ratio (float, optional): the width rule for narrow blocks: D at most
-            ``max_hidden_ratio * C``, rounded down to a multiple of ``groups`` (at least
-            ``groups``), so that an adapter after a narrow, high-resolution block
-            (16-40 channels in a mobile backbone's first stages) is not wider than the
-            block; the narrowing is recorded in ``adjustment`` and the parameter
-            report. Default None: D is ``hidden_dim`` everywhere.
+            (ceil mode), its output upsampled by nearest and cropped to (H, W);
+            ``Proj`` stays at full resolution. Default 1 (full resolution).
+        max_hidden_ratio (float, optional): D at most ``max_hidden_ratio * C``, rounded
+            down to a multiple of ``groups`` (at least ``groups``); the narrowing is
+            recorded in ``adjustment`` and the parameter report. Default None: D is
+            ``hidden_dim`` everywhere.
         init_cfg (dict, optional): MMEngine initialisation config. Default None.
-            The ``zero_init`` parameters are set back to zero after it (the zero
-            start), and ``init='gate_bias'``'s bias is restored.
+            The zero start (and ``init='gate_bias'``'s bias) is restored after it.
 
-    ``forward`` uses :func:`fused_mslora` for ``combine='product'`` (every other switch
-    included) and ``F + residual(F)`` layer by layer for the other combines and while
-    dropout is active. ``residual_and_gate`` gives ``Trans(F)`` as the gate for
-    'product' and 'trans', None for 'sum' (``z`` gates nothing) and 'proj' (no Trans).
+    Raises:
+        ValueError: a width, group count, stride or kernel size that is not a positive
+            int (kernels: odd), an unknown ``combine`` or ``init``, ``init='gate_bias'``
+            without ``combine='product'``, or, with ``strict_groups``, ``groups`` that
+            does not divide C and D.
+
+    ``forward`` uses :func:`~mmslora.models.fused_mslora.fused_mslora` for
+    ``combine='product'`` and ``F + residual(F)`` layer by layer for the other combines
+    and while dropout is active. ``residual_and_gate`` gives ``Trans(F)`` as the gate
+    for 'product' and 'trans', None for 'sum' and 'proj'.
     """
 
     zero_init = ('proj.up.weight', )  # the defaults'; set per instance in __init__
@@ -415,9 +346,9 @@ class MSLoRAAdapter(BlockAdapter):
         return self.residual_and_gate(x)[0]
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
-        """``F + H(F)``: :func:`fused_mslora` (the same values in fewer operations) for
-        ``combine='product'``, else layer by layer, and layer by layer while dropout is
-        active."""
+        """``F + H(F)``: :func:`~mmslora.models.fused_mslora.fused_mslora` (the same
+        values in fewer operations) for ``combine='product'``, else layer by layer, and
+        layer by layer while dropout is active."""
         if self.combine != 'product' or (
                 self.training and not isinstance(self.dropout, nn.Identity)):
             return x + self.residual(x)

@@ -88,7 +88,7 @@ def adapter_set_state_dict(model: nn.Module, adapter_name: str) -> Dict[str, tor
     wrapper), detached copies."""
     return {_prefix(name) + k: v.detach().clone()
             for name, wrapper in _wrappers(model).items()
-            for k, v in wrapper.adapters_of(adapter_name).state_dict().items()}
+            for k, v in wrapper.adapter_set(adapter_name).modules.state_dict().items()}
 
 
 def _jsonable(value, where: str):
@@ -254,7 +254,7 @@ def load_adapter(model: nn.Module, checkpoint, adapter_name: Optional[str] = Non
     if set_name is not None:
         for name, wrapper in find_wrappers(model).items():
             prefix = _prefix(name)
-            wrapper.adapters_of(target).load_state_dict(
+            wrapper.adapter_set(target).modules.load_state_dict(
                 {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                 strict=True)
     else:

@@ -21,7 +21,8 @@ Two kinds of adapters, one abstract base each; the wrapper tells them apart with
 
   Built by ``cls.from_layer(layer, **cfg)`` for each layer of ``cls.layer_types`` that
   ``cls.skip_reason(layer)`` accepts. LoRA is a layer adapter; a linear update also
-  has :meth:`LayerAdapter.delta_weight` to merge it into the layer's weight.
+  has :meth:`LayerAdapter.delta_weight` to merge it into the layer's weight
+  (:mod:`mmslora.models.merging`).
 
 Zero start, for both: an adapter whose update is zero at construction lists the
 parameters that make it so in ``zero_init`` (e.g. ``('proj.up.weight',)``).
@@ -162,13 +163,20 @@ class LayerAdapter(AdapterBase):
     Class attribute:
         layer_types (tuple[type]): the layer classes offered to the adapter.
 
+    Attribute:
+        merged (bool): True while the update is merged into the layer's weight
+            (:mod:`mmslora.models.merging`); the wrapper then adds nothing to the
+            layer's output. False at construction.
+
     Subclasses implement :meth:`from_layer` and ``forward``; :meth:`skip_reason` (which
     layers of ``layer_types`` to decline) and :meth:`delta_weight` (for updates that
-    merge into the layer's weight) are optional.
+    merge into the layer's weight; :meth:`can_merge` says whether a class has it) are
+    optional.
     """
 
     placement = 'layer'
     layer_types: Tuple[type, ...] = (nn.Linear, nn.Conv2d)
+    merged: bool = False
 
     @classmethod
     def skip_reason(cls, layer: nn.Module) -> Optional[str]:
@@ -187,9 +195,16 @@ class LayerAdapter(AdapterBase):
 
     def delta_weight(self) -> torch.Tensor:
         """The update as a tensor in the layer's weight shape, for methods whose update
-        is linear in ``x`` (``W + delta_weight()`` then computes layer + adapter)."""
+        is linear in ``x`` (``W + delta_weight()`` then computes layer + adapter, at
+        eval: dropout inside the adapter is the identity there)."""
         raise NotImplementedError(f'{type(self).__name__} cannot be merged into the '
                                   f"layer's weight.")
+
+    @classmethod
+    def can_merge(cls) -> bool:
+        """Whether the class implements :meth:`delta_weight`, so that its update can
+        be merged into the layer's weight."""
+        return cls.delta_weight is not LayerAdapter.delta_weight
 
 
 class AdapterHost(BaseModule):

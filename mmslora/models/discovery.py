@@ -17,8 +17,9 @@ its single layers as units instead. Each block's layout is read off the dry forw
   extra tokens (cls, registers) in front (ViTs), ``'tokens/<s>'`` when the input size
   at a patch stride ``s`` does (T2T-ViT); otherwise the stage is skipped.
 
-The dry forward runs in eval mode without autograd on a random input drawn from a
-private generator, so neither running statistics nor the global random state change.
+The dry forward (:func:`~mmslora.models.dry_run.dry_run`: eval mode, no autograd,
+modes restored) runs on a random input drawn from a private generator, so neither
+running statistics nor the global random state change.
 """
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -26,10 +27,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .layouts import hw_from_args, parse_layout
+from .dry_run import dry_run
+from .layouts import hw_from_args, parse_layout, patch_grid
 
 __all__ = ['discover_blocks', 'Discovery', 'infer_channels', 'preset_channels',
-           'check_declared_blocks', 'sample_inputs', 'working_input']
+           'check_declared_blocks', 'sample_inputs', 'working_input', 'fits_grid']
 
 #: input sizes tried in order (after a size the backbone declares): non-square first
 #: (it tells NCHW from NHWC), small first (it is fast)
@@ -114,22 +116,22 @@ def sample_inputs(backbone: nn.Module) -> Iterator[torch.Tensor]:
 
 
 def working_input(backbone: nn.Module) -> Optional[torch.Tensor]:
-    """The first of :func:`sample_inputs` that ``backbone`` takes (one eval-mode forward
-    without autograd each; the modules' training modes are restored), or None."""
-    modes = {m: m.training for m in backbone.modules()}
-    try:
-        backbone.eval()
+    """The first of :func:`sample_inputs` that ``backbone`` takes (one dry run each:
+    eval mode, no autograd, modes restored), or None."""
+    with dry_run(backbone):
         for x in sample_inputs(backbone):
             try:
-                with torch.no_grad():
-                    backbone(x)
+                backbone(x)
                 return x
             except Exception:  # noqa: BLE001  (the next size may fit)
                 continue
-        return None
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    return None
+
+
+def fits_grid(length: int, grid: Optional[Sequence[int]]) -> bool:
+    """Whether ``length`` tokens are the (H, W) ``grid``'s patches with up to
+    :data:`MAX_EXTRA_TOKENS` extra tokens (cls, registers) in front."""
+    return grid is not None and 0 <= length - grid[0] * grid[1] <= MAX_EXTRA_TOKENS
 
 
 def _dry_forward(backbone: nn.Module, names: Sequence[str], grid_from: str):
@@ -152,19 +154,14 @@ def _dry_forward(backbone: nn.Module, names: Sequence[str], grid_from: str):
                                     None if out is None else out.shape, hw)
 
         def record_grid(module, args, output):
-            if isinstance(output, (tuple, list)) and len(output) > 1 and len(output[1]) == 2:
-                grid[0] = (int(output[1][0]), int(output[1][1]))
-            elif isinstance(output, torch.Tensor) and output.dim() == 4:
-                grid[0] = tuple(output.shape[-2:])
+            grid[0] = patch_grid(output)
 
         handles = [modules[n].register_forward_hook(
             lambda m, a, k, o, n=n: record(n, m, a, k, o), with_kwargs=True) for n in names]
         if grid_from in modules:
             handles.append(modules[grid_from].register_forward_hook(record_grid))
-        training = {m: m.training for m in backbone.modules()}
         try:
-            backbone.eval()
-            with torch.no_grad():
+            with dry_run(backbone):
                 backbone(x)
             return calls, grid[0], tuple(x.shape[-2:])
         except Exception as err:  # an input the backbone does not take: try the next
@@ -172,8 +169,6 @@ def _dry_forward(backbone: nn.Module, names: Sequence[str], grid_from: str):
         finally:
             for handle in handles:
                 handle.remove()
-            for m, mode in training.items():
-                m.training = mode
     raise ValueError(f'MSLoRABackbone: a dry forward of {type(backbone).__name__} failed at '
                      f'every input size tried ({"; ".join(errors)[:600]}); name its blocks '
                      f'with blocks=dict(pattern=..., layout=...).')
@@ -239,10 +234,10 @@ def _layout(call: _Call, block: nn.Module, size: Tuple[int, int], grid
     if len(out) == 3:
         if call.hw is not None:
             return 'nlc', ''
-        if grid is not None and 0 <= out[1] - grid[0] * grid[1] <= MAX_EXTRA_TOKENS:
+        if fits_grid(out[1], grid):
             return 'tokens', ''
         for stride in GRID_STRIDES:  # a grid the input size gives at a patch stride
-            if 0 <= out[1] - (size[0] // stride) * (size[1] // stride) <= MAX_EXTRA_TOKENS:
+            if fits_grid(out[1], (size[0] // stride, size[1] // stride)):
                 return f'tokens/{stride}', ''
         return None, (f'(B, L, C) tokens {tuple(out)} without a grid: no (H, W) argument '
                       f'and no patch-embedding grid that fits')
@@ -322,7 +317,6 @@ def _runs(kids: List[str], calls: Dict[str, _Call], named: Dict[str, nn.Module],
             if run and (min_layers == 1 or any(calls[k].inp == calls[k].out for k in run))]
 
 
-
 def preset_channels(backbone: nn.Module, layouts: Dict[str, str],
                     grid_from: str = 'patch_embed') -> Optional[Dict[str, int]]:
     """The output channels of blocks a preset named (name -> layout), read off one dry
@@ -342,8 +336,7 @@ def preset_channels(backbone: nn.Module, layouts: Dict[str, str],
         if out is None:
             channels[name] = infer_channels(named[name])
             continue
-        tokens = len(out) == 3 and (layout == 'nlc' or (grid is not None and 0 <= out[1] -
-                                    grid[0] * grid[1] <= MAX_EXTRA_TOKENS))
+        tokens = len(out) == 3 and (layout == 'nlc' or fits_grid(out[1], grid))
         if not (tokens or (layout == 'nchw' and len(out) == 4)):
             return None
         channels[name] = int(out[1] if layout == 'nchw' else out[-1])

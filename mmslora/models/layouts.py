@@ -71,6 +71,18 @@ def hw_from_args(args: tuple, kwargs: dict, length: Optional[int] = None,
     return next((tuple(map(int, v)) for v in named if _is_hw(v, None)), None)
 
 
+def patch_grid(output) -> Optional[tuple]:
+    """The (H, W) patch grid a patch embedding's output states: the pair after the
+    tokens of mm*'s ``PatchEmbed`` (``(tokens, (H, W))``), or the last two dims of a
+    (B, C, H, W) map; None for any other output."""
+    if isinstance(output, (tuple, list)) and len(output) > 1 and \
+            isinstance(output[1], (tuple, list, torch.Size)) and len(output[1]) == 2:
+        return tuple(output[1])
+    if isinstance(output, torch.Tensor) and output.dim() == 4:
+        return tuple(output.shape[-2:])
+    return None
+
+
 def _like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``out`` in ``x``'s memory layout: a contiguous input gets a contiguous output, so
     the layers after the block compute exactly as without the adapter."""

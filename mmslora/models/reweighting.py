@@ -31,7 +31,7 @@ def record_reweighting(model: nn.Module) -> Iterator[Dict[str, dict]]:
         return hook
 
     for wrapper in find_wrappers(model).values():
-        adapters = wrapper.adapters_of()
+        adapters = wrapper.adapter_set().modules
         for block_name in wrapper.adapter_set().blocks:
             adapter = adapters[adapter_key(block_name)]
             handles.append(adapter.register_forward_hook(make_hook(block_name)))

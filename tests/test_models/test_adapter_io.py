@@ -27,7 +27,7 @@ def resnet_wrapper(depth=18, seed=0, **adapter):
 
 def moved(model, set_name=None, by=0.5):
     with torch.no_grad():
-        for param in model.adapters_of(set_name).parameters():
+        for param in model.adapter_set(set_name).modules.parameters():
             param.add_(by)
     return model
 
@@ -229,7 +229,7 @@ def test_a_set_file_rebuilds_the_width_it_was_trained_with(tmp_path):
     fresh = wrapper()
     for name, built in (('fitted', width), ('earlier', 64)):
         load_adapter(fresh, str(tmp_path / name))
-        assert all(a.proj.down.out_channels == built for a in fresh.adapters_of(name).values())
+        assert all(a.proj.down.out_channels == built for a in fresh.adapter_set(name).modules.values())
         fresh.set_adapter(name)
         model.set_adapter(name)
         assert_same_outputs(fresh, model, torch.randn(1, 3, 64, 64))

@@ -192,8 +192,14 @@ def test_each_combine_computes_its_equation():
         move_off_zero_start(adapter)
         proj = adapter.proj(x) if adapter.proj is not None else None
         trans = adapter.trans(x) if adapter.trans is not None else None
-        want = {'product': lambda: x + proj * trans, 'sum': lambda: x + proj + trans,
-                'proj': lambda: x + proj, 'trans': lambda: x * 2 * trans}[combine]()
+        if combine == 'product':
+            want = x + proj * trans
+        elif combine == 'sum':
+            want = x + proj + trans
+        elif combine == 'proj':
+            want = x + proj
+        else:
+            want = x * 2 * trans
         torch.testing.assert_close(adapter(x), want)
         residual, gate = adapter.residual_and_gate(x)
         torch.testing.assert_close(residual, want - x)

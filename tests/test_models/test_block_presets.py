@@ -34,3 +34,17 @@ def test_bad_block_specs_name_the_fix(blocks, error, match):
     with pytest.raises(error, match=match):
         build_in_scope('mmdet', wrap(dict(type='mmdet.ResNet', depth=18, init_cfg=None),
                                      blocks=blocks))
+
+
+def test_the_chain_says_which_resolver_matched():
+    from mmslora.models.block_presets import find_blocks
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3))  # no preset fits
+    resnet = build_in_scope('mmdet', dict(type='mmdet.ResNet', depth=18, init_cfg=None))
+    preset = find_blocks(resnet)
+    assert preset.resolver == 'preset' and preset['layer4.1'] == ('nchw', 512)
+    discovered = find_blocks(resnet, 'auto')
+    assert discovered.resolver == 'discovery' and dict(discovered) == dict(preset)
+    assert find_blocks(plain).resolver == 'discovery'  # no preset: the next resolver
+    pattern = find_blocks(resnet, dict(pattern=r'layer1\.0'))
+    assert pattern.resolver == 'pattern' and dict(pattern) == {'layer1.0': ('nchw', None)}

@@ -94,3 +94,17 @@ def test_a_backbone_that_takes_no_sample_input_is_named():
             raise RuntimeError('needs a mask')
     with pytest.raises(ValueError, match='a dry forward of Picky failed at every input size'):
         discover_blocks(Picky())
+
+
+def test_dry_run_is_eval_without_autograd_and_restores_modes_after_an_error():
+    from mmslora.models.dry_run import dry_run
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(), nn.BatchNorm1d(2))
+    model.train()
+    model[1].eval()  # a mixed state comes back as it was
+    modes = [m.training for m in model.modules()]
+    with pytest.raises(RuntimeError, match='inside'):
+        with dry_run(model):
+            assert not any(m.training for m in model.modules())
+            assert not model(torch.randn(3, 2)).requires_grad
+            raise RuntimeError('inside')
+    assert [m.training for m in model.modules()] == modes

@@ -12,8 +12,15 @@ import torch.nn as nn
 
 from mmslora.models import MSLoRABackbone
 from mmslora.models.frozen_path import FOLD_ATTR, enable_frozen_fast_path
-from mmslora_testing import (HRNET_W18_TINY, TINY_SWIN, TINY_VIT_MMPRETRAIN,
-                             TINY_VIT_MMSEG, build_in_scope, flat, wrap)
+from mmslora_testing import (
+    HRNET_W18_TINY,
+    TINY_SWIN,
+    TINY_VIT_MMPRETRAIN,
+    TINY_VIT_MMSEG,
+    build_in_scope,
+    flat,
+    wrap,
+)
 
 BACKBONES = [
     ('mmdet-resnet18', 'mmdet', dict(type='mmdet.ResNet', depth=18, init_cfg=None)),
@@ -318,6 +325,14 @@ def test_frozen_conv_on_channels_last_and_unbatched_inputs(layout):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+def saved_list_hook(saved):
+    """A pack hook that appends every tensor autograd saves to ``saved``."""
+    def pack(t):
+        saved.append(t)
+        return t
+    return pack
+
+
 def test_frozen_linear_keeps_no_input_in_torch_itself():
     """Why the fast path leaves Linear alone: autograd keeps a Linear's input only for
     its weight's gradient (a frozen convolution keeps it anyway)."""
@@ -326,8 +341,7 @@ def test_frozen_linear_keeps_no_input_in_torch_itself():
         layer.requires_grad_(False)
         x.requires_grad_(True)
         saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
-                                                      lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(saved_list_hook(saved), lambda t: t):
             layer(x)
         keeps_input = any(t.data_ptr() == x.data_ptr() for t in saved)
         assert keeps_input == isinstance(layer, nn.Conv2d)

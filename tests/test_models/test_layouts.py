@@ -17,3 +17,11 @@ def test_tokens_layout_keeps_extra_tokens():
     out = apply_in_layout(lambda t: t * 2, x, 'tokens', (), {}, grid=(2, 3))
     assert torch.equal(out[:, :3], x[:, :3])
     assert torch.equal(out[:, 3:], 2 * x[:, 3:])
+
+
+def test_patch_grid_of_a_patch_embedding_output():
+    from mmslora.models.layouts import patch_grid
+    tokens = torch.zeros(2, 12, 8)
+    assert patch_grid((tokens, (3, 4))) == (3, 4)  # mm*'s PatchEmbed: (tokens, (H, W))
+    assert patch_grid(torch.zeros(2, 8, 3, 4)) == (3, 4)  # a (B, C, H, W) map
+    assert patch_grid(tokens) is None and patch_grid((tokens, torch.zeros(2, 12))) is None

@@ -222,7 +222,7 @@ def trained_resnet(seed=0, **kwargs):
     torch.manual_seed(seed)
     model = MSLoRABackbone(backbone=RESNET18, **kwargs)
     model.init_weights()
-    perturb(model.adapters_of())
+    perturb(model.adapter_set().modules)
     return model
 
 
@@ -275,17 +275,17 @@ def test_two_named_sets_switch_outputs_without_rebuilding():
     added = model.add_adapter('task_b', dict(type='mmslora.MSLoRAAdapter', hidden_dim=16))
     assert model.adapter_names == ['default', 'task_b'] and model.active_adapter == 'default'
     assert added.blocks == model.block_layouts
-    assert not any(p.requires_grad for p in model.adapters_of('task_b').parameters())
+    assert not any(p.requires_grad for p in model.adapter_set('task_b').modules.parameters())
     x = torch.randn(1, 3, 32, 32)
     out_default = outputs(model, x)
 
     model.set_adapter('task_b')
-    assert all(p.requires_grad for p in model.adapters_of('task_b').parameters())
+    assert all(p.requires_grad for p in model.adapter_set('task_b').modules.parameters())
     assert not any(p.requires_grad for p in model.adapters.parameters())
     assert not any(p.requires_grad for p in model.backbone.parameters())
     assert_same_outputs(model, plain_of(model), x)  # task_b is at its zero start
     modules_before = list(model.modules())
-    perturb(model.adapters_of('task_b'))
+    perturb(model.adapter_set('task_b').modules)
     out_b = outputs(model, x)
     assert differ(out_b, out_default)
 
@@ -334,7 +334,7 @@ def test_sets_train_separately():
         sum(t.pow(2).mean() for t in flat(model(x))).backward()
         opt.step()
     assert all(torch.equal(v, model.adapters.state_dict()[k]) for k, v in default_before.items())
-    assert any(p.abs().sum() > 0 for n, p in model.adapters_of('task_b').named_parameters()
+    assert any(p.abs().sum() > 0 for n, p in model.adapter_set('task_b').modules.named_parameters()
                if n.endswith('proj.up.weight'))
 
 
@@ -465,3 +465,49 @@ def test_without_a_width_a_backbone_too_small_for_any_width_gets_the_narrowest()
                        r'fewer blocks'):
         MSLoRABackbone(backbone=dict(type='mmpretrain.ShuffleNetV1', widen_factor=0.5,
                                      init_cfg=None), budget=0.05)
+
+
+def test_a_set_named_grid_leaves_the_patch_grid_hook_alone():
+    """The patch grid's hook is no adapter set: a set called 'grid' neither replaces nor
+    keeps it, and removing the adapters removes it too."""
+    torch.manual_seed(0)
+    model = MSLoRABackbone(backbone=dict(type='mmpretrain.VisionTransformer',
+                                         **TINY_VIT_MMPRETRAIN))
+    perturb(model.adapters)
+    x = torch.randn(1, 3, 64, 64)
+    adapted = outputs(model, x)
+    model.add_adapter('grid', dict(type='mmslora.MSLoRAAdapter'))
+    model.set_adapter('grid')
+    perturb(model.adapter_set('grid').modules)
+    assert differ(outputs(model, x), adapted)
+    model.delete_adapter('grid')
+    assert not differ(outputs(model, x), adapted)  # the default set still finds its grid
+    model.remove_adapters()
+    assert not model.backbone.patch_embed._forward_hooks
+    assert not any(m._forward_hooks for m in model.backbone.modules())
+
+
+def test_adapters_of_is_a_deprecated_alias_of_adapter_set_modules():
+    model = trained_resnet()
+    with pytest.warns(DeprecationWarning, match=r'^MSLoRABackbone.adapters_of\(name\) moved to '
+                      r'MSLoRABackbone.adapter_set\(name\).modules; ') as record:
+        modules = model.adapters_of('default')
+    assert modules is model.adapter_set('default').modules is model.adapters
+    assert record[0].filename == __file__  # the warning points at the caller
+
+
+def test_a_merged_layer_adapter_is_skipped_by_its_hook():
+    """A LayerAdapter whose ``merged`` is True is folded into its layer: the hook adds
+    nothing (the layer's own output already holds the update)."""
+    torch.manual_seed(0)
+    model = MSLoRABackbone(backbone=RESNET18, adapter=dict(type='mmslora.LoRA', rank=2,
+                                                           targets=r'layer1\.0\.conv1'))
+    with torch.no_grad():
+        for param in model.adapters.parameters():
+            param.normal_()
+    x = torch.randn(1, 3, 32, 32)
+    with model.disable_adapters():
+        plain = outputs(model, x)
+    assert differ(outputs(model, x), plain)
+    model.adapters['layer1_0_conv1'].merged = True
+    assert not differ(outputs(model, x), plain)

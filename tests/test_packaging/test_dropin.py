@@ -8,16 +8,16 @@ import json
 import os
 import os.path as osp
 import shutil
-import subprocess
 import sys
-import sysconfig
 
 import cv2
 import numpy as np
 import pytest
 
+from mmslora_testing import STACK, stack_venv
+from mmslora_testing import run_clean as run
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-STACK = sysconfig.get_paths()['purelib']  # the site-packages of the stack running the tests
 #: not copied with the sources: environments, build outputs, data, git
 IGNORED = ('.git', '.venv*', 'build', '*.egg-info', '__pycache__', '.pytest_cache',
            'work_dirs', 'data')
@@ -48,18 +48,6 @@ log_processor = dict(by_epoch=False)
 """
 
 
-def run(cmd, cwd, timeout=300, fails=False):
-    """``cmd`` in ``cwd`` without the repository or PYTHONPATH in reach; its output.
-    It must succeed, or with ``fails`` fail."""
-    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    env['OMP_NUM_THREADS'] = '1'
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert (proc.returncode != 0) == fails, \
-        f'{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
-    return proc.stdout + proc.stderr
-
-
 def tiny_coco(root):
     """Two 64x64 images with one bright box each, and their COCO annotations."""
     os.makedirs(osp.join(root, 'images'))
@@ -86,14 +74,7 @@ def venv(tmp_path_factory):
     shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(*IGNORED))
     run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q',
          '-w', str(wheels), str(src)], cwd=tmp)
-    run([sys.executable, '-m', 'venv', str(env)], cwd=tmp)
-    python = str(env / 'bin' / 'python')
-    site = run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-               cwd=tmp).strip()
-    with open(osp.join(site, 'the_stack.pth'), 'w') as f:
-        f.write(STACK + '\n')
-    probe = 'import mmdet, importlib.util; print(importlib.util.find_spec("mmslora"))'
-    assert run([python, '-c', probe], cwd=tmp).strip() == 'None'  # the stack, not mmslora
+    python, site = stack_venv(env)
     wheel, = wheels.glob('mmslora-*.whl')
     run([python, '-m', 'pip', 'install', '--no-deps', '--no-index', '-q', str(wheel)], cwd=tmp)
     return env, site
@@ -148,11 +129,11 @@ def test_console_scripts(venv, tmp_path):
     env, site = venv
     bin_dir = env / 'bin'
     for name in ('mmslora-train', 'mmslora-test', 'mmslora-count-params',
-                 'mmslora-export-adapter'):
+                 'mmslora-export-adapter', 'mmslora-merge'):
         assert f'usage: {name}' in run([str(bin_dir / name), '-h'], cwd=tmp_path)
     out = run([str(bin_dir / 'mmslora-count-params'),
                'mmslora::mmdet/mask-rcnn_r50-mslora_fpn_1x_coco.py'], cwd=tmp_path)
-    assert 'adapters                     624,176' in out  # the README's R-50 count
+    assert 'adapters                     624,176' in out  # the R-50 count of docs/wrap_backbone.md
     # mim's layout: `mim train mmslora CONFIG` runs this file on the shipped config
     assert osp.isfile(osp.join(site, 'mmslora', '.mim', 'tools', 'train.py'))
     assert not osp.exists(osp.join(site, 'mmslora', '.mim', 'tools', 'demo.py'))

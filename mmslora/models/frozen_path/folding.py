@@ -20,6 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmslora.compat.torch import is_compiling, is_exporting
 from .functions import scaled
+from ..dry_run import dry_run
 
 __all__ = ['FOLD_ATTR', 'Fold', 'find_folds', 'eval_forward']
 
@@ -252,11 +253,5 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def eval_forward(backbone: nn.Module, sample: torch.Tensor) -> None:
     """One forward of ``backbone`` in eval mode without autograd (modes restored)."""
-    modes = {m: m.training for m in backbone.modules()}
-    try:
-        backbone.eval()
-        with torch.no_grad():
-            backbone(sample)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with dry_run(backbone):
+        backbone(sample)

@@ -53,13 +53,15 @@ def _safe_load_url(url, model_dir=None, map_location=None, progress=True):
                            name=f'{cached} (downloaded from {url})')
 
 
-def load_from_http(filename, map_location=None, model_dir=None,
-                   progress=os.isatty(0)):
+def load_from_http(filename, map_location=None, model_dir=None, progress=None):
     """Safe replacement for ``mmengine.runner.checkpoint.load_from_http``.
 
     Same download/cache behaviour (torch hub cache; rank 0 downloads first in
     distributed runs), but the file is loaded weights-only with the allowlist.
+    ``progress`` None shows a progress bar when standard input is a terminal.
     """
+    if progress is None:
+        progress = os.isatty(0)
     from mmengine.dist import get_dist_info
     rank, world_size = get_dist_info()
     checkpoint = None
