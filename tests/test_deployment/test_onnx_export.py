@@ -14,8 +14,7 @@ import torch
 import torch.nn as nn
 
 from mmslora.compat.torch import dynamo_onnx_unavailable
-from mmslora.deployment import (FlatOutputs, export_onnx, max_differences,
-                                onnxruntime_outputs)
+from mmslora.deployment import FlatOutputs, export_onnx, max_differences, onnxruntime_outputs
 from mmslora.models.peers import METHODS
 from mmslora_testing import TINY_SWIN, TINY_VIT_MMPRETRAIN, build_method
 
