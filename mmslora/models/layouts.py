@@ -34,10 +34,18 @@ def parse_layout(layout: str) -> Tuple[str, Optional[int]]:
     return base, int(stride) if stride else None
 
 
+def _is_int(value) -> bool:
+    """An int, or while ``torch.jit.trace`` (the TorchScript ONNX exporter) records, a
+    traced size (a 0-dim integer tensor: there ``x.shape[i]`` is one)."""
+    return isinstance(value, int) or (
+        isinstance(value, torch.Tensor) and torch.jit.is_tracing() and value.dim() == 0
+        and not value.is_floating_point())
+
+
 def _is_hw(value, length: Optional[int]) -> bool:
     if isinstance(value, torch.Size) or (isinstance(value, (tuple, list)) and len(value) == 2):
-        if len(value) == 2 and all(isinstance(v, int) for v in value):
-            return length is None or value[0] * value[1] == length
+        if len(value) == 2 and all(_is_int(v) for v in value):
+            return length is None or bool(value[0] * value[1] == length)
     return False
 
 
@@ -53,10 +61,10 @@ def hw_from_args(args: tuple, kwargs: dict, length: Optional[int] = None,
         if _is_hw(value, length):
             return int(value[0]), int(value[1])
     # block(x, H, W) with the two sizes as separate ints (SegNeXt's MSCAN)
-    ints = [v for v in list(args[1:3]) if isinstance(v, int)] or \
-        [kwargs[k] for k in ('H', 'W') if isinstance(kwargs.get(k), int)]
+    ints = [v for v in list(args[1:3]) if _is_int(v)] or \
+        [kwargs[k] for k in ('H', 'W') if _is_int(kwargs.get(k))]
     if len(ints) == 2 and (length is None or ints[0] * ints[1] == length):
-        return ints[0], ints[1]
+        return int(ints[0]), int(ints[1])
     if strict:
         return None
     # the block's own hw_shape even if it does not fit: the caller names the mismatch

@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmslora.models import MSLoRAAdapter
 from mmslora_testing import skip_unless_autocast
@@ -215,3 +216,26 @@ def test_channel_attention_equals_its_layers():
                     torch.autograd.grad(want.pow(2).sum(), params)):
         torch.testing.assert_close(g, w)
     assert [k for k in attention.state_dict()] == ['1.weight', '1.bias', '3.weight', '3.bias']
+
+
+@pytest.mark.parametrize('kernel_sizes', [(3, 5, 7), (1, 5), (3, )])
+def test_multi_scale_kernel_is_the_padded_kernels_averaged_plus_the_residual(kernel_sizes):
+    """The one depthwise kernel (built by identity products, which the TorchScript ONNX
+    exporter can size) holds the zero-padded kernels' values bitwise, and its
+    convolution is ``t + mean_k DWConv_k(t)``."""
+    torch.manual_seed(0)
+    trans = MSLoRAAdapter(channels=32, hidden_dim=16, groups=4, kernel_sizes=kernel_sizes).trans
+    for p in trans.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    convs, size = trans.multi_scale, max(kernel_sizes)
+    padded = sum(F.pad(c.weight, [(size - c.kernel_size[0]) // 2] * 4) for c in convs)
+    centre = torch.zeros(size, size)
+    centre[size // 2, size // 2] = 1
+    kernel, bias = trans.multi_scale_kernel()
+    assert kernel.shape == (16, 1, size, size)
+    assert torch.equal(kernel, padded / len(convs) + centre)
+    t = torch.randn(2, 16, 9, 7)
+    with torch.no_grad():
+        want = t + sum(c(t) for c in convs) / len(convs)
+        got = F.conv2d(t, kernel, bias, padding=size // 2, groups=16)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

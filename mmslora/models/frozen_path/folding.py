@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmslora.compat.torch import is_compiling
+from mmslora.compat.torch import is_compiling, is_exporting
 from .functions import scaled
 from ..dry_run import dry_run
 
@@ -59,9 +59,11 @@ class Fold:
         scaled in forward and again in backward: it pays where the convolution's output
         (``out_numel`` elements, which the BN would scale twice) is at least as large as
         its weight; elsewhere the BN runs as an affine map (equally free of saved
-        inputs)."""
+        inputs). While an exporter records (:func:`~mmslora.compat.torch.is_exporting`)
+        nothing is folded: the graph gets the plain convolution and BN, which the ONNX
+        exporters fold themselves, with the weights under their own names."""
         conv, bn = self.conv, self.bn
-        if torch.is_grad_enabled() and out_numel < conv.weight.numel():
+        if is_exporting() or (torch.is_grad_enabled() and out_numel < conv.weight.numel()):
             return False
         return (not bn.training and not bn.weight.requires_grad
                 and FOLD_ATTR in conv.__dict__ and FOLD_ATTR in bn.__dict__

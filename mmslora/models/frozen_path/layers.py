@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmslora.compat.torch import is_compiling
+from mmslora.compat.torch import is_compiling, records_autograd
 from ..discovery import working_input
 from .folding import FOLD_ATTR, find_folds
 from .functions import ChannelAffine, FrozenConv2d, MaskedClamp, scaled
@@ -41,7 +41,9 @@ class FastPathReport:
 
 
 def _needs_graph(x: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and x.requires_grad
+    """Will autograd need this layer's backward? (Never while an exporter records: it
+    then sees the layers' plain operations.)"""
+    return records_autograd() and x.requires_grad
 
 
 def conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
