@@ -23,18 +23,26 @@ setup(
     # OpenMMLab's .mim layout, so that `mmslora::<config>` names and `mim train mmslora`
     # find the configs and tools: mmslora/.mim/* are symlinks to the repository's
     # configs/, tools/ and model-index.yml, copied into the wheel.
-    package_data={'mmslora': ['.mim/model-index.yml', '.mim/configs/*.yml',
-                              '.mim/configs/**/*.py', '.mim/tools/**/*.py',
-                              '.mim/tools/*.sh']},
+    package_data={
+        'mmslora': [
+            '.mim/model-index.yml',
+            '.mim/configs/*.yml',
+            '.mim/configs/**/*.py',
+            '.mim/tools/**/*.py',
+            '.mim/tools/*.sh',
+        ]
+    },
     exclude_package_data={'mmslora': ['.mim/tools/demo.py']},  # needs the repository
-    entry_points={'console_scripts': [
-        'mmslora-train = mmslora.cli.train:main',
-        'mmslora-test = mmslora.cli.test:main',
-        'mmslora-count-params = mmslora.cli.count_params:main',
-        'mmslora-export-adapter = mmslora.cli.export_adapter:main',
-        'mmslora-merge = mmslora.cli.merge:main',
-        'mmslora-export-onnx = mmslora.cli.export_onnx:main',
-    ]},
+    entry_points={
+        'console_scripts': [
+            'mmslora-train = mmslora.cli.train:main',
+            'mmslora-test = mmslora.cli.test:main',
+            'mmslora-count-params = mmslora.cli.count_params:main',
+            'mmslora-export-adapter = mmslora.cli.export_adapter:main',
+            'mmslora-merge = mmslora.cli.merge:main',
+            'mmslora-export-onnx = mmslora.cli.export_onnx:main',
+        ]
+    },
     python_requires='>=3.8',
     install_requires=read_requirements('runtime.txt'),
     extras_require={

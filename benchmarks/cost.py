@@ -48,7 +48,9 @@ Usage::
     .venv/bin/python benchmarks/cost.py --compile --fast-path on --methods mslora bitfit
     python benchmarks/cost.py --device cuda --out benchmarks/results/gpu
 """
+
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -56,7 +58,6 @@ import os
 import os.path as osp
 import statistics
 import sys
-import contextlib
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -67,15 +68,19 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from bench import ROOT  # noqa: E402,F401  (puts the repository on sys.path)
 from bench.env import CpuMeter, cpu_name  # noqa: E402,F401  (CpuMeter: also detector_cost.py)
 from bench.memory import event_start, step_peak_bytes, tensor_bytes  # noqa: E402,F401
-from mmslora.models.peers import METHODS, wrapper_cfg  # noqa: E402
+
 from mmslora.compat.mmcv import python_drop_probs  # noqa: E402
 from mmslora.models import count_parameters  # noqa: E402
+from mmslora.models.peers import METHODS, wrapper_cfg  # noqa: E402
 
 TARGETS = dict(train=0.75, memory=0.5, inference=1.10)  # MSLoRA's, vs full FT / plain
 #: MSLoRA's targets compiled, vs compiled full FT / compiled plain; peak memory: no
 #: worse than MSLoRA's eager peak
-COMPILED_TARGETS = {'R-50': dict(train=0.8, inference=1.15), 'Swin-T': dict(train=0.8),
-                    'ViT-B': dict(train=0.75)}
+COMPILED_TARGETS = {
+    'R-50': dict(train=0.8, inference=1.15),
+    'Swin-T': dict(train=0.8),
+    'ViT-B': dict(train=0.75),
+}
 # measured besides METHODS: name -> (method, wrapper_kwargs overrides)
 VARIANTS = {'mslora_cp': ('mslora', dict(adapter=dict(with_cp=True)))}
 #: suffix of the rows measured with the frozen fast path off
@@ -86,14 +91,14 @@ COMPILED = '+compile'
 
 def split_compiled(row: str) -> tuple:
     """``('mslora', '+compile')`` for ``'mslora+compile'``, ``('mslora', '')`` else."""
-    return (row[:-len(COMPILED)], COMPILED) if row.endswith(COMPILED) else (row, '')
+    return (row[: -len(COMPILED)], COMPILED) if row.endswith(COMPILED) else (row, '')
 
 
 def method_cfg(method: str, backbone: dict) -> dict:
     """The wrapper config of a method of METHODS or of VARIANTS, ``<method>/off``
     without the frozen fast path (a ``+compile`` suffix is ignored)."""
     method = split_compiled(method)[0]
-    name = method[:-len(OFF)] if method.endswith(OFF) else method
+    name = method[: -len(OFF)] if method.endswith(OFF) else method
     if name in VARIANTS:
         base, overrides = VARIANTS[name]
         cfg = wrapper_cfg(base, backbone, **overrides)
@@ -175,13 +180,22 @@ def backbone_configs(img: int) -> Dict[str, tuple]:
     return {
         'R-50': ('mmdet', dict(type='mmdet.ResNet', depth=50, init_cfg=None)),
         'Swin-T': ('mmdet', dict(type='mmdet.SwinTransformer', init_cfg=None)),
-        'ViT-B': ('mmpretrain', dict(type='mmpretrain.VisionTransformer', arch='b',
-                                     img_size=img, patch_size=16, init_cfg=None)),
+        'ViT-B': (
+            'mmpretrain',
+            dict(
+                type='mmpretrain.VisionTransformer',
+                arch='b',
+                img_size=img,
+                patch_size=16,
+                init_cfg=None,
+            ),
+        ),
     }
 
 
 def build(scope: str, cfg: dict) -> nn.Module:
     from mmengine.registry import DefaultScope
+
     if scope == 'mmdet':
         from mmdet.registry import MODELS
     else:
@@ -205,8 +219,7 @@ class Trainer:
         self.x = x
         self.device = device
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = (torch.optim.SGD(self.params, lr=1e-6, momentum=0.9)
-                    if self.params else None)
+        self.opt = torch.optim.SGD(self.params, lr=1e-6, momentum=0.9) if self.params else None
 
     def step(self) -> None:
         if self.opt is not None:
@@ -220,10 +233,17 @@ class Trainer:
                 self.model(self.x)
 
     def persistent_bytes(self) -> int:
-        state = [v for s in (self.opt.state.values() if self.opt else [])
-                 for v in s.values() if isinstance(v, torch.Tensor)]
-        return (tensor_bytes(self.model.parameters()) + tensor_bytes(self.model.buffers())
-                + tensor_bytes(state))
+        state = [
+            v
+            for s in (self.opt.state.values() if self.opt else [])
+            for v in s.values()
+            if isinstance(v, torch.Tensor)
+        ]
+        return (
+            tensor_bytes(self.model.parameters())
+            + tensor_bytes(self.model.buffers())
+            + tensor_bytes(state)
+        )
 
 
 def saved_activation_bytes(trainer: Trainer) -> int:
@@ -231,8 +251,10 @@ def saved_activation_bytes(trainer: Trainer) -> int:
     once, parameters and buffers left out)."""
     if trainer.opt is None:
         return 0
-    own = {t.untyped_storage().data_ptr()
-           for t in list(trainer.model.parameters()) + list(trainer.model.buffers())}
+    own = {
+        t.untyped_storage().data_ptr()
+        for t in list(trainer.model.parameters()) + list(trainer.model.buffers())
+    }
     seen: Dict[int, int] = {}
 
     def pack(t):
@@ -247,9 +269,12 @@ def saved_activation_bytes(trainer: Trainer) -> int:
     return sum(seen.values())
 
 
-def interleaved_times(fns: Dict[str, Callable[[], None]], rounds: int, warmup: int,
-                      timed: Callable[[Callable[[], None]], float]
-                      ) -> Dict[str, List[float]]:
+def interleaved_times(
+    fns: Dict[str, Callable[[], None]],
+    rounds: int,
+    warmup: int,
+    timed: Callable[[Callable[[], None]], float],
+) -> Dict[str, List[float]]:
     """Seconds of each call, ``rounds`` per function, the order rotating each round
     so that every function runs early and late as often."""
     names = list(fns)
@@ -258,7 +283,7 @@ def interleaved_times(fns: Dict[str, Callable[[], None]], rounds: int, warmup: i
             fns[name]()
     times = {name: [] for name in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             times[name].append(timed(fns[name]))
     return times
@@ -270,10 +295,19 @@ def paired_ratio(times: Dict[str, List[float]], name: str, reference: str) -> fl
     return statistics.median(a / b for a, b in zip(times[name], times[reference]))
 
 
-def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch: int,
-                     img: int, rounds: int, warmup: int, log,
-                     infer_rounds: Optional[int] = None,
-                     device: Optional[Device] = None) -> dict:
+def measure_backbone(
+    name: str,
+    scope: str,
+    cfg: dict,
+    methods: List[str],
+    batch: int,
+    img: int,
+    rounds: int,
+    warmup: int,
+    log,
+    infer_rounds: Optional[int] = None,
+    device: Optional[Device] = None,
+) -> dict:
     device = device or Device('cpu', amp=False)
     torch.manual_seed(0)
     x = torch.randn(batch, 3, img, img).to(device.name)
@@ -281,25 +315,35 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
     plain.eval()  # (mmdet's ResNet.train returns None: no chaining)
     plain.requires_grad_(False)
     python_drop_probs(plain)  # as the wrapper does: NumPy drop-path rates break the graph
-    plains = {'plain' + suffix: maybe_compiled(plain, suffix)
-              for suffix in sorted({split_compiled(m)[1] for m in methods})}
+    plains = {
+        'plain' + suffix: maybe_compiled(plain, suffix)
+        for suffix in sorted({split_compiled(m)[1] for m in methods})
+    }
     models, rows = {}, {}
     for method in methods:
         torch.manual_seed(0)
         model = build(scope, method_cfg(method, cfg)).to(device.name)
         report = count_parameters(model)
-        rows[method] = dict(trainable=report.backbone_trainable, backbone=report.backbone,
-                            share=report.backbone_share)
+        rows[method] = dict(
+            trainable=report.backbone_trainable,
+            backbone=report.backbone,
+            share=report.backbone_share,
+        )
         models[method] = maybe_compiled(model, method)
-    log(f'[{name}] built {len(models)} models; '
-        f'{rows[methods[0]]["backbone"] / 1e6:.1f}M backbone parameters')
+    log(
+        f'[{name}] built {len(models)} models; '
+        f'{rows[methods[0]]["backbone"] / 1e6:.1f}M backbone parameters'
+    )
 
     # training step time
     trainers = {m: Trainer(model, x, device) for m, model in models.items()}
-    step_times = interleaved_times({m: t.step for m, t in trainers.items()}, rounds, warmup,
-                                   device.timed)
-    log(f'[{name}] train step (s): ' + ', '.join(
-        f'{m} {statistics.median(v):.3f}' for m, v in step_times.items()))
+    step_times = interleaved_times(
+        {m: t.step for m, t in trainers.items()}, rounds, warmup, device.timed
+    )
+    log(
+        f'[{name}] train step (s): '
+        + ', '.join(f'{m} {statistics.median(v):.3f}' for m, v in step_times.items())
+    )
 
     # peak training memory (after warm-up, so optimizer state exists)
     for method, trainer in trainers.items():
@@ -310,10 +354,15 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
         peak = persistent + device.step_peak_bytes(trainer.step)
         if trainer.opt is not None:
             trainer.opt.zero_grad(set_to_none=True)
-        rows[method].update(persistent_mib=persistent / 2 ** 20, peak_mib=peak / 2 ** 20,
-                            saved_mib=saved_activation_bytes(trainer) / 2 ** 20)
-    log(f'[{name}] peak memory (MiB): ' + ', '.join(
-        f'{m} {rows[m]["peak_mib"]:.0f}' for m in methods))
+        rows[method].update(
+            persistent_mib=persistent / 2**20,
+            peak_mib=peak / 2**20,
+            saved_mib=saved_activation_bytes(trainer) / 2**20,
+        )
+    log(
+        f'[{name}] peak memory (MiB): '
+        + ', '.join(f'{m} {rows[m]["peak_mib"]:.0f}' for m in methods)
+    )
 
     # inference latency
     for model in models.values():
@@ -323,13 +372,18 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
         def run():
             with torch.no_grad(), device.autocast():
                 model(x)
+
         return run
 
-    infer_fns = {**{p: infer(model) for p, model in plains.items()},
-                 **{m: infer(model) for m, model in models.items()}}
+    infer_fns = {
+        **{p: infer(model) for p, model in plains.items()},
+        **{m: infer(model) for m, model in models.items()},
+    }
     infer_times = interleaved_times(infer_fns, infer_rounds or rounds, warmup, device.timed)
-    log(f'[{name}] inference (s): ' + ', '.join(
-        f'{m} {statistics.median(v):.3f}' for m, v in infer_times.items()))
+    log(
+        f'[{name}] inference (s): '
+        + ', '.join(f'{m} {statistics.median(v):.3f}' for m, v in infer_times.items())
+    )
 
     for method in methods:
         suffix = split_compiled(method)[1]  # compiled rows against compiled references
@@ -338,25 +392,39 @@ def measure_backbone(name: str, scope: str, cfg: dict, methods: List[str], batch
             infer_s=statistics.median(infer_times[method]),
             train_ratio=paired_ratio(step_times, method, 'full' + suffix),
             memory_ratio=rows[method]['peak_mib'] / rows['full' + suffix]['peak_mib'],
-            infer_ratio=paired_ratio(infer_times, method, 'plain' + suffix))
-    return dict(rows=rows, plain_infer_s=statistics.median(infer_times['plain']),
-                **{f'plain{COMPILED}_infer_s': statistics.median(infer_times[p])
-                   for p in plains if p != 'plain'})
+            infer_ratio=paired_ratio(infer_times, method, 'plain' + suffix),
+        )
+    return dict(
+        rows=rows,
+        plain_infer_s=statistics.median(infer_times['plain']),
+        **{
+            f'plain{COMPILED}_infer_s': statistics.median(infer_times[p])
+            for p in plains
+            if p != 'plain'
+        },
+    )
 
 
 # ------------------------------------------------------------------ profile
-def profile_mslora(configs: dict, names: List[str], batch: int, img: int, out: str,
-                   log, rows=('mslora', 'full')) -> None:
+def profile_mslora(
+    configs: dict, names: List[str], batch: int, img: int, out: str, log, rows=('mslora', 'full')
+) -> None:
     """Top operators (self CPU time) of one training step and one inference of the
     MSLoRA-wrapped and the fully fine-tuned backbone, written to profile_mslora.md."""
     from torch.profiler import ProfilerActivity, profile
+
     torch.manual_seed(0)
     x = torch.randn(batch, 3, img, img)
-    lines = ['# Where the time goes: MSLoRA vs full fine-tuning', '',
-             f'batch {batch} x 3 x {img} x {img}, {torch.get_num_threads()} torch threads; '
-             'one step after two warm-up steps; top operators by self CPU time '
-             '(torch.profiler, input shapes grouped). Command: `python benchmarks/cost.py '
-             + ' '.join(sys.argv[1:]) + '`.', '']
+    lines = [
+        '# Where the time goes: MSLoRA vs full fine-tuning',
+        '',
+        f'batch {batch} x 3 x {img} x {img}, {torch.get_num_threads()} torch threads; '
+        'one step after two warm-up steps; top operators by self CPU time '
+        '(torch.profiler, input shapes grouped). Command: `python benchmarks/cost.py '
+        + ' '.join(sys.argv[1:])
+        + '`.',
+        '',
+    ]
     for name in names:
         scope, cfg = configs[name]
         for method in rows:
@@ -376,8 +444,11 @@ def profile_mslora(configs: dict, names: List[str], batch: int, img: int, out: s
                 with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                     run()
                 table = prof.key_averages(group_by_input_shape=True).table(
-                    sort_by='self_cpu_time_total', row_limit=15, max_name_column_width=36,
-                    max_shapes_column_width=64)
+                    sort_by='self_cpu_time_total',
+                    row_limit=15,
+                    max_name_column_width=36,
+                    max_shapes_column_width=64,
+                )
                 lines += [f'## {name}, {method}, {mode}', '', '```', table, '```', '']
                 log(f'[profile] {name} {method} {mode} done')
     with open(osp.join(out, 'profile_mslora.md'), 'w') as f:
@@ -387,7 +458,8 @@ def profile_mslora(configs: dict, names: List[str], batch: int, img: int, out: s
 # ------------------------------------------------------------------- output
 def markdown(results: dict, meta: dict) -> str:
     lines = [
-        '# Cost of MSLoRA and its peers', '',
+        '# Cost of MSLoRA and its peers',
+        '',
         f"Command: `{meta['command']}`  ",
         f"Input: batch {meta['batch']} x 3 x {meta['img']} x {meta['img']}, "
         f"{meta.get('precision', 'float32')}, {meta.get('device_name') or 'CPU'} "
@@ -400,7 +472,8 @@ def markdown(results: dict, meta: dict) -> str:
         "Other processes on the machine used on average "
         + ', '.join(f'{v:.2f} CPUs during {k}' for k, v in meta['others_cpus'].items())
         + f" (load average {meta['loadavg']} at start, {meta['loadavg_end']} at end).  ",
-        f"Date: {meta['date']}. Random initialisation.", '',
+        f"Date: {meta['date']}. Random initialisation.",
+        '',
         'train = zero_grad + forward + backward + SGD(momentum 0.9) step, loss = sum of '
         'squares of the backbone outputs (linear probe: forward only, no graph); '
         'peak = parameters + buffers + optimizer state + the highest rise of the CPU '
@@ -409,38 +482,58 @@ def markdown(results: dict, meta: dict) -> str:
         'inference = eval + no_grad forward. Ratios: train and peak vs full fine-tuning, '
         'inference vs the plain backbone; rows `<row>+compile` run `torch.compile` '
         '(inductor, fullgraph=True, first calls in the warm-up) and are measured against '
-        'compiled full fine-tuning and the compiled plain backbone.', '',
+        'compiled full fine-tuning and the compiled plain backbone.',
+        '',
         f"MSLoRA targets: train <= {TARGETS['train']}x, peak <= {TARGETS['memory']}x, "
         f"inference <= {TARGETS['inference']}x. `<method>{OFF}` is the method with the "
         "frozen fast path off (`fast_path=False`: every frozen layer keeps its input for "
         "backward, BNs are not folded). `mslora_cp` is MSLoRA with "
         "`with_cp=True` (gradient checkpointing of each adapter); at inference it runs "
         "the same code as `mslora`, so the difference of their inference ratios, like "
-        "that of full / linear probe / BitFit from 1.00, shows the measurement noise.", '']
+        "that of full / linear probe / BitFit from 1.00, shows the measurement noise.",
+        '',
+    ]
     for name, result in results.items():
-        lines += [f'## {name}', '',
-                  '| method | trainable | share | train (s) | train / full | peak (MiB) | '
-                  'peak / full | saved (MiB) | infer (s) | infer / plain |',
-                  '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+        lines += [
+            f'## {name}',
+            '',
+            '| method | trainable | share | train (s) | train / full | peak (MiB) | '
+            'peak / full | saved (MiB) | infer (s) | infer / plain |',
+            '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+        ]
         for method, row in result['rows'].items():
             lines.append(
                 f"| {method} | {row['trainable']:,d} | {100 * row['share']:.2f}% | "
                 f"{row['train_s']:.3f} | {row['train_ratio']:.2f} | {row['peak_mib']:.0f} | "
                 f"{row['memory_ratio']:.2f} | {row['saved_mib']:.0f} | {row['infer_s']:.3f} | "
-                f"{row['infer_ratio']:.2f} |")
-        lines.append(f"\nplain backbone inference: {result['plain_infer_s']:.3f} s"
-                     + (f" (compiled: {result['plain' + COMPILED + '_infer_s']:.3f} s)"
-                        if 'plain' + COMPILED + '_infer_s' in result else '') + '\n')
+                f"{row['infer_ratio']:.2f} |"
+            )
+        lines.append(
+            f"\nplain backbone inference: {result['plain_infer_s']:.3f} s"
+            + (
+                f" (compiled: {result['plain' + COMPILED + '_infer_s']:.3f} s)"
+                if 'plain' + COMPILED + '_infer_s' in result
+                else ''
+            )
+            + '\n'
+        )
         for method in ('mslora', 'mslora' + OFF, 'mslora_cp'):
             if method not in result['rows']:
                 continue
             row = result['rows'][method]
-            checks = [('train', row['train_ratio'], TARGETS['train']),
-                      ('peak memory', row['memory_ratio'], TARGETS['memory']),
-                      ('inference', row['infer_ratio'], TARGETS['inference'])]
-            lines.append(f'{method}: ' + '; '.join(
-                f"{what} {value:.2f}x ({'meets' if value <= target else 'MISSES'} "
-                f'<= {target}x)' for what, value, target in checks) + '  ')
+            checks = [
+                ('train', row['train_ratio'], TARGETS['train']),
+                ('peak memory', row['memory_ratio'], TARGETS['memory']),
+                ('inference', row['infer_ratio'], TARGETS['inference']),
+            ]
+            lines.append(
+                f'{method}: '
+                + '; '.join(
+                    f"{what} {value:.2f}x ({'meets' if value <= target else 'MISSES'} <= {target}x)"
+                    for what, value, target in checks
+                )
+                + '  '
+            )
         lines += compiled_checks(name, result['rows'])
         lines.append('')
     return '\n'.join(lines)
@@ -452,25 +545,36 @@ def compiled_checks(name: str, rows: dict) -> List[str]:
     if row is None:
         return []
     targets = COMPILED_TARGETS.get(name, {})
-    checks = [(what, row[key], targets[what]) for what, key in (
-        ('train', 'train_ratio'), ('inference', 'infer_ratio')) if what in targets]
-    parts = [f"{what} {value:.2f}x ({'meets' if value <= target else 'MISSES'} <= "
-             f'{target}x)' for what, value, target in checks]
+    checks = [
+        (what, row[key], targets[what])
+        for what, key in (('train', 'train_ratio'), ('inference', 'infer_ratio'))
+        if what in targets
+    ]
+    parts = [
+        f"{what} {value:.2f}x ({'meets' if value <= target else 'MISSES'} <= {target}x)"
+        for what, value, target in checks
+    ]
     if eager is not None:
         worse = row['peak_mib'] > eager['peak_mib']
-        parts.append(f"peak {row['peak_mib']:.0f} MiB vs eager {eager['peak_mib']:.0f} MiB "
-                     f"({'MISSES' if worse else 'meets'} no worse than eager)")
+        parts.append(
+            f"peak {row['peak_mib']:.0f} MiB vs eager {eager['peak_mib']:.0f} MiB "
+            f"({'MISSES' if worse else 'meets'} no worse than eager)"
+        )
     return [f'mslora{COMPILED} (vs compiled full / plain): ' + '; '.join(parts) + '  ']
 
 
 def plot(results: dict, path: str) -> None:
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    panels = [('share', 'trainable / backbone (%)', None, 100),
-              ('train_ratio', 'train step / full FT', TARGETS['train'], 1),
-              ('memory_ratio', 'peak train memory / full FT', TARGETS['memory'], 1),
-              ('infer_ratio', 'inference / plain', TARGETS['inference'], 1)]
+
+    panels = [
+        ('share', 'trainable / backbone (%)', None, 100),
+        ('train_ratio', 'train step / full FT', TARGETS['train'], 1),
+        ('memory_ratio', 'peak train memory / full FT', TARGETS['memory'], 1),
+        ('infer_ratio', 'inference / plain', TARGETS['inference'], 1),
+    ]
     names = list(results)
     methods = list(next(iter(results.values()))['rows'])
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
@@ -478,8 +582,12 @@ def plot(results: dict, path: str) -> None:
     for ax, (key, title, target, factor) in zip(axes, panels):
         for i, method in enumerate(methods):
             values = [results[n]['rows'][method][key] * factor for n in names]
-            ax.bar([j + (i - len(methods) / 2 + 0.5) * width for j in range(len(names))],
-                   values, width, label=method)
+            ax.bar(
+                [j + (i - len(methods) / 2 + 0.5) * width for j in range(len(names))],
+                values,
+                width,
+                label=method,
+            )
         if target:
             ax.axhline(target, color='k', ls='--', lw=1, label='MSLoRA target')
         if key == 'share':
@@ -495,52 +603,83 @@ def plot(results: dict, path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true',
-                        help='batch 1 at 128 x 128, 3 rounds, 1 warm-up')
+    parser.add_argument(
+        '--quick', action='store_true', help='batch 1 at 128 x 128, 3 rounds, 1 warm-up'
+    )
     parser.add_argument('--batch', type=int)
     parser.add_argument('--img', type=int)
     parser.add_argument('--rounds', type=int)
-    parser.add_argument('--infer-rounds', type=int,
-                        help='rounds of the inference timing (default 3x --rounds: it is '
-                             'cheap, and its ratios are the closest to 1)')
+    parser.add_argument(
+        '--infer-rounds',
+        type=int,
+        help='rounds of the inference timing (default 3x --rounds: it is '
+        'cheap, and its ratios are the closest to 1)',
+    )
     parser.add_argument('--warmup', type=int)
     parser.add_argument('--models', nargs='+', default=['R-50', 'Swin-T', 'ViT-B'])
-    parser.add_argument('--methods', nargs='+', default=list(METHODS) + list(VARIANTS),
-                        choices=list(METHODS) + list(VARIANTS))
-    parser.add_argument('--fast-path', choices=('both', 'on', 'off'), default='both',
-                        help='measure the frozen methods with the frozen fast path on, '
-                             f'off (as <method>{OFF}), or both (default)')
-    parser.add_argument('--device', default='cpu',
-                        help="'cpu' (default) or 'cuda': bf16 autocast, CUDA-event timing, "
-                             'max_memory_allocated, batch 32, 10 rounds')
-    parser.add_argument('--no-amp', action='store_true',
-                        help='on cuda: float32 instead of bf16 autocast')
-    parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
-                        help="CPU timings: wall-clock (default; an idle machine) or this "
-                             "process's CPU time ('cpu': with --threads 1 on a busy machine, "
-                             'where waiting for a core would count as wall time)')
+    parser.add_argument(
+        '--methods',
+        nargs='+',
+        default=list(METHODS) + list(VARIANTS),
+        choices=list(METHODS) + list(VARIANTS),
+    )
+    parser.add_argument(
+        '--fast-path',
+        choices=('both', 'on', 'off'),
+        default='both',
+        help='measure the frozen methods with the frozen fast path on, '
+        f'off (as <method>{OFF}), or both (default)',
+    )
+    parser.add_argument(
+        '--device',
+        default='cpu',
+        help="'cpu' (default) or 'cuda': bf16 autocast, CUDA-event timing, "
+        'max_memory_allocated, batch 32, 10 rounds',
+    )
+    parser.add_argument(
+        '--no-amp', action='store_true', help='on cuda: float32 instead of bf16 autocast'
+    )
+    parser.add_argument(
+        '--clock',
+        choices=('wall', 'cpu'),
+        default='wall',
+        help="CPU timings: wall-clock (default; an idle machine) or this "
+        "process's CPU time ('cpu': with --threads 1 on a busy machine, "
+        'where waiting for a core would count as wall time)',
+    )
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results'))
-    parser.add_argument('--compile', action='store_true',
-                        help='also measure every row compiled (torch.compile, inductor, '
-                             f'fullgraph=True) as <row>{COMPILED}, against compiled full '
-                             'fine-tuning and the compiled plain backbone')
-    parser.add_argument('--profile', action='store_true',
-                        help='also profile one MSLoRA train step and inference per model '
-                             '(torch.profiler, top operators) into profile_mslora.md')
-    parser.add_argument('--profile-only', action='store_true',
-                        help='write profile_mslora.md only (no cost tables)')
+    parser.add_argument(
+        '--compile',
+        action='store_true',
+        help='also measure every row compiled (torch.compile, inductor, '
+        f'fullgraph=True) as <row>{COMPILED}, against compiled full '
+        'fine-tuning and the compiled plain backbone',
+    )
+    parser.add_argument(
+        '--profile',
+        action='store_true',
+        help='also profile one MSLoRA train step and inference per model '
+        '(torch.profiler, top operators) into profile_mslora.md',
+    )
+    parser.add_argument(
+        '--profile-only', action='store_true', help='write profile_mslora.md only (no cost tables)'
+    )
     args = parser.parse_args()
-    device = Device(args.device, amp=args.device.startswith('cuda') and not args.no_amp,
-                    clock=args.clock)
+    device = Device(
+        args.device, amp=args.device.startswith('cuda') and not args.no_amp, clock=args.clock
+    )
     if device.cuda and not torch.cuda.is_available():
-        raise SystemExit(f'--device {args.device}: torch {torch.__version__} sees no CUDA '
-                         'device here; run on a GPU machine or use --device cpu.')
+        raise SystemExit(
+            f'--device {args.device}: torch {torch.__version__} sees no CUDA '
+            'device here; run on a GPU machine or use --device cpu.'
+        )
     batch = args.batch or (1 if args.quick else 32 if device.cuda else 2)
     img = args.img or (128 if args.quick else 224)
     rounds = args.rounds or (3 if args.quick else 10 if device.cuda else 5)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else
-                                                          3 if device.cuda else 2)
+    warmup = (
+        args.warmup if args.warmup is not None else (1 if args.quick else 3 if device.cuda else 2)
+    )
     infer_rounds = args.infer_rounds or 3 * rounds
     methods = args.methods
     if 'full' not in methods:
@@ -555,16 +694,24 @@ def main() -> None:
     def log(message):
         print(message, flush=True)
 
-    meta = dict(command=' '.join(['python', 'benchmarks/cost.py'] + sys.argv[1:]),
-                batch=batch, img=img, rounds=rounds, infer_rounds=infer_rounds, warmup=warmup,
-                threads=torch.get_num_threads(), torch=torch.__version__,
-                cpu=cpu_name(),
-                loadavg=' '.join(f'{v:.2f}' for v in os.getloadavg()),
-                date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
-                precision='bf16 autocast' if device.amp else 'float32',
-                clock='CUDA events' if device.cuda else (
-                    'process CPU time' if args.clock == 'cpu' else 'wall clock'),
-                device_name=torch.cuda.get_device_name() if device.cuda else None)
+    meta = dict(
+        command=' '.join(['python', 'benchmarks/cost.py'] + sys.argv[1:]),
+        batch=batch,
+        img=img,
+        rounds=rounds,
+        infer_rounds=infer_rounds,
+        warmup=warmup,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        cpu=cpu_name(),
+        loadavg=' '.join(f'{v:.2f}' for v in os.getloadavg()),
+        date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
+        precision='bf16 autocast' if device.amp else 'float32',
+        clock='CUDA events'
+        if device.cuda
+        else ('process CPU time' if args.clock == 'cpu' else 'wall clock'),
+        device_name=torch.cuda.get_device_name() if device.cuda else None,
+    )
     profiled = with_compiled_rows(['mslora', 'full']) if args.compile else ['mslora', 'full']
     if args.profile_only:
         os.makedirs(args.out, exist_ok=True)
@@ -576,8 +723,9 @@ def main() -> None:
     for name in args.models:
         scope, cfg = configs[name]
         meter = CpuMeter()
-        results[name] = measure_backbone(name, scope, cfg, methods, batch, img, rounds,
-                                         warmup, log, infer_rounds, device)
+        results[name] = measure_backbone(
+            name, scope, cfg, methods, batch, img, rounds, warmup, log, infer_rounds, device
+        )
         others = meter.others()
         if others is not None:
             meta['others_cpus'][name] = others

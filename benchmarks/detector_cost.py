@@ -55,6 +55,7 @@ Usage::
     .venv/bin/python benchmarks/detector_cost.py --profile-blocks     # blocks.md alone
     .venv/bin/python benchmarks/detector_cost.py --quick              # 256 px, 2 rounds
 """
+
 import argparse
 import copy
 import datetime
@@ -74,7 +75,8 @@ import torch.nn as nn
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import cost  # noqa: E402  (timing helpers; puts the repo on sys.path)
 from bench import ROOT  # noqa: E402
-from bench.detection import CONFIG, build_detector as build, detector_cfg  # noqa: E402
+from bench.detection import CONFIG, detector_cfg  # noqa: E402
+from bench.detection import build_detector as build
 from bench.env import CpuMeter, git_commit, run_converter  # noqa: E402
 from bench.memory import persistent_bytes, step_peak_bytes  # noqa: E402
 from bench.methods import DEMO_WIDTHS, switch  # noqa: E402
@@ -101,6 +103,7 @@ def log(msg: str) -> None:
 def load_config(img: int, batch: int):
     """The demo config with the train pipeline's Resize at ``img`` px and ``batch``."""
     from mmengine.config import Config
+
     cfg = Config.fromfile(osp.join(ROOT, CONFIG))
     pipeline = cfg.train_dataloader.dataset.pipeline
     resizes = [t for t in pipeline if t['type'] == 'Resize']
@@ -120,6 +123,7 @@ def fixed_batch(cfg, data_root: str) -> dict:
     """One batch of the train dataloader (pipeline included), taken once."""
     from mmengine.registry import DefaultScope
     from mmengine.runner import Runner
+
     loader = copy.deepcopy(cfg.train_dataloader)
     loader.dataset.data_root = data_root.rstrip('/') + '/'
     loader.num_workers = 0
@@ -150,7 +154,8 @@ class DetTrainer:
         self.opt.zero_grad(set_to_none=True)
         data = self.model.data_preprocessor(
             dict(inputs=list(self.batch['inputs']), data_samples=self.batch['data_samples']),
-            training=True)
+            training=True,
+        )
         losses = self.model.loss(data['inputs'], data['data_samples'])
         loss, _ = self.model.parse_losses(losses)
         loss.backward()
@@ -161,17 +166,22 @@ class DetTrainer:
 
 
 # ------------------------------------------------------------------ the detector table
-def measure(cfg, batch: dict, rows: List[str], rounds: int, warmup: int,
-            clock: str = 'wall') -> dict:
+def measure(
+    cfg, batch: dict, rows: List[str], rounds: int, warmup: int, clock: str = 'wall'
+) -> dict:
     device = cost.Device('cpu', amp=False, clock=clock)
     results, trainers = {}, {}
     for row in rows:
         log(f'building {row}')
         model = build_detector(cfg, row)
         report = count_parameters(model)
-        results[row] = dict(backbone_trainable=report.backbone_trainable,
-                            backbone=report.backbone, share=report.backbone_share,
-                            trainable=report.trainable, total=report.total)
+        results[row] = dict(
+            backbone_trainable=report.backbone_trainable,
+            backbone=report.backbone,
+            share=report.backbone_share,
+            trainable=report.trainable,
+            total=report.total,
+        )
         trainers[row] = DetTrainer(model, batch)
         if cost.split_compiled(row)[1]:  # compile outside the timed rounds
             start = time.perf_counter()
@@ -179,17 +189,25 @@ def measure(cfg, batch: dict, rows: List[str], rounds: int, warmup: int,
             results[row]['first_iteration_s'] = time.perf_counter() - start
             log(f'{row}: first (compiling) iteration {results[row]["first_iteration_s"]:.1f} s')
     log(f'timing {len(rows)} rows: {warmup} warm-up + {rounds} interleaved rounds')
-    times = cost.interleaved_times({r: t.step for r, t in trainers.items()}, rounds, warmup,
-                                   device.timed)
+    times = cost.interleaved_times(
+        {r: t.step for r, t in trainers.items()}, rounds, warmup, device.timed
+    )
     for row, trainer in trainers.items():
         reference = 'full' + cost.split_compiled(row)[1]
         persistent = trainer.persistent_bytes()
         trainer.opt.zero_grad(set_to_none=True)
         step_peak = step_peak_bytes(trainer.step)
-        results[row].update(times=times[row], median_s=statistics.median(times[row]),
-                            persistent_bytes=persistent, step_peak_bytes=step_peak,
-                            peak_bytes=persistent + step_peak, reference=reference)
-        log(f'{row}: {results[row]["median_s"]:.3f} s, peak {(persistent + step_peak) / 2**20:.0f} MB')
+        results[row].update(
+            times=times[row],
+            median_s=statistics.median(times[row]),
+            persistent_bytes=persistent,
+            step_peak_bytes=step_peak,
+            peak_bytes=persistent + step_peak,
+            reference=reference,
+        )
+        log(
+            f'{row}: {results[row]["median_s"]:.3f} s, peak {(persistent + step_peak) / 2**20:.0f} MB'
+        )
     for row, res in results.items():
         ref = res['reference']
         if ref in results:
@@ -205,8 +223,10 @@ def target_lines(results: dict) -> List[str]:
         if row not in results or ref not in results:
             continue
         res = results[row]
-        for key, ratio_key, label in (('iteration', 'time_ratio', 'iteration time'),
-                                      ('peak', 'peak_ratio', 'peak memory')):
+        for key, ratio_key, label in (
+            ('iteration', 'time_ratio', 'iteration time'),
+            ('peak', 'peak_ratio', 'peak memory'),
+        ):
             value, target = res[ratio_key], TARGETS[key]
             verdict = 'meets' if value <= target else 'MISSES'
             lines.append(f'{verdict}: {row} {label} {value:.3f}x {ref} (target <= {target}x)')
@@ -214,17 +234,22 @@ def target_lines(results: dict) -> List[str]:
 
 
 def table(results: dict) -> List[str]:
-    lines = ['| row | trainable in backbone | share of backbone | iteration (s, median) '
-             '| x full | peak (MB) | x full | persistent (MB) | step rise (MB) |',
-             '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    lines = [
+        '| row | trainable in backbone | share of backbone | iteration (s, median) '
+        '| x full | peak (MB) | x full | persistent (MB) | step rise (MB) |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ]
     for row, r in results.items():
+
         def fmt(key, spec='.3f'):
             return format(r[key], spec) if key in r else 'n/a'
+
         lines.append(
             f'| {row} | {r["backbone_trainable"]:,} | {100 * r["share"]:.2f}% '
             f'| {r["median_s"]:.3f} | {fmt("time_ratio")} | {r["peak_bytes"] / 2**20:.1f} '
             f'| {fmt("peak_ratio")} | {r["persistent_bytes"] / 2**20:.1f} '
-            f'| {r["step_peak_bytes"] / 2**20:.1f} |')
+            f'| {r["step_peak_bytes"] / 2**20:.1f} |'
+        )
     return lines
 
 
@@ -237,8 +262,15 @@ def adapter_width(adapter: nn.Module) -> Optional[int]:
     return trans.reduce.out_channels if trans is not None else None
 
 
-def profile_blocks(cfg, img: int, batch: int, repeats: int = 7,
-                   rows=BLOCK_ROWS, threads: Optional[int] = 1, clock: str = 'cpu') -> dict:
+def profile_blocks(
+    cfg,
+    img: int,
+    batch: int,
+    repeats: int = 7,
+    rows=BLOCK_ROWS,
+    threads: Optional[int] = 1,
+    clock: str = 'cpu',
+) -> dict:
     """Per adapted block of the backbone (each row of ``rows``): shapes, D, and the
     median forward+backward time of the frozen block and of its adapter.
 
@@ -258,6 +290,7 @@ def profile_blocks(cfg, img: int, batch: int, repeats: int = 7,
 def _profile_blocks(cfg, img, batch, repeats, rows, clock) -> dict:
     from mmdet.registry import MODELS
     from mmengine.registry import DefaultScope
+
     out, fns, pending = {}, {}, {}
     for row in rows:
         with DefaultScope.overwrite_default_scope('mmdet'):
@@ -268,8 +301,10 @@ def _profile_blocks(cfg, img, batch, repeats, rows, clock) -> dict:
         modules = dict(wrapper.backbone.named_modules())
         shapes, handles = {}, []
         for name in wrapper.block_layouts:
+
             def hook(module, args, output, name=name):
                 shapes[name] = (tuple(args[0].shape), tuple(output.shape))
+
             handles.append(modules[name].register_forward_hook(hook))
         with torch.no_grad():
             wrapper(torch.randn(batch, 3, img, img))
@@ -297,9 +332,16 @@ def _profile_blocks(cfg, img, batch, repeats, rows, clock) -> dict:
 
             fns[(row, name, 'block')] = block_step
             fns[(row, name, 'adapter')] = adapter_step
-            blocks.append(dict(block=name, stage='.'.join(name.split('.')[:2]),
-                               channels=out_shape[1], hw=list(out_shape[2:]),
-                               in_channels=in_shape[1], width=adapter_width(adapter)))
+            blocks.append(
+                dict(
+                    block=name,
+                    stage='.'.join(name.split('.')[:2]),
+                    channels=out_shape[1],
+                    hw=list(out_shape[2:]),
+                    in_channels=in_shape[1],
+                    width=adapter_width(adapter),
+                )
+            )
         pending[row] = blocks
     device = cost.Device('cpu', amp=False, clock=clock)
     times = cost.interleaved_times(fns, repeats, 1, device.timed)
@@ -308,9 +350,11 @@ def _profile_blocks(cfg, img, batch, repeats, rows, clock) -> dict:
             b['block_s'] = statistics.median(times[(row, b['block'], 'block')])
             b['adapter_s'] = statistics.median(times[(row, b['block'], 'adapter')])
             b['ratio'] = b['adapter_s'] / b['block_s']
-            log(f'[blocks {row}] {b["block"]}: C {b["channels"]}, {b["hw"][0]}x{b["hw"][1]}, '
+            log(
+                f'[blocks {row}] {b["block"]}: C {b["channels"]}, {b["hw"][0]}x{b["hw"][1]}, '
                 f'D {b["width"]}: block {1e3 * b["block_s"]:.1f} ms, '
-                f'adapter {1e3 * b["adapter_s"]:.1f} ms')
+                f'adapter {1e3 * b["adapter_s"]:.1f} ms'
+            )
         stages = {}
         for b in blocks:
             s = stages.setdefault(b['stage'], dict(blocks=0, block_s=0.0, adapter_s=0.0))
@@ -319,66 +363,112 @@ def _profile_blocks(cfg, img, batch, repeats, rows, clock) -> dict:
             s['adapter_s'] += b['adapter_s']
         for s in stages.values():
             s['ratio'] = s['adapter_s'] / s['block_s']
-        out[row] = dict(blocks=blocks, stages=stages,
-                        total_block_s=sum(b['block_s'] for b in blocks),
-                        total_adapter_s=sum(b['adapter_s'] for b in blocks))
+        out[row] = dict(
+            blocks=blocks,
+            stages=stages,
+            total_block_s=sum(b['block_s'] for b in blocks),
+            total_adapter_s=sum(b['adapter_s'] for b in blocks),
+        )
     return out
 
 
 def blocks_markdown(profile: dict, header: List[str]) -> List[str]:
-    lines = ['# Per-block cost of MSLoRA in the detector\'s backbone', ''] + header + [
-        '', 'Forward + backward, median over interleaved rounds: the frozen block (input requires '
-        'grad, block parameters frozen, adapters off) and its adapter (on a tensor of the '
-        'block\'s output shape). C, H x W: the block\'s output; D: the adapter width.', '']
+    lines = (
+        ['# Per-block cost of MSLoRA in the detector\'s backbone', '']
+        + header
+        + [
+            '',
+            'Forward + backward, median over interleaved rounds: the frozen block (input requires '
+            'grad, block parameters frozen, adapters off) and its adapter (on a tensor of the '
+            'block\'s output shape). C, H x W: the block\'s output; D: the adapter width.',
+            '',
+        ]
+    )
     for row, p in profile.items():
-        lines += [f'## {row}', '', '| block | C | H x W | D | block (ms) | adapter (ms) '
-                  '| adapter / block |', '|---|---:|---:|---:|---:|---:|---:|']
+        lines += [
+            f'## {row}',
+            '',
+            '| block | C | H x W | D | block (ms) | adapter (ms) | adapter / block |',
+            '|---|---:|---:|---:|---:|---:|---:|',
+        ]
         for b in p['blocks']:
-            lines.append(f'| {b["block"]} | {b["channels"]} | {b["hw"][0]} x {b["hw"][1]} '
-                         f'| {b["width"]} | {1e3 * b["block_s"]:.2f} '
-                         f'| {1e3 * b["adapter_s"]:.2f} | {b["ratio"]:.2f} |')
-        lines += ['', '| stage | blocks | block sum (ms) | adapter sum (ms) | adapter / block |',
-                  '|---|---:|---:|---:|---:|']
+            lines.append(
+                f'| {b["block"]} | {b["channels"]} | {b["hw"][0]} x {b["hw"][1]} '
+                f'| {b["width"]} | {1e3 * b["block_s"]:.2f} '
+                f'| {1e3 * b["adapter_s"]:.2f} | {b["ratio"]:.2f} |'
+            )
+        lines += [
+            '',
+            '| stage | blocks | block sum (ms) | adapter sum (ms) | adapter / block |',
+            '|---|---:|---:|---:|---:|',
+        ]
         for stage, s in p['stages'].items():
-            lines.append(f'| {stage} | {s["blocks"]} | {1e3 * s["block_s"]:.2f} '
-                         f'| {1e3 * s["adapter_s"]:.2f} | {s["ratio"]:.2f} |')
+            lines.append(
+                f'| {stage} | {s["blocks"]} | {1e3 * s["block_s"]:.2f} '
+                f'| {1e3 * s["adapter_s"]:.2f} | {s["ratio"]:.2f} |'
+            )
         first3 = sum(b['adapter_s'] for b in p['blocks'][:3])
         rest = p['total_adapter_s'] - first3
-        lines += [f'| all | {len(p["blocks"])} | {1e3 * p["total_block_s"]:.2f} '
-                  f'| {1e3 * p["total_adapter_s"]:.2f} '
-                  f'| {p["total_adapter_s"] / p["total_block_s"]:.2f} |', '',
-                  f'First three adapters: {1e3 * first3:.2f} ms; all the others: '
-                  f'{1e3 * rest:.2f} ms.', '']
+        lines += [
+            f'| all | {len(p["blocks"])} | {1e3 * p["total_block_s"]:.2f} '
+            f'| {1e3 * p["total_adapter_s"]:.2f} '
+            f'| {p["total_adapter_s"] / p["total_block_s"]:.2f} |',
+            '',
+            f'First three adapters: {1e3 * first3:.2f} ms; all the others: {1e3 * rest:.2f} ms.',
+            '',
+        ]
     return lines
 
 
 # ------------------------------------------------------------------ main
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--methods', nargs='+', default=None, choices=ALL_ROWS,
-                        help=f'rows to measure (default: all, {ALL_ROWS}); full is added '
-                        'as the reference')
+    parser.add_argument(
+        '--methods',
+        nargs='+',
+        default=None,
+        choices=ALL_ROWS,
+        help=f'rows to measure (default: all, {ALL_ROWS}); full is added as the reference',
+    )
     parser.add_argument('--rounds', type=int, default=None, help='timed rounds (5)')
     parser.add_argument('--warmup', type=int, default=None, help='warm-up rounds (2)')
     parser.add_argument('--img', type=int, default=None, help='Resize scale in px (400)')
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--threads', type=int, default=None, help='torch threads')
-    parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
-                        help='iteration times as wall time (default) or this process\'s CPU '
-                        'time (with --threads 1: robust to other jobs on a shared machine)')
-    parser.add_argument('--compile', action='store_true',
-                        help='add every row compiled (backbone fullgraph, neck)')
+    parser.add_argument(
+        '--clock',
+        choices=('wall', 'cpu'),
+        default='wall',
+        help='iteration times as wall time (default) or this process\'s CPU '
+        'time (with --threads 1: robust to other jobs on a shared machine)',
+    )
+    parser.add_argument(
+        '--compile', action='store_true', help='add every row compiled (backbone fullgraph, neck)'
+    )
     parser.add_argument('--quick', action='store_true', help='img 256, 2 rounds, 1 warm-up')
-    parser.add_argument('--profile-blocks', action='store_true',
-                        help='only the per-block profile (blocks.md)')
-    parser.add_argument('--no-blocks', action='store_true',
-                        help='skip the per-block profile after the detector table')
-    parser.add_argument('--block-repeats', type=int, default=7,
-                        help='interleaved rounds of the per-block profile')
-    parser.add_argument('--block-threads', type=int, default=1,
-                        help='torch threads of the per-block profile (0: as the run)')
-    parser.add_argument('--block-clock', choices=('cpu', 'wall'), default='cpu',
-                        help='per-block times: process CPU time (default) or wall time')
+    parser.add_argument(
+        '--profile-blocks', action='store_true', help='only the per-block profile (blocks.md)'
+    )
+    parser.add_argument(
+        '--no-blocks',
+        action='store_true',
+        help='skip the per-block profile after the detector table',
+    )
+    parser.add_argument(
+        '--block-repeats', type=int, default=7, help='interleaved rounds of the per-block profile'
+    )
+    parser.add_argument(
+        '--block-threads',
+        type=int,
+        default=1,
+        help='torch threads of the per-block profile (0: as the run)',
+    )
+    parser.add_argument(
+        '--block-clock',
+        choices=('cpu', 'wall'),
+        default='cpu',
+        help='per-block times: process CPU time (default) or wall time',
+    )
     parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results', 'detector'))
     args = parser.parse_args(argv)
     quick = args.quick
@@ -390,7 +480,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     import logging
+
     from mmengine.logging import MMLogger
+
     logger = MMLogger.get_current_instance()
     level = logger.level
     logger.setLevel(logging.WARNING)  # init_weights logs every tensor
@@ -405,20 +497,34 @@ def run(args, argv=None) -> dict:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     command = 'python benchmarks/detector_cost.py ' + ' '.join(
-        sys.argv[1:] if argv is None else argv)
+        sys.argv[1:] if argv is None else argv
+    )
     started = datetime.datetime.now(datetime.timezone.utc)
     cfg = load_config(args.img, args.batch)
-    meta = dict(command=command, date=started.strftime('%Y-%m-%d %H:%M UTC'),
-                torch=torch.__version__, threads=torch.get_num_threads(),
-                cpus=os.cpu_count(), machine=platform.machine(), commit=git_commit(),
-                img=args.img, batch=args.batch, rounds=args.rounds, warmup=args.warmup,
-                clock=args.clock,
-                config=CONFIG)
-    header = [f'Command: `{command}`', '',
-              f'Date: {meta["date"]}; mmslora commit {meta["commit"]}; torch {meta["torch"]}, '
-              f'{meta["threads"]} threads, {meta["cpus"]} CPUs.', '',
-              f'Detector: `{CONFIG}`; images resized to {args.img} px, batch {args.batch} '
-              f'(real nuclei tiles).']
+    meta = dict(
+        command=command,
+        date=started.strftime('%Y-%m-%d %H:%M UTC'),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        cpus=os.cpu_count(),
+        machine=platform.machine(),
+        commit=git_commit(),
+        img=args.img,
+        batch=args.batch,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        clock=args.clock,
+        config=CONFIG,
+    )
+    header = [
+        f'Command: `{command}`',
+        '',
+        f'Date: {meta["date"]}; mmslora commit {meta["commit"]}; torch {meta["torch"]}, '
+        f'{meta["threads"]} threads, {meta["cpus"]} CPUs.',
+        '',
+        f'Detector: `{CONFIG}`; images resized to {args.img} px, batch {args.batch} '
+        f'(real nuclei tiles).',
+    ]
     result = dict(meta=meta)
     if not args.profile_blocks:
         rows = args.methods or ALL_ROWS
@@ -437,22 +543,36 @@ def run(args, argv=None) -> dict:
         result.update(rows=results, targets=targets)
         load = f'{others:.2f} CPUs' if others is not None else 'unknown'
         md = ['# Whole-detector training cost: Mask R-CNN, EfficientNet-Lite0, nuclei', '']
-        md += header + [
-            '', f'Fixed batch of {args.batch} real images, shapes {shapes} (C, H, W, uint8, '
-            f'before padding); {args.warmup} warm-up + {args.rounds} interleaved rounds; '
-            f'times are {"wall time" if args.clock == "wall" else "the process CPU time"}; '
-            f'CPU used by other processes while measuring: {load}.', '',
-            'Iteration = data_preprocessor + loss + backward + AdamW step. "x full": paired '
-            'ratio (median over rounds) to full fine-tuning; `+compile` rows against '
-            '`full+compile` (backbone `compile(fullgraph=True)`, neck `compile()`, heads '
-            'eager). Peak = persistent (parameters, buffers, AdamW state) + the highest '
-            'rise of live bytes during one iteration.', ''] + table(results) + [''] + [
-            f'- {line}' for line in targets] + ['']
-        compiled = {r: v['first_iteration_s'] for r, v in results.items()
-                    if 'first_iteration_s' in v}
+        md += (
+            header
+            + [
+                '',
+                f'Fixed batch of {args.batch} real images, shapes {shapes} (C, H, W, uint8, '
+                f'before padding); {args.warmup} warm-up + {args.rounds} interleaved rounds; '
+                f'times are {"wall time" if args.clock == "wall" else "the process CPU time"}; '
+                f'CPU used by other processes while measuring: {load}.',
+                '',
+                'Iteration = data_preprocessor + loss + backward + AdamW step. "x full": paired '
+                'ratio (median over rounds) to full fine-tuning; `+compile` rows against '
+                '`full+compile` (backbone `compile(fullgraph=True)`, neck `compile()`, heads '
+                'eager). Peak = persistent (parameters, buffers, AdamW state) + the highest '
+                'rise of live bytes during one iteration.',
+                '',
+            ]
+            + table(results)
+            + ['']
+            + [f'- {line}' for line in targets]
+            + ['']
+        )
+        compiled = {
+            r: v['first_iteration_s'] for r, v in results.items() if 'first_iteration_s' in v
+        }
         if compiled:
-            md += ['First (compiling) iteration, s: ' + ', '.join(
-                f'{r} {s:.1f}' for r, s in compiled.items()), '']
+            md += [
+                'First (compiling) iteration, s: '
+                + ', '.join(f'{r} {s:.1f}' for r, s in compiled.items()),
+                '',
+            ]
         with open(osp.join(args.out, 'detector_cost.md'), 'w') as f:
             f.write('\n'.join(md))
         with open(osp.join(args.out, 'detector_cost.json'), 'w') as f:
@@ -460,22 +580,43 @@ def run(args, argv=None) -> dict:
         print('\n'.join(md), flush=True)
     if args.profile_blocks or not args.no_blocks:
         meter = CpuMeter()
-        profile = profile_blocks(cfg, args.img, args.batch, args.block_repeats,
-                                 threads=args.block_threads or None, clock=args.block_clock)
+        profile = profile_blocks(
+            cfg,
+            args.img,
+            args.batch,
+            args.block_repeats,
+            threads=args.block_threads or None,
+            clock=args.block_clock,
+        )
         others = meter.others()
         load = f'{others:.2f} CPUs' if others is not None else 'unknown'
         clock = 'the process CPU time' if args.block_clock == 'cpu' else 'wall time'
-        md = blocks_markdown(profile, header + [
-            '', f'CPU used by other processes while profiling: {load}; '
-            f'{args.block_repeats} interleaved rounds after one warm-up; times are '
-            f'{clock} at '
-            f'{args.block_threads or meta["threads"]} torch thread(s).'])
+        md = blocks_markdown(
+            profile,
+            header
+            + [
+                '',
+                f'CPU used by other processes while profiling: {load}; '
+                f'{args.block_repeats} interleaved rounds after one warm-up; times are '
+                f'{clock} at '
+                f'{args.block_threads or meta["threads"]} torch thread(s).',
+            ],
+        )
         with open(osp.join(args.out, 'blocks.md'), 'w') as f:
             f.write('\n'.join(md))
         with open(osp.join(args.out, 'blocks.json'), 'w') as f:
-            json.dump(dict(meta=meta, cpu_others=others, block_threads=args.block_threads,
-                       block_clock=args.block_clock, block_repeats=args.block_repeats,
-                       profile=profile), f, indent=1)
+            json.dump(
+                dict(
+                    meta=meta,
+                    cpu_others=others,
+                    block_threads=args.block_threads,
+                    block_clock=args.block_clock,
+                    block_repeats=args.block_repeats,
+                    profile=profile,
+                ),
+                f,
+                indent=1,
+            )
         print('\n'.join(md), flush=True)
         result['blocks'] = profile
     return result

@@ -22,6 +22,7 @@ Usage::
 
     .venv/bin/python benchmarks/merged_cost.py --threads 2 --rounds 15
 """
+
 import argparse
 import datetime
 import json
@@ -35,6 +36,7 @@ import torch.nn as nn
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import cost  # noqa: E402  (puts the repository on sys.path, registers mmslora)
+
 from mmslora.models.merging import upstream_state_dict  # noqa: E402
 from mmslora.models.peers import wrapper_cfg  # noqa: E402
 
@@ -65,13 +67,13 @@ def max_relative_error(models: dict, x: torch.Tensor) -> dict:
         errors = {}
         for name in ('lora/merged', 'lora/exported'):
             got = cost.flat(models[name](x))
-            errors[name] = max(float((a - b).abs().max() / b.abs().max())
-                               for a, b in zip(got, want))
+            errors[name] = max(
+                float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, want)
+            )
     return errors
 
 
-def measure(name: str, scope: str, cfg: dict, x: torch.Tensor, rounds: int,
-            warmup: int) -> dict:
+def measure(name: str, scope: str, cfg: dict, x: torch.Tensor, rounds: int, warmup: int) -> dict:
     models = build_rows(scope, cfg)
     errors = max_relative_error(models, x)
 
@@ -79,40 +81,60 @@ def measure(name: str, scope: str, cfg: dict, x: torch.Tensor, rounds: int,
         def run():
             with torch.no_grad():
                 model(x)
+
         return run
 
     meter = cost.CpuMeter()
-    times = cost.interleaved_times({k: infer(m) for k, m in models.items()}, rounds, warmup,
-                                   cost.Device('cpu', amp=False).timed)
-    rows = {k: dict(infer_s=statistics.median(v),
-                    infer_ratio=cost.paired_ratio(times, k, 'plain'),
-                    max_rel_error=errors.get(k)) for k, v in times.items()}
+    times = cost.interleaved_times(
+        {k: infer(m) for k, m in models.items()},
+        rounds,
+        warmup,
+        cost.Device('cpu', amp=False).timed,
+    )
+    rows = {
+        k: dict(
+            infer_s=statistics.median(v),
+            infer_ratio=cost.paired_ratio(times, k, 'plain'),
+            max_rel_error=errors.get(k),
+        )
+        for k, v in times.items()
+    }
     return dict(rows=rows, others_cpus=meter.others())
 
 
 def markdown(results: dict, meta: dict) -> str:
-    lines = ['# Inference cost of LoRA merged into the backbone', '',
-             f"Command: `{meta['command']}`  ",
-             f"Date: {meta['date']}; {meta['cpu']}, {meta['threads']} torch threads, "
-             f"torch {meta['torch']}, eager, float32; input batch {meta['batch']} x 3 x "
-             f"{meta['img']} x {meta['img']}; {meta['rounds']} interleaved rounds after "
-             f"{meta['warmup']} warm-up; times are medians, ratios the median over rounds "
-             f"of the ratio to `plain` in the same round. Random initialisation, LoRA B "
-             f"drawn with std 0.02.", '',
-             '`lora`: hooks add the update; `lora/merged`: `merge_adapters()`; '
-             '`lora/exported`: the plain backbone loaded with the merged upstream state '
-             'dict (what `mmslora-merge` writes). Error: the largest output difference '
-             'to `lora`, relative to its largest output.', '']
+    lines = [
+        '# Inference cost of LoRA merged into the backbone',
+        '',
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}; {meta['cpu']}, {meta['threads']} torch threads, "
+        f"torch {meta['torch']}, eager, float32; input batch {meta['batch']} x 3 x "
+        f"{meta['img']} x {meta['img']}; {meta['rounds']} interleaved rounds after "
+        f"{meta['warmup']} warm-up; times are medians, ratios the median over rounds "
+        f"of the ratio to `plain` in the same round. Random initialisation, LoRA B "
+        f"drawn with std 0.02.",
+        '',
+        '`lora`: hooks add the update; `lora/merged`: `merge_adapters()`; '
+        '`lora/exported`: the plain backbone loaded with the merged upstream state '
+        'dict (what `mmslora-merge` writes). Error: the largest output difference '
+        'to `lora`, relative to its largest output.',
+        '',
+    ]
     for name, result in results.items():
-        lines += [f'## {name}', '', '| row | infer (s) | infer / plain | error vs lora |',
-                  '|---|---:|---:|---:|']
+        lines += [
+            f'## {name}',
+            '',
+            '| row | infer (s) | infer / plain | error vs lora |',
+            '|---|---:|---:|---:|',
+        ]
         for row, values in result['rows'].items():
             error = values['max_rel_error']
-            lines.append(f"| {row} | {values['infer_s']:.4f} | {values['infer_ratio']:.2f} | "
-                         f"{'-' if error is None else f'{error:.1e}'} |")
+            lines.append(
+                f"| {row} | {values['infer_s']:.4f} | {values['infer_ratio']:.2f} | "
+                f"{'-' if error is None else f'{error:.1e}'} |"
+            )
         if result['others_cpus'] is not None:
-            lines.append(f"\nOther processes used {result['others_cpus']:.2f} CPUs "
-                         f'meanwhile.')
+            lines.append(f"\nOther processes used {result['others_cpus']:.2f} CPUs meanwhile.")
         lines.append('')
     return '\n'.join(lines)
 
@@ -136,11 +158,17 @@ def main() -> None:
     for name in args.models:
         results[name] = measure(name, *configs[name], x, args.rounds, args.warmup)
         print(name, json.dumps(results[name]), flush=True)
-    meta = dict(command=' '.join(['python', 'benchmarks/merged_cost.py'] + sys.argv[1:]),
-                date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-                batch=args.batch, img=args.img, rounds=args.rounds, warmup=args.warmup,
-                threads=torch.get_num_threads(), torch=torch.__version__,
-                cpu=cost.cpu_name())
+    meta = dict(
+        command=' '.join(['python', 'benchmarks/merged_cost.py'] + sys.argv[1:]),
+        date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+        batch=args.batch,
+        img=args.img,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        cpu=cost.cpu_name(),
+    )
     os.makedirs(args.out, exist_ok=True)
     with open(osp.join(args.out, 'merged_cost.json'), 'w') as f:
         json.dump(dict(meta=meta, results=results), f, indent=2)

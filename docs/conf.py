@@ -4,6 +4,7 @@ The guides are MyST Markdown (``docs/*.md``); the API reference (``docs/api/``) 
 generated from the docstrings (Google style) by autodoc and napoleon, so building it
 imports mmslora and the OpenMMLab stack.
 """
+
 import os
 import sys
 

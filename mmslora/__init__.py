@@ -5,8 +5,9 @@ registers ``mmslora.MSLoRABackbone``, ``mmslora.MSLoRAAdapter`` and the rest, an
 lets configs inherit mmslora's shipped configs by name:
 ``_base_ = ['mmdet::...', 'mmslora::_base_/mslora.py']``.
 """
-from .version import __version__
+
 from . import _deprecated
+from .version import __version__
 
 _deprecated.install()  # old import paths keep working, with a DeprecationWarning
 

@@ -13,6 +13,7 @@ runs it first, so the lower layers never import the modules their old names poin
 Old methods: :func:`deprecated_method` makes a class attribute that warns and calls its
 replacement (``MSLoRABackbone.adapters_of(name)`` is ``adapter_set(name).modules``).
 """
+
 import functools
 import importlib
 import importlib.abc
@@ -31,22 +32,34 @@ MOVED_MODULES: Dict[str, str] = {
 
 #: old package -> (new module, names that moved from the package to the module)
 MOVED_NAMES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
-    'mmslora.utils': ('mmslora.models', (
-        'ParameterReport', 'count_parameters', 'print_trainable_parameters',
-        'adapter_state_dict', 'save_adapter', 'load_adapter')),
+    'mmslora.utils': (
+        'mmslora.models',
+        (
+            'ParameterReport',
+            'count_parameters',
+            'print_trainable_parameters',
+            'adapter_state_dict',
+            'save_adapter',
+            'load_adapter',
+        ),
+    ),
 }
 
 
 def _warn_moved(old: str, new: str, stacklevel: int = 3) -> None:
     # stacklevel 3: the code that imports or reads the old name (warnings skips
     # importlib's frames)
-    warnings.warn(f'{old} moved to {new}; the old path will be removed in the next '
-                  'release', DeprecationWarning, stacklevel=stacklevel)
+    warnings.warn(
+        f'{old} moved to {new}; the old path will be removed in the next release',
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def deprecated_method(old: str, new: str, replacement: Callable) -> Callable:
     """A method that warns ``<old> moved to <new>`` (a DeprecationWarning at the caller)
     and returns ``replacement(self, *args, **kwargs)``."""
+
     @functools.wraps(replacement)
     def method(*args, **kwargs):
         _warn_moved(old, new, stacklevel=3)

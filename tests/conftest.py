@@ -15,11 +15,14 @@ DEVICE_CHOICES = ('cpu', 'cuda', 'auto')
 
 def pytest_addoption(parser):
     parser.addoption(
-        '--device', choices=DEVICE_CHOICES, default=None,
+        '--device',
+        choices=DEVICE_CHOICES,
+        default=None,
         help="device of the tests that take the `device` fixture: 'cpu' (default), 'cuda' "
-             f"(fails at once without a GPU) or 'auto' (cuda where torch sees one); "
-             f"default from ${DEVICE_ENV}, else cpu. Tests marked `cuda` run wherever torch "
-             "sees a GPU and are skipped elsewhere.")
+        f"(fails at once without a GPU) or 'auto' (cuda where torch sees one); "
+        f"default from ${DEVICE_ENV}, else cpu. Tests marked `cuda` run wherever torch "
+        "sees a GPU and are skipped elsewhere.",
+    )
 
 
 def _device_name(config) -> str:
@@ -31,7 +34,8 @@ def _device_name(config) -> str:
     if name == 'cuda' and not torch.cuda.is_available():
         raise pytest.UsageError(
             f'--device cuda: torch {torch.__version__} sees no CUDA device here (torch built '
-            f'for CUDA {torch.version.cuda}); run on a GPU machine, or use --device cpu')
+            f'for CUDA {torch.version.cuda}); run on a GPU machine, or use --device cpu'
+        )
     return name
 
 
@@ -46,8 +50,10 @@ def pytest_report_header(config):
 def pytest_collection_modifyitems(config, items):
     """Mark the tests that take the ``device`` fixture ``device`` (the GPU leg selects
     them with ``-m "device or cuda"``), and skip ``cuda`` tests where there is no GPU."""
-    skip_cuda = pytest.mark.skip(reason=f'needs a CUDA GPU: torch {torch.__version__} sees '
-                                 'none here (the GPU leg: make test-gpu, docs/gpu.md)')
+    skip_cuda = pytest.mark.skip(
+        reason=f'needs a CUDA GPU: torch {torch.__version__} sees '
+        'none here (the GPU leg: make test-gpu, docs/gpu.md)'
+    )
     for item in items:
         if 'device' in getattr(item, 'fixturenames', ()):
             item.add_marker(pytest.mark.device)
@@ -99,5 +105,6 @@ def restore_default_scope():
     (``build_model_from_config``) sets it for the whole process, and a later test that
     builds unscoped types would look them up in that toolbox."""
     from mmengine.registry import DefaultScope
+
     with DefaultScope.overwrite_default_scope('mmengine'):
         yield

@@ -1,5 +1,6 @@
 """Helpers shared by the test files (importable because tests/conftest.py puts this
 folder on sys.path; the name avoids mmseg's top-level `tests` package)."""
+
 import copy
 import importlib.util
 import os
@@ -78,8 +79,7 @@ def assert_same_outputs(model, plain, x, exact=False):
         if exact:
             assert torch.equal(a, b)
         else:
-            torch.testing.assert_close(a, b, rtol=1e-5,
-                                       atol=1e-5 * float(b.abs().max()) + 1e-12)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()) + 1e-12)
 
 
 class ToyRegressor(BaseModel):
@@ -95,20 +95,39 @@ class ToyRegressor(BaseModel):
         out = self.body(inputs).squeeze(-1)
         if mode == 'loss':
             labels = torch.stack(labels) if isinstance(labels, list) else labels
-            return dict(loss=((out - labels)**2).mean())
+            return dict(loss=((out - labels) ** 2).mean())
         if mode == 'predict':
             return list(out.detach())
         return out
 
 
 # Tiny backbone configs shared by the model tests (fast on CPU, real mm* classes).
-TINY_SWIN = dict(embed_dims=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
-                 out_indices=(0, 1), strides=(4, 2), init_cfg=None)
-TINY_VIT_MMSEG = dict(img_size=(64, 64), patch_size=16, embed_dims=32, num_layers=2,
-                      num_heads=2, mlp_ratio=2, out_indices=(1, ), init_cfg=None)
-TINY_VIT_MMPRETRAIN = dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2,
-                                     feedforward_channels=64),
-                           img_size=64, patch_size=16, out_type='featmap', init_cfg=None)
+TINY_SWIN = dict(
+    embed_dims=32,
+    depths=(2, 2),
+    num_heads=(1, 2),
+    window_size=4,
+    out_indices=(0, 1),
+    strides=(4, 2),
+    init_cfg=None,
+)
+TINY_VIT_MMSEG = dict(
+    img_size=(64, 64),
+    patch_size=16,
+    embed_dims=32,
+    num_layers=2,
+    num_heads=2,
+    mlp_ratio=2,
+    out_indices=(1,),
+    init_cfg=None,
+)
+TINY_VIT_MMPRETRAIN = dict(
+    arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64),
+    img_size=64,
+    patch_size=16,
+    out_type='featmap',
+    init_cfg=None,
+)
 RESNET18 = dict(type='mmdet.ResNet', depth=18, init_cfg=None)
 
 
@@ -116,6 +135,7 @@ def skip_unless_autocast(device, dtype):
     """Skip (with the reason) where ``torch.autocast(device.type, dtype)`` does not cast:
     older torch (2.1) autocasts CPU to bfloat16 only."""
     import pytest
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
@@ -125,8 +145,10 @@ def skip_unless_autocast(device, dtype):
     except RuntimeError:
         casts = False
     if not casts:
-        pytest.skip(f'torch {torch.__version__} has no {device.type} autocast to {dtype} '
-                    '(older torch autocasts CPU to bfloat16 only)')
+        pytest.skip(
+            f'torch {torch.__version__} has no {device.type} autocast to {dtype} '
+            '(older torch autocasts CPU to bfloat16 only)'
+        )
 
 
 def wrap(backbone_cfg, **kwargs):
@@ -172,6 +194,7 @@ class ToyDataset(Dataset):
 
 class ToyMetric(BaseMetric):
     """Returns numpy scalars, as many OpenMMLab metrics do."""
+
     default_prefix = 'toy'
 
     def process(self, data_batch, data_samples):
@@ -180,13 +203,14 @@ class ToyMetric(BaseMetric):
         self.results.append(float(err))
 
     def compute_metrics(self, results):
-        return dict(mae=np.float32(np.mean(results)),
-                    mae64=np.float64(np.mean(results)),
-                    n=np.int64(len(results)))
+        return dict(
+            mae=np.float32(np.mean(results)),
+            mae64=np.float64(np.mean(results)),
+            n=np.int64(len(results)),
+        )
 
 
-def checkpointing_runner(work_dir, name, by_epoch=False, max_iters=4, max_epochs=2,
-                         **kwargs):
+def checkpointing_runner(work_dir, name, by_epoch=False, max_iters=4, max_epochs=2, **kwargs):
     """A Runner of :func:`toy_model` on :class:`ToyDataset` that validates with
     :class:`ToyMetric` and writes checkpoints (every 2 iterations, or every epoch)."""
     if by_epoch:
@@ -194,18 +218,25 @@ def checkpointing_runner(work_dir, name, by_epoch=False, max_iters=4, max_epochs
         checkpoint = dict(type='CheckpointHook', interval=1)
     else:
         train_cfg = dict(by_epoch=False, max_iters=max_iters, val_interval=2)
-        checkpoint = dict(type='CheckpointHook', interval=2, by_epoch=False,
-                          save_best='toy/mae', rule='less')
+        checkpoint = dict(
+            type='CheckpointHook', interval=2, by_epoch=False, save_best='toy/mae', rule='less'
+        )
     return Runner(
         model=toy_model(),
         work_dir=str(work_dir),
         experiment_name=name,
-        train_dataloader=dict(dataset=ToyDataset(),
-                              sampler=dict(type='DefaultSampler', shuffle=True),
-                              batch_size=4, num_workers=0),
-        val_dataloader=dict(dataset=ToyDataset(),
-                            sampler=dict(type='DefaultSampler', shuffle=False),
-                            batch_size=4, num_workers=0),
+        train_dataloader=dict(
+            dataset=ToyDataset(),
+            sampler=dict(type='DefaultSampler', shuffle=True),
+            batch_size=4,
+            num_workers=0,
+        ),
+        val_dataloader=dict(
+            dataset=ToyDataset(),
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            batch_size=4,
+            num_workers=0,
+        ),
         val_evaluator=dict(type=ToyMetric),
         val_cfg=dict(),
         train_cfg=train_cfg,
@@ -214,15 +245,16 @@ def checkpointing_runner(work_dir, name, by_epoch=False, max_iters=4, max_epochs
         default_hooks=dict(checkpoint=checkpoint),
         randomness=dict(seed=0),
         log_level='WARNING',
-        **kwargs)
+        **kwargs,
+    )
 
 
 def evil_checkpoint(path, marker):
     """A checkpoint whose unpickling runs ``touch marker``."""
-    class Payload:
 
+    class Payload:
         def __reduce__(self):
-            return (os.system, (f'touch {marker}', ))
+            return (os.system, (f'touch {marker}',))
 
     torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': Payload()}, str(path))
 
@@ -232,14 +264,23 @@ PEER_BACKBONES = [
     # zero_init_residual (mmdet's default for random init) zeroes each block's last BN
     # scale: in a frozen random backbone no gradient would reach the layers before it,
     # which a pretrained backbone does not have
-    ('mmdet-resnet18', 'mmdet', dict(type='mmdet.ResNet', depth=18, zero_init_residual=False,
-                                     init_cfg=None)),
-    ('mmpretrain-vit', 'mmpretrain',
-     dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN)),
+    (
+        'mmdet-resnet18',
+        'mmdet',
+        dict(type='mmdet.ResNet', depth=18, zero_init_residual=False, init_cfg=None),
+    ),
+    (
+        'mmpretrain-vit',
+        'mmpretrain',
+        dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN),
+    ),
     ('mmdet-swin', 'mmdet', dict(type='mmdet.SwinTransformer', **TINY_SWIN)),
     # depthwise convolutions: LoRA must leave them alone
-    ('effnet-lite0', 'mmpretrain', dict(type='mmslora.EfficientNetLite', out_indices=(2, 4, 7),
-                                         init_cfg=None)),
+    (
+        'effnet-lite0',
+        'mmpretrain',
+        dict(type='mmslora.EfficientNetLite', out_indices=(2, 4, 7), init_cfg=None),
+    ),
 ]
 
 
@@ -253,16 +294,24 @@ def build_method(method, scope, cfg, **overrides):
 
 
 def _hrnet_stage(branches, block):
-    return dict(num_modules=1, num_branches=branches, block=block,
-                num_blocks=(1, ) * branches, num_channels=(18, 36, 72, 144)[:branches])
+    return dict(
+        num_modules=1,
+        num_branches=branches,
+        block=block,
+        num_blocks=(1,) * branches,
+        num_channels=(18, 36, 72, 144)[:branches],
+    )
 
 
 #: HRNet-W18 with one block per branch: 18/36/72/144 channels (18 is not divisible by 8)
 HRNET_W18_TINY = dict(
-    stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1, ),
-                num_channels=(16, )),
-    stage2=_hrnet_stage(2, 'BASIC'), stage3=_hrnet_stage(3, 'BASIC'),
-    stage4=_hrnet_stage(4, 'BASIC'))
+    stage1=dict(
+        num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1,), num_channels=(16,)
+    ),
+    stage2=_hrnet_stage(2, 'BASIC'),
+    stage3=_hrnet_stage(3, 'BASIC'),
+    stage4=_hrnet_stage(4, 'BASIC'),
+)
 
 
 def assert_share_of(percent: float, count: int) -> None:
@@ -276,11 +325,13 @@ def assert_share_of(percent: float, count: int) -> None:
 def assert_adapters_trained(checkpoint: str) -> None:
     """Every zero-started up-projection of the checkpoint's MSLoRA adapters moved."""
     from mmslora.utils.checkpoint import safe_torch_load
+
     state = safe_torch_load(checkpoint)['state_dict']
     ups = {k: v for k, v in state.items() if k.endswith('proj.up.weight')}
     assert ups and all(torch.isfinite(v).all() for v in ups.values())
-    assert all(v.abs().sum() > 0 for v in ups.values()), [k for k, v in ups.items()
-                                                           if not v.abs().sum() > 0]
+    assert all(v.abs().sum() > 0 for v in ups.values()), [
+        k for k, v in ups.items() if not v.abs().sum() > 0
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -291,10 +342,8 @@ def run_clean(cmd, cwd, timeout=300, fails=False):
     It must succeed, or with ``fails`` fail."""
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     env['OMP_NUM_THREADS'] = '1'
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert (proc.returncode != 0) == fails, \
-        f'{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert (proc.returncode != 0) == fails, f'{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
     return proc.stdout + proc.stderr
 
 
@@ -303,12 +352,15 @@ def stack_venv(env_dir, with_pip=True):
     .pth files there, the editable mmslora's among them, are not read), so mmslora is
     not importable in it; ``with_pip=False`` skips installing pip (faster) where
     nothing is installed into it. Returns ``(python, site-packages)``."""
-    run_clean([sys.executable, '-m', 'venv', str(env_dir)] + ([] if with_pip else
-                                                             ['--without-pip']),
-              cwd=osp.dirname(str(env_dir)))
+    run_clean(
+        [sys.executable, '-m', 'venv', str(env_dir)] + ([] if with_pip else ['--without-pip']),
+        cwd=osp.dirname(str(env_dir)),
+    )
     python = osp.join(str(env_dir), 'bin', 'python')
-    site = run_clean([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-                     cwd=str(env_dir)).strip()
+    site = run_clean(
+        [python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+        cwd=str(env_dir),
+    ).strip()
     with open(osp.join(site, 'the_stack.pth'), 'w') as f:
         f.write(STACK + '\n')
     probe = 'import mmdet, importlib.util; print(importlib.util.find_spec("mmslora"))'

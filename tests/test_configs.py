@@ -1,6 +1,7 @@
 """Every shipped config loads, inherits an upstream config, wraps its backbone in
 MSLoRABackbone, builds offline in its toolbox's scope, and trains < 5% of its
 backbone."""
+
 import argparse
 import glob
 import os.path as osp
@@ -37,9 +38,18 @@ def assert_mmslora_types_scoped(node):
     """Every ``type`` that names a class registered by mmslora is written
     ``mmslora.<Name>``: an unscoped one resolves only where mmslora was imported first."""
     from mmslora import registry
-    ours = {name for reg in (registry.MODELS, registry.OPTIM_WRAPPER_CONSTRUCTORS,
-                             registry.HOOKS, registry.DATASETS, registry.TRANSFORMS)
-            for name in reg.module_dict}
+
+    ours = {
+        name
+        for reg in (
+            registry.MODELS,
+            registry.OPTIM_WRAPPER_CONSTRUCTORS,
+            registry.HOOKS,
+            registry.DATASETS,
+            registry.TRANSFORMS,
+        )
+        for name in reg.module_dict
+    }
     if isinstance(node, dict):
         for key in ('type', 'constructor'):
             assert node.get(key) not in ours, f'{key}={node[key]!r}: write mmslora.{node[key]}'
@@ -99,16 +109,19 @@ optim_wrapper = _base_.mslora_optim_wrapper
 """
 
 
-@pytest.mark.parametrize('upstream, scope', [
-    ('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', 'mmdet'),
-    ('mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-512x1024.py', 'mmseg'),
-    ('mmpretrain::resnet/resnet18_8xb16_cifar10.py', 'mmpretrain'),
-])
-def test_the_documented_recipe_turns_any_upstream_config_into_mslora(tmp_path, upstream,
-                                                                     scope):
+@pytest.mark.parametrize(
+    'upstream, scope',
+    [
+        ('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', 'mmdet'),
+        ('mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-512x1024.py', 'mmseg'),
+        ('mmpretrain::resnet/resnet18_8xb16_cifar10.py', 'mmpretrain'),
+    ],
+)
+def test_the_documented_recipe_turns_any_upstream_config_into_mslora(tmp_path, upstream, scope):
     path = tmp_path / 'my_config.py'
-    path.write_text(RECIPE.format(upstream=upstream,
-                                  mslora_base=osp.join(ROOT, 'configs/_base_/mslora.py')))
+    path.write_text(
+        RECIPE.format(upstream=upstream, mslora_base=osp.join(ROOT, 'configs/_base_/mslora.py'))
+    )
     cfg = Config.fromfile(str(path))
     assert cfg.default_scope == scope
     model = build_model_from_config(disable_pretrained(cfg))
@@ -120,8 +133,10 @@ def test_the_documented_recipe_turns_any_upstream_config_into_mslora(tmp_path, u
     assert not any(p.requires_grad for p in model.backbone.backbone.parameters())
 
 
-SWITCH_CONFIGS = ['mmdet/mask-rcnn_r50-mslora_fpn_1x_coco.py',
-                  'mmpretrain/swin-tiny-mslora_16xb64-ft30e_in1k.py']
+SWITCH_CONFIGS = [
+    'mmdet/mask-rcnn_r50-mslora_fpn_1x_coco.py',
+    'mmpretrain/swin-tiny-mslora_16xb64-ft30e_in1k.py',
+]
 
 
 @pytest.mark.parametrize('config', SWITCH_CONFIGS)
@@ -142,8 +157,11 @@ def test_method_switch_builds_every_peer_from_a_config(config, method):
     adapters = sum(p.numel() for p in backbone.adapters.parameters())
     if method == 'full':  # the wrapper freezes nothing (R-50's own frozen_stages=1 stays)
         plain = build_in_scope(cfg.default_scope, original.backbone)
-        assert report.backbone_trainable == sum(
-            p.numel() for p in plain.parameters() if p.requires_grad) > 0.9 * report.backbone
+        assert (
+            report.backbone_trainable
+            == sum(p.numel() for p in plain.parameters() if p.requires_grad)
+            > 0.9 * report.backbone
+        )
     elif method == 'linear_probe':
         assert report.backbone_trainable == 0
     elif method == 'bitfit':

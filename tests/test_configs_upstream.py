@@ -10,6 +10,7 @@ declare their own ``custom_imports``; the backbone stays frozen and unchanged; t
 adapters get gradients and stay within 5% of the backbone (small backbones get a
 fitted width, noted in the parameter report).
 """
+
 from typing import NamedTuple
 
 import numpy as np
@@ -51,23 +52,33 @@ CASES = [
     Case('mmdet::deformable_detr/deformable-detr_r50_16xb2-50e_coco.py', 'det'),
     Case('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', 'ins'),
     Case('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', 'ins'),
-    Case('mmdet::convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py', 'ins',
-         own_imports=True),
+    Case(
+        'mmdet::convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py',
+        'ins',
+        own_imports=True,
+    ),
     Case('mmdet::rtmdet/rtmdet-ins_tiny_8xb32-300e_coco.py', 'ins'),
     # mmseg: encoder-decoders and Mask2Former
     Case('mmseg::deeplabv3plus/deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024.py', 'seg'),
-    Case('mmseg::convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py', 'seg',
-         own_imports=True),
+    Case(
+        'mmseg::convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py',
+        'seg',
+        own_imports=True,
+    ),
     Case('mmseg::vit/vit_deit-s16_upernet_8xb2-80k_ade20k-512x512.py', 'seg'),
     Case('mmseg::segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py', 'seg'),
-    Case('mmseg::poolformer/fpn_poolformer_s12_8xb4-40k_ade20k-512x512.py', 'seg',
-         own_imports=True),
-    Case('mmseg::bisenetv2/bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024.py', 'seg',
-         fitted=True),
-    Case('mmseg::mobilenet_v2/mobilenet-v2-d8_deeplabv3plus_4xb2-80k_cityscapes-512x1024.py',
-         'seg', fitted=True),
-    Case('mmseg::mask2former/mask2former_swin-t_8xb2-160k_ade20k-512x512.py', 'seg',
-         own_imports=True),
+    Case(
+        'mmseg::poolformer/fpn_poolformer_s12_8xb4-40k_ade20k-512x512.py', 'seg', own_imports=True
+    ),
+    Case('mmseg::bisenetv2/bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024.py', 'seg', fitted=True),
+    Case(
+        'mmseg::mobilenet_v2/mobilenet-v2-d8_deeplabv3plus_4xb2-80k_cityscapes-512x1024.py',
+        'seg',
+        fitted=True,
+    ),
+    Case(
+        'mmseg::mask2former/mask2former_swin-t_8xb2-160k_ade20k-512x512.py', 'seg', own_imports=True
+    ),
     # mmpretrain: classifiers
     Case('mmpretrain::resnet/resnet18_8xb32_in1k.py', 'cls'),
     Case('mmpretrain::mobilenet_v3/mobilenet-v3-small_8xb128_in1k.py', 'cls', fitted=True),
@@ -100,24 +111,26 @@ def offline(cfg: Config, size: int) -> Config:
         elif isinstance(node, (list, tuple)):
             for item in node:
                 visit(item)
+
     visit(cfg.model)
     if cfg.model.get('data_preprocessor', {}).get('size') is not None:
         cfg.model.data_preprocessor.size = (size, size)
     return cfg
 
 
-def synthetic_batch(task: str, num_classes: int, size: int,
-                    generator: torch.Generator) -> dict:
+def synthetic_batch(task: str, num_classes: int, size: int, generator: torch.Generator) -> dict:
     """Two images of ``size`` pixels a side with annotations of ``task``."""
     inputs, samples = [], []
     for _ in range(2):
-        inputs.append(torch.randint(0, 256, (3, size, size), generator=generator,
-                                    dtype=torch.uint8))
+        inputs.append(
+            torch.randint(0, 256, (3, size, size), generator=generator, dtype=torch.uint8)
+        )
         meta = dict(img_shape=(size, size), ori_shape=(size, size), scale_factor=(1.0, 1.0))
         if task in ('det', 'ins'):
             from mmdet.structures import DetDataSample
             from mmdet.structures.mask import BitmapMasks
             from mmengine.structures import InstanceData
+
             boxes = torch.tensor([[4.0, 6.0, 40.0, 44.0], [20.0, 16.0, 60.0, 58.0]])
             masks = np.zeros((2, size, size), dtype=np.uint8)
             for mask, (x1, y1, x2, y2) in zip(masks, boxes.int().tolist()):
@@ -130,13 +143,17 @@ def synthetic_batch(task: str, num_classes: int, size: int,
         elif task == 'seg':
             from mmengine.structures import PixelData
             from mmseg.structures import SegDataSample
+
             sample = SegDataSample(metainfo=meta)
-            sample.gt_sem_seg = PixelData(data=torch.randint(
-                0, num_classes, (1, size, size), generator=generator))
+            sample.gt_sem_seg = PixelData(
+                data=torch.randint(0, num_classes, (1, size, size), generator=generator)
+            )
         else:
             from mmpretrain.structures import DataSample
+
             sample = DataSample(metainfo=meta).set_gt_label(
-                int(torch.randint(0, num_classes, (1, ), generator=generator)))
+                int(torch.randint(0, num_classes, (1,), generator=generator))
+            )
         samples.append(sample)
     return dict(inputs=inputs, data_samples=samples)
 
@@ -157,14 +174,14 @@ def check_predictions(task: str, predictions: list, num_classes: int, size: int)
     for prediction in predictions:
         if task in ('det', 'ins'):
             instances = prediction.pred_instances
-            assert instances.bboxes.shape[1:] == (4, )
+            assert instances.bboxes.shape[1:] == (4,)
             assert len(instances.scores) == len(instances.bboxes) == len(instances.labels)
             if task == 'ins':
                 assert tuple(instances.masks.shape[1:]) == (size, size)
         elif task == 'seg':
             assert tuple(prediction.pred_sem_seg.data.shape) == (1, size, size)
         else:
-            assert tuple(prediction.pred_score.shape) == (num_classes, )
+            assert tuple(prediction.pred_score.shape) == (num_classes,)
 
 
 @pytest.mark.parametrize('case', CASES, ids=case_id)
@@ -191,19 +208,21 @@ def test_the_recipe_trains_and_predicts_on_an_upstream_config(case, tmp_path, on
     frozen = {k: v.clone() for k, v in wrapper.backbone.state_dict().items()}
     model.train()
     for _ in range(2):  # the second step: heads that start at zero (ViT's) pass gradients
-        losses = model.train_step(synthetic_batch(case.task, num_classes, case.size,
-                                                  generator), optim_wrapper)
+        losses = model.train_step(
+            synthetic_batch(case.task, num_classes, case.size, generator), optim_wrapper
+        )
         assert losses and all(torch.isfinite(v).all() for v in losses.values()), losses
-    assert not any(p.requires_grad or p.grad is not None
-                   for p in wrapper.backbone.parameters())
+    assert not any(p.requires_grad or p.grad is not None for p in wrapper.backbone.parameters())
     after = wrapper.backbone.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in frozen.items())  # stats included
     # the zero-initialised parameters (weight decay keeps zeros) moved: gradients arrived
-    assert any(dict(adapter.named_parameters())[name].abs().sum() > 0
-               for adapter in wrapper.adapters.values() for name in adapter.zero_init)
+    assert any(
+        dict(adapter.named_parameters())[name].abs().sum() > 0
+        for adapter in wrapper.adapters.values()
+        for name in adapter.zero_init
+    )
 
     model.eval()
     with torch.no_grad():
-        predictions = model.test_step(synthetic_batch(case.task, num_classes, case.size,
-                                                      generator))
+        predictions = model.test_step(synthetic_batch(case.task, num_classes, case.size, generator))
     check_predictions(case.task, predictions, num_classes, case.size)

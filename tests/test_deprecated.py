@@ -1,5 +1,6 @@
 """Old import paths keep working for one release: the same objects as the new paths,
 with a DeprecationWarning that names the new path."""
+
 import importlib
 import sys
 
@@ -8,14 +9,16 @@ import pytest
 import mmslora  # noqa: F401  (installs the old paths)
 from mmslora import _deprecated
 
-MOVED_NAMES = [(old, new, name) for old, (new, names) in _deprecated.MOVED_NAMES.items()
-               for name in names]
+MOVED_NAMES = [
+    (old, new, name) for old, (new, names) in _deprecated.MOVED_NAMES.items() for name in names
+]
 
 
 def expected_warning(old, new):
-    return pytest.warns(DeprecationWarning,
-                        match=f'^{old} moved to {new}; the old path will be removed in '
-                              'the next release$')
+    return pytest.warns(
+        DeprecationWarning,
+        match=f'^{old} moved to {new}; the old path will be removed in the next release$',
+    )
 
 
 @pytest.mark.parametrize('old, new', sorted(_deprecated.MOVED_MODULES.items()))
@@ -33,6 +36,7 @@ def test_from_import_of_an_old_module(monkeypatch):
     with expected_warning('mmslora.engine.training', 'mmslora.cli'):
         from mmslora.engine.training import prepare_train_config
     from mmslora.cli import prepare_train_config as new
+
     assert prepare_train_config is new
 
 
@@ -52,6 +56,7 @@ def test_from_import_of_an_old_name_warns_at_the_import():
 
 def test_other_names_stay_missing():
     import mmslora.utils
+
     with pytest.raises(AttributeError, match='no attribute'):
         mmslora.utils.no_such_name  # noqa: B018
     assert not hasattr(mmslora.utils, 'MSLoRABackbone')

@@ -1,6 +1,7 @@
 """The package's layers: ``mmslora.utils`` and ``mmslora.compat`` import nothing above
 them, the subpackages import each other without circles, and only
 ``mmslora.compat`` touches private mmengine attributes."""
+
 import ast
 import glob
 import os.path as osp
@@ -14,7 +15,7 @@ PACKAGE = osp.join(ROOT, 'mmslora')
 FILES = sorted(glob.glob(osp.join(PACKAGE, '**', '*.py'), recursive=True))
 #: what each bottom layer may import from mmslora
 BOTTOM_LAYERS = {
-    'mmslora.compat': ('mmslora.compat', ),
+    'mmslora.compat': ('mmslora.compat',),
     'mmslora.utils': ('mmslora.utils', 'mmslora.compat', 'mmslora.version'),
 }
 
@@ -42,16 +43,18 @@ def mmslora_imports(path, name=None):
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ''
             if node.level:
-                parent = package.split('.')[:len(package.split('.')) - node.level + 1]
+                parent = package.split('.')[: len(package.split('.')) - node.level + 1]
                 base = '.'.join(parent + ([base] if base else []))
             # `from mmslora import models` imports mmslora.models
-            found += [f'{base}.{a.name}' for a in node.names] if base == 'mmslora' \
-                else [base]
-        elif (isinstance(node, ast.Call) and node.args
-              and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and getattr(node.func, 'attr', getattr(node.func, 'id', None)) in (
-                  'import_module', '__import__')):
+            found += [f'{base}.{a.name}' for a in node.names] if base == 'mmslora' else [base]
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and getattr(node.func, 'attr', getattr(node.func, 'id', None))
+            in ('import_module', '__import__')
+        ):
             found.append(node.args[0].value)
     return [m for m in found if m == 'mmslora' or m.startswith('mmslora.')]
 
@@ -62,21 +65,32 @@ def within(module, prefixes):
 
 @pytest.mark.parametrize('layer', sorted(BOTTOM_LAYERS))
 def test_bottom_layers_import_nothing_above_them(layer):
-    files = [f for f in FILES if within(module_name(f), (layer, ))]
+    files = [f for f in FILES if within(module_name(f), (layer,))]
     assert files
-    bad = [(module_name(f), m) for f in files for m in mmslora_imports(f)
-           if not within(m, BOTTOM_LAYERS[layer])]
+    bad = [
+        (module_name(f), m)
+        for f in files
+        for m in mmslora_imports(f)
+        if not within(m, BOTTOM_LAYERS[layer])
+    ]
     assert not bad, f'{layer} must only import {BOTTOM_LAYERS[layer]}: {bad}'
 
 
 def test_the_checker_sees_every_kind_of_import(tmp_path):
     path = tmp_path / 'probe.py'
-    path.write_text('import mmslora.engine\nfrom .. import models\nfrom ..cli import x\n'
-                    'from mmslora import registry\n'
-                    'def f():\n    importlib.import_module("mmslora.models.wrapper")\n')
+    path.write_text(
+        'import mmslora.engine\nfrom .. import models\nfrom ..cli import x\n'
+        'from mmslora import registry\n'
+        'def f():\n    importlib.import_module("mmslora.models.wrapper")\n'
+    )
     found = mmslora_imports(str(path), 'mmslora.utils.probe')
-    assert found == ['mmslora.engine', 'mmslora.models', 'mmslora.cli',
-                     'mmslora.registry', 'mmslora.models.wrapper']
+    assert found == [
+        'mmslora.engine',
+        'mmslora.models',
+        'mmslora.cli',
+        'mmslora.registry',
+        'mmslora.models.wrapper',
+    ]
 
 
 def subpackage(module):
@@ -94,7 +108,7 @@ def test_no_import_circles_between_subpackages():
 
     def cycle_from(node, trail):
         if node in trail:
-            return trail[trail.index(node):] + [node]
+            return trail[trail.index(node) :] + [node]
         for nxt in sorted(graph.get(node, ())):
             found = cycle_from(nxt, trail + [node])
             if found:
@@ -115,15 +129,15 @@ def private_uses(path):
         elif isinstance(node, ast.Constant) and node.value in PRIVATE_ATTRIBUTE_NAMES:
             uses.append((node.lineno, node.value))
         elif isinstance(node, ast.ImportFrom):
-            uses += [(node.lineno, a.name) for a in node.names
-                     if a.name in PRIVATE_ATTRIBUTE_NAMES]
+            uses += [(node.lineno, a.name) for a in node.names if a.name in PRIVATE_ATTRIBUTE_NAMES]
     return uses
 
 
 def test_only_compat_touches_private_mmengine_attributes():
     compat = osp.join(PACKAGE, 'compat')
-    uses = {osp.relpath(f, ROOT): private_uses(f) for f in FILES
-            if not f.startswith(compat + osp.sep)}
+    uses = {
+        osp.relpath(f, ROOT): private_uses(f) for f in FILES if not f.startswith(compat + osp.sep)
+    }
     uses = {f: u for f, u in uses.items() if u}
     assert not uses, f'private mmengine attributes outside mmslora/compat: {uses}'
     assert private_uses(osp.join(compat, 'mmengine.py'))  # the check can find them

@@ -1,5 +1,6 @@
 """mmslora.registry: the registries' ``locations`` let mmengine import mmslora by
 itself."""
+
 import os
 import subprocess
 import sys
@@ -52,12 +53,19 @@ def test_config_without_custom_imports(fashion_root, tmp_path):
     env.pop('PYTHONPATH', None)
     proc = subprocess.run(
         [sys.executable, str(script), CLS, fashion_root, str(tmp_path / 'work')],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     assert 'BUILT mmslora.models.wrapper True' in out
     assert 'TRAINED 1' in out
     assert 'SAFE mmslora.utils.checkpoint.schemes' in out
-    assert ('UNSCOPED \'MSLoRABackbone is not in the mmpretrain::model registry. Please '
-            'check whether the value of `MSLoRABackbone` is correct or it was registered '
-            'as expected.') in out
+    assert (
+        'UNSCOPED \'MSLoRABackbone is not in the mmpretrain::model registry. Please '
+        'check whether the value of `MSLoRABackbone` is correct or it was registered '
+        'as expected.'
+    ) in out

@@ -12,6 +12,7 @@
    reweighting maps,
 5. ends with a summary of where everything was written.
 """
+
 import argparse
 import glob
 import os
@@ -48,29 +49,64 @@ def main(argv=None):
     start = time.time()
     work = osp.abspath(args.work_dir)
     data_root = osp.abspath(args.data_root) + '/'
-    options = [f'nuclei_root={data_root}', f'train_dataloader.dataset.data_root={data_root}',
-               f'val_dataloader.dataset.data_root={data_root}',
-               f'test_dataloader.dataset.data_root={data_root}',
-               f'val_evaluator.ann_file={data_root}annotations/instances_val.json',
-               f'test_evaluator.ann_file={data_root}annotations/instances_val.json',
-               f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
-               f'default_hooks.checkpoint.interval={args.iters}']
+    options = [
+        f'nuclei_root={data_root}',
+        f'train_dataloader.dataset.data_root={data_root}',
+        f'val_dataloader.dataset.data_root={data_root}',
+        f'test_dataloader.dataset.data_root={data_root}',
+        f'val_evaluator.ann_file={data_root}annotations/instances_val.json',
+        f'test_evaluator.ann_file={data_root}annotations/instances_val.json',
+        f'train_cfg.max_iters={args.iters}',
+        f'train_cfg.val_interval={args.iters}',
+        f'default_hooks.checkpoint.interval={args.iters}',
+    ]
 
-    run('1/6 embedded data: nuclei tiles as COCO instances',
-        'tools/dataset_converters/nuclei.py', data_root)
+    run(
+        '1/6 embedded data: nuclei tiles as COCO instances',
+        'tools/dataset_converters/nuclei.py',
+        data_root,
+    )
     run('2/6 parameter report', 'tools/analysis_tools/count_params.py', CONFIG)
-    run(f'3/6 training Mask R-CNN + MSLoRA for {args.iters} iterations on CPU',
-        'tools/train.py', CONFIG, '--work-dir', work, '--cfg-options', *options)
+    run(
+        f'3/6 training Mask R-CNN + MSLoRA for {args.iters} iterations on CPU',
+        'tools/train.py',
+        CONFIG,
+        '--work-dir',
+        work,
+        '--cfg-options',
+        *options,
+    )
     checkpoint = newest(osp.join(work, 'iter_*.pth'))
-    run('4/6 evaluation (CocoMetric bbox + segm) and painted predictions',
-        'tools/test.py', CONFIG, checkpoint, '--work-dir', work, '--show-dir', 'predictions',
-        '--cfg-options', *options)
+    run(
+        '4/6 evaluation (CocoMetric bbox + segm) and painted predictions',
+        'tools/test.py',
+        CONFIG,
+        checkpoint,
+        '--work-dir',
+        work,
+        '--show-dir',
+        'predictions',
+        '--cfg-options',
+        *options,
+    )
     adapter = osp.join(work, 'adapter')
-    run('5/6 adapter-only checkpoint', 'tools/export_adapter.py', CONFIG, checkpoint, adapter,
-        '--verify')
-    run('6/6 where the adapters reweight', 'tools/analysis_tools/visualize_reweighting.py',
-        CONFIG, adapter, newest(osp.join(data_root, 'images/val/*.png')),
-        '--out-dir', osp.join(work, 'reweighting'))
+    run(
+        '5/6 adapter-only checkpoint',
+        'tools/export_adapter.py',
+        CONFIG,
+        checkpoint,
+        adapter,
+        '--verify',
+    )
+    run(
+        '6/6 where the adapters reweight',
+        'tools/analysis_tools/visualize_reweighting.py',
+        CONFIG,
+        adapter,
+        newest(osp.join(data_root, 'images/val/*.png')),
+        '--out-dir',
+        osp.join(work, 'reweighting'),
+    )
 
     metrics = latest_metrics(work, 'coco/bbox_mAP')
     print('\n===== summary')

@@ -5,6 +5,7 @@
 
 Importing it puts the repository root on ``sys.path`` and registers mmslora's modules.
 """
+
 import os.path as osp
 import sys
 

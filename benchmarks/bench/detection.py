@@ -10,6 +10,7 @@ windows of the fit region with the 8 flips/transpositions, scaled by ``scale``
 least ``min_area`` of them are (at the source scale). Scores: mmdet's ``CocoMetric``
 (bbox AP, and segm AP for Mask R-CNN) on the whole val or test region, scaled alike.
 """
+
 import copy
 import os.path as osp
 from typing import Dict, List, Tuple
@@ -24,13 +25,17 @@ from .env import converter
 from .methods import DEMO_WIDTHS, switch
 
 CONFIG = 'configs/demo/mask-rcnn_effnet-lite0-mslora_fpn_nuclei.py'
-REGIONS = dict(fit=(slice(0, 256), slice(0, 512)), val=(slice(256, 512), slice(0, 256)),
-               test=(slice(256, 512), slice(256, 512)))
+REGIONS = dict(
+    fit=(slice(0, 256), slice(0, 512)),
+    val=(slice(256, 512), slice(0, 256)),
+    test=(slice(256, 512), slice(256, 512)),
+)
 
 
 def demo_config():
     """The demo detector's config (mmengine ``Config``)."""
     from mmengine.config import Config
+
     return Config.fromfile(osp.join(ROOT, CONFIG))
 
 
@@ -53,6 +58,7 @@ def build_detector(model_cfg: dict, seed: int = 0) -> nn.Module:
     from mmdet.registry import MODELS
     from mmengine.config import ConfigDict
     from mmengine.registry import DefaultScope
+
     with DefaultScope.overwrite_default_scope('mmdet'):
         torch.manual_seed(seed)
         model = MODELS.build(ConfigDict(copy.deepcopy(model_cfg)))
@@ -69,8 +75,10 @@ def load_instances() -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
     labels = torch.from_numpy(labels.astype(np.int32))
     if rgb.shape[1:] != (512, 512):
         raise ValueError(f'expected the 512 x 512 stardist image, got {tuple(rgb.shape)}')
-    return {k: (rgb[:, ys, xs].contiguous(), labels[ys, xs].contiguous())
-            for k, (ys, xs) in REGIONS.items()}
+    return {
+        k: (rgb[:, ys, xs].contiguous(), labels[ys, xs].contiguous())
+        for k, (ys, xs) in REGIONS.items()
+    }
 
 
 def sample(image: torch.Tensor, labels: torch.Tensor, scale: int, min_area: int, img_id: int = 0):
@@ -80,28 +88,47 @@ def sample(image: torch.Tensor, labels: torch.Tensor, scale: int, min_area: int,
     from mmdet.structures.mask import BitmapMasks
     from mmengine.structures import InstanceData
     from pycocotools import mask as mask_utils
+
     h, w = labels.shape
-    x = F.interpolate(image[None].float(), scale_factor=scale, mode='bilinear',
-                      align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+    x = (
+        F.interpolate(
+            image[None].float(), scale_factor=scale, mode='bilinear', align_corners=False
+        )[0]
+        .round()
+        .clamp(0, 255)
+        .to(torch.uint8)
+    )
     big = labels.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     ids, counts = labels.unique(return_counts=True)
     keep = [int(i) for i, c in zip(ids, counts) if i != 0 and c >= min_area]
-    masks = np.stack([(big == i).numpy() for i in keep]) if keep else \
-        np.zeros((0, h * scale, w * scale), bool)
+    masks = (
+        np.stack([(big == i).numpy() for i in keep])
+        if keep
+        else np.zeros((0, h * scale, w * scale), bool)
+    )
     boxes = []
     for m in masks:
         ys, xs = np.nonzero(m)
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
     bboxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     shape = (h * scale, w * scale)
-    data_sample = DetDataSample(metainfo=dict(img_id=img_id, img_shape=shape, ori_shape=shape,
-                                              scale_factor=(1.0, 1.0)))
-    data_sample.gt_instances = InstanceData(bboxes=bboxes,
-                                            labels=torch.zeros(len(keep), dtype=torch.long),
-                                            masks=BitmapMasks(masks.astype(np.uint8), *shape))
-    coco = [dict(bbox=b, bbox_label=0, ignore_flag=0,
-                 mask=mask_utils.encode(np.asfortranarray(m.astype(np.uint8))))
-            for b, m in zip(boxes, masks)]
+    data_sample = DetDataSample(
+        metainfo=dict(img_id=img_id, img_shape=shape, ori_shape=shape, scale_factor=(1.0, 1.0))
+    )
+    data_sample.gt_instances = InstanceData(
+        bboxes=bboxes,
+        labels=torch.zeros(len(keep), dtype=torch.long),
+        masks=BitmapMasks(masks.astype(np.uint8), *shape),
+    )
+    coco = [
+        dict(
+            bbox=b,
+            bbox_label=0,
+            ignore_flag=0,
+            mask=mask_utils.encode(np.asfortranarray(m.astype(np.uint8))),
+        )
+        for b, m in zip(boxes, masks)
+    ]
     return x, data_sample, coco
 
 
@@ -115,15 +142,15 @@ class DetBatches:
         self.gen = torch.Generator().manual_seed(seed)
 
     def _rand(self, high: int) -> int:
-        return int(torch.randint(0, high, (1, ), generator=self.gen))
+        return int(torch.randint(0, high, (1,), generator=self.gen))
 
     def next(self) -> dict:
         inputs, samples = [], []
         _, h, w = self.image.shape
         for _ in range(self.batch):
             top, left = self._rand(h - self.crop + 1), self._rand(w - self.crop + 1)
-            x = self.image[:, top:top + self.crop, left:left + self.crop]
-            y = self.labels[top:top + self.crop, left:left + self.crop]
+            x = self.image[:, top : top + self.crop, left : left + self.crop]
+            y = self.labels[top : top + self.crop, left : left + self.crop]
             if self._rand(2):
                 x, y = x.flip(-1), y.flip(-1)
             if self._rand(2):
@@ -137,8 +164,9 @@ class DetBatches:
 
 
 def det_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    data = model.data_preprocessor(dict(inputs=list(batch['inputs']),
-                                        data_samples=batch['data_samples']), training=True)
+    data = model.data_preprocessor(
+        dict(inputs=list(batch['inputs']), data_samples=batch['data_samples']), training=True
+    )
     loss, _ = model.parse_losses(model.loss(data['inputs'], data['data_samples']))
     return loss
 
@@ -166,10 +194,12 @@ def coco_ap(prediction: dict, instances: List[dict], metrics: List[str]) -> Dict
     import contextlib
     import io
     import logging
+
     from mmdet.evaluation import CocoMetric
     from mmengine.logging import MMLogger
+
     metric = CocoMetric(metric=metrics)
-    metric.dataset_meta = dict(classes=('nucleus', ))
+    metric.dataset_meta = dict(classes=('nucleus',))
     metric.process({}, [dict(prediction, instances=instances)])
     logger = MMLogger.get_current_instance()
     level = logger.level
@@ -183,16 +213,24 @@ def coco_ap(prediction: dict, instances: List[dict], metrics: List[str]) -> Dict
     return {k: 100.0 * float(values.get(f'coco/{k}', 0.0)) for k in keys}
 
 
-def run_detection(job: dict, data: dict, settings: dict, device: torch.device,
-                  amp: bool = False) -> dict:
+def run_detection(
+    job: dict, data: dict, settings: dict, device: torch.device, amp: bool = False
+) -> dict:
     """One detection run: ``job`` (task, row, lr, seed), ``data`` (:func:`load_instances`),
     ``settings`` (detector, steps, batch, crop, scale, min_area, head_lr, clip, eval_at).
     The score is bbox AP (%); ``test_metrics`` has every CocoMetric value at the end."""
     from .training import EVAL_AT, fit, param_groups, params_record
+
     cfg = detector_cfg(demo_config().model, job['row'], settings['detector'])
     model = build_detector(cfg, job['seed']).to(device)
-    batches = DetBatches(data['fit'], settings['batch'], job['seed'], settings['crop'],
-                         settings['scale'], settings['min_area'])
+    batches = DetBatches(
+        data['fit'],
+        settings['batch'],
+        job['seed'],
+        settings['crop'],
+        settings['scale'],
+        settings['min_area'],
+    )
     place = {k: (x.to(device), y) for k, (x, y) in data.items()}
 
     def scores(split):
@@ -204,8 +242,16 @@ def run_detection(job: dict, data: dict, settings: dict, device: torch.device,
         batch['data_samples'] = [s.to(device) for s in batch['data_samples']]
         return det_loss(model, batch)
 
-    result = fit(model, param_groups(model, job['lr'], settings['head_lr']), loss_fn,
-                 lambda: scores('val')['bbox_mAP'], settings['steps'],
-                 settings.get('eval_at', EVAL_AT), device, amp, settings.get('clip'))
+    result = fit(
+        model,
+        param_groups(model, job['lr'], settings['head_lr']),
+        loss_fn,
+        lambda: scores('val')['bbox_mAP'],
+        settings['steps'],
+        settings.get('eval_at', EVAL_AT),
+        device,
+        amp,
+        settings.get('clip'),
+    )
     test = scores('test')
     return dict(result, test=test['bbox_mAP'], test_metrics=test, params=params_record(model))

@@ -1,5 +1,6 @@
 """Where a benchmark runs: the repository's commit, other processes' CPU load, the
 dataset converters, quieter OpenMMLab logs."""
+
 import importlib.util
 import os
 import os.path as osp
@@ -13,10 +14,18 @@ from . import ROOT
 def git_commit() -> Optional[str]:
     """HEAD of the repository, with '+dirty' when mmslora/ has uncommitted changes."""
     try:
-        head = subprocess.run(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'], text=True,
-                              capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(['git', '-C', ROOT, 'status', '--porcelain', '--', 'mmslora'],
-                               text=True, capture_output=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'],
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ['git', '-C', ROOT, 'status', '--porcelain', '--', 'mmslora'],
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ('+dirty' if dirty else '')
@@ -25,10 +34,12 @@ def git_commit() -> Optional[str]:
 def cpu_name() -> str:
     """The processor's model name from ``/proc/cpuinfo`` (``platform``'s guess elsewhere)."""
     import platform
+
     try:
         with open('/proc/cpuinfo') as f:
-            return next(line.split(':', 1)[1].strip() for line in f
-                        if line.startswith('model name'))
+            return next(
+                line.split(':', 1)[1].strip() for line in f if line.startswith('model name')
+            )
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
 
@@ -36,7 +47,8 @@ def cpu_name() -> str:
 def converter(name: str):
     """``tools/dataset_converters/<name>.py`` as a module (a script, not a package)."""
     spec = importlib.util.spec_from_file_location(
-        f'_bench_{name}', osp.join(ROOT, 'tools', 'dataset_converters', f'{name}.py'))
+        f'_bench_{name}', osp.join(ROOT, 'tools', 'dataset_converters', f'{name}.py')
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -52,10 +64,15 @@ def quiet() -> None:
     """mmengine's per-parameter initialisation log off (warnings stay), and mmseg's
     warnings about losses the benchmarks do not use."""
     import warnings
+
     from mmengine.logging import MMLogger
+
     MMLogger.get_instance('mmslora_bench', log_level='WARNING')  # now the current logger
-    for message in ('For binary segmentation', '``build_loss`` would be deprecated',
-                    'Default ``avg_non_ignore``'):
+    for message in (
+        'For binary segmentation',
+        '``build_loss`` would be deprecated',
+        'Default ``avg_non_ignore``',
+    ):
         warnings.filterwarnings('ignore', message=message)
 
 

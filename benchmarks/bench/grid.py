@@ -15,6 +15,7 @@ A row with nothing to train in the backbone (the linear probe) has no lr of its 
 (``lr=None``: one selection run). All selection and extension runs of every task come
 before any test run, so a grid stopped early still compares every row at one seed.
 """
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 #: the lrs a grid can reach, a factor of about 3 apart
@@ -27,16 +28,25 @@ def job_key(job: dict) -> str:
 
 
 def _selection(records: Sequence[dict], task: str, row: str, seed: int) -> Dict:
-    return {r['lr']: r for r in records
-            if (r['task'], r['row'], r['seed']) == (task, row, seed) and 'error' not in r}
+    return {
+        r['lr']: r
+        for r in records
+        if (r['task'], r['row'], r['seed']) == (task, row, seed) and 'error' not in r
+    }
 
 
 def _score(record: dict) -> float:
     return float('-inf') if record['diverged'] else record['val']
 
 
-def choose_lr(records: Sequence[dict], task: str, row: str, grid: Sequence[Optional[float]],
-              seed: int, max_extend: int = 3) -> dict:
+def choose_lr(
+    records: Sequence[dict],
+    task: str,
+    row: str,
+    grid: Sequence[Optional[float]],
+    seed: int,
+    max_extend: int = 3,
+) -> dict:
     """The state of a row's lr selection: ``lr`` (chosen, or None while open),
     ``scores`` (lr -> final val score of every lr tried), ``next`` (the lrs still to
     run), ``edge`` (True when the chosen lr is at an end of the lrs tried: the ladder
@@ -63,9 +73,14 @@ def choose_lr(records: Sequence[dict], task: str, row: str, grid: Sequence[Optio
     return dict(state, lr=best, done=True, edge=at_low or at_high)
 
 
-def next_jobs(tasks: Sequence[str], rows: Sequence[str], seeds: Sequence[int],
-              grids: Dict[Tuple[str, str], List[Optional[float]]], records: Sequence[dict],
-              max_extend: int = 3) -> List[dict]:
+def next_jobs(
+    tasks: Sequence[str],
+    rows: Sequence[str],
+    seeds: Sequence[int],
+    grids: Dict[Tuple[str, str], List[Optional[float]]],
+    records: Sequence[dict],
+    max_extend: int = 3,
+) -> List[dict]:
     """Every run that can start now, selection and extension runs of all tasks first,
     then test runs; ``grids[(task, row)]`` is the row's starting lr grid ([None]: no lr)."""
     first, tests = [], []
@@ -74,11 +89,14 @@ def next_jobs(tasks: Sequence[str], rows: Sequence[str], seeds: Sequence[int],
         for row in rows:
             state = choose_lr(records, task, row, grids[(task, row)], seeds[0], max_extend)
             if not state.get('done'):
-                first += [dict(task=task, row=row, lr=lr, seed=seeds[0], phase=state['phase'])
-                          for lr in state['next']]
+                first += [
+                    dict(task=task, row=row, lr=lr, seed=seeds[0], phase=state['phase'])
+                    for lr in state['next']
+                ]
                 continue
-            tests += [dict(task=task, row=row, lr=state['lr'], seed=s, phase='test')
-                      for s in seeds[1:]]
+            tests += [
+                dict(task=task, row=row, lr=state['lr'], seed=s, phase='test') for s in seeds[1:]
+            ]
     return [j for j in first + tests if job_key(j) not in done]
 
 
@@ -95,6 +113,7 @@ def run_grid(next_fn, run_fn, on_record, workers: int = 1, pool=None) -> int:
             on_record(run_fn(jobs[0]))
             n += 1
     from concurrent.futures import FIRST_COMPLETED, wait
+
     flying = {}
     while True:
         for job in next_fn():

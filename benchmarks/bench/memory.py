@@ -1,4 +1,5 @@
 """The peak-memory probe of the benchmarks (CPU: ``torch.profiler`` memory events)."""
+
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -11,10 +12,13 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 def persistent_bytes(model: nn.Module, opt: Optional[torch.optim.Optimizer] = None) -> int:
     """Parameters, buffers and optimizer state of ``model`` (gradients not counted)."""
-    state = [v for s in (opt.state.values() if opt is not None else [])
-             for v in s.values() if isinstance(v, torch.Tensor)]
-    return (tensor_bytes(model.parameters()) + tensor_bytes(model.buffers())
-            + tensor_bytes(state))
+    state = [
+        v
+        for s in (opt.state.values() if opt is not None else [])
+        for v in s.values()
+        if isinstance(v, torch.Tensor)
+    ]
+    return tensor_bytes(model.parameters()) + tensor_bytes(model.buffers()) + tensor_bytes(state)
 
 
 def event_start(event) -> int:
@@ -27,6 +31,7 @@ def step_peak_bytes(fn: Callable[[], None]) -> int:
     """Highest rise of the CPU allocator's live bytes during ``fn()``, from the memory
     events of ``torch.profiler`` (frees of blocks allocated before are not seen)."""
     from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']

@@ -1,6 +1,7 @@
 """The protocol's report: per task and row the lr selection, test mean +- std over the
 seeds, the paired comparison against MSLoRA, cost, and the flatness of the validation
 curve; incomplete cells are marked as such."""
+
 import math
 import statistics
 from typing import Dict, List, Optional, Sequence
@@ -21,10 +22,16 @@ def summarize(records: Sequence[dict], plan: dict) -> dict:
     for task in plan['tasks']:
         rows = {}
         for row in plan['rows']:
-            state = choose_lr(ok, task, row, plan['grids'][(task, row)], seeds[0],
-                              plan['max_extend'])
-            runs = {r['seed']: r for r in ok if (r['task'], r['row']) == (task, row)
-                    and state.get('done') and r['lr'] == state['lr']}
+            state = choose_lr(
+                ok, task, row, plan['grids'][(task, row)], seeds[0], plan['max_extend']
+            )
+            runs = {
+                r['seed']: r
+                for r in ok
+                if (r['task'], r['row']) == (task, row)
+                and state.get('done')
+                and r['lr'] == state['lr']
+            }
             rows[row] = _row(runs, seeds, state)
         ref = rows.get(REFERENCE)
         for row, data in rows.items():
@@ -38,27 +45,37 @@ def summarize(records: Sequence[dict], plan: dict) -> dict:
 def _row(runs: Dict[int, dict], seeds: Sequence[int], state: dict) -> dict:
     have = [s for s in seeds if s in runs]
     tests = [runs[s]['test'] for s in have]
-    row = dict(lr=state['lr'], scores=state['scores'], selected=bool(state.get('done')),
-               edge=state['edge'], seeds=have, per_seed=tests,
-               complete=len(have) == len(seeds),
-               test_mean=statistics.fmean(tests) if tests else None,
-               test_std=statistics.stdev(tests) if len(tests) > 1 else None,
-               diverged=[s for s in have if runs[s]['diverged']])
+    row = dict(
+        lr=state['lr'],
+        scores=state['scores'],
+        selected=bool(state.get('done')),
+        edge=state['edge'],
+        seeds=have,
+        per_seed=tests,
+        complete=len(have) == len(seeds),
+        test_mean=statistics.fmean(tests) if tests else None,
+        test_std=statistics.stdev(tests) if len(tests) > 1 else None,
+        diverged=[s for s in have if runs[s]['diverged']],
+    )
     if have:
         curves = [runs[s]['val_curve'] for s in have]
         n = min(len(c) for c in curves)
-        curve = [[curves[0][i][0], statistics.fmean(c[i][1] for c in curves)]
-                 for i in range(n)]
+        curve = [[curves[0][i][0], statistics.fmean(c[i][1] for c in curves)] for i in range(n)]
         extra = [runs[s].get('test_metrics') or {} for s in have]
         peaks = [runs[s]['peak_mib'] for s in have if runs[s].get('peak_mib') is not None]
-        row.update(params=runs[have[0]]['params'], val_curve=curve,
-                   flatness=flatness(curve) if n > 1 else None,
-                   train_s=statistics.fmean(runs[s]['train_s'] for s in have),
-                   train_cpu_s=statistics.fmean(runs[s].get('train_cpu_s', math.nan)
-                                                for s in have),
-                   peak_mib=max(peaks) if peaks else None,
-                   test_metrics={k: statistics.fmean(m[k] for m in extra)
-                                 for k in extra[0] if all(k in m for m in extra)})
+        row.update(
+            params=runs[have[0]]['params'],
+            val_curve=curve,
+            flatness=flatness(curve) if n > 1 else None,
+            train_s=statistics.fmean(runs[s]['train_s'] for s in have),
+            train_cpu_s=statistics.fmean(runs[s].get('train_cpu_s', math.nan) for s in have),
+            peak_mib=max(peaks) if peaks else None,
+            test_metrics={
+                k: statistics.fmean(m[k] for m in extra)
+                for k in extra[0]
+                if all(k in m for m in extra)
+            },
+        )
     return row
 
 
@@ -89,10 +106,13 @@ def _pair_text(p: Optional[dict], n_seeds: int) -> str:
 def _lr_cell(row: dict) -> str:
     def fmt(lr):
         return '-' if lr is None else format(lr, 'g')
-    tried = ', '.join(('**' if row['selected'] and lr == row['lr'] else '') +
-                      f'{fmt(lr)}: {v:.1f}' + ('**' if row['selected'] and lr == row['lr']
-                                               else '')
-                      for lr, v in sorted(row['scores'].items(), key=lambda kv: kv[0] or 0))
+
+    tried = ', '.join(
+        ('**' if row['selected'] and lr == row['lr'] else '')
+        + f'{fmt(lr)}: {v:.1f}'
+        + ('**' if row['selected'] and lr == row['lr'] else '')
+        for lr, v in sorted(row['scores'].items(), key=lambda kv: kv[0] or 0)
+    )
     if not row['selected']:
         return (tried + '; ' if tried else '') + 'SELECTING'
     return tried + (' (EDGE: not bracketed)' if row['edge'] else '')
@@ -102,14 +122,19 @@ def task_lines(task: str, settings: dict, result: dict, n_seeds: int) -> List[st
     metric = settings['metric']
     extra_keys = sorted({k for r in result['rows'].values() for k in r.get('test_metrics', {})})
     shown = {k: v for k, v in settings.items() if k not in ('title', 'metric')}
-    lines = [f"## {settings['title']}", '', f"Settings: {shown}.", '',
-             f"| row | lr (val {metric} at each lr tried) | test {metric} mean +- std | "
-             f"per seed | {NAMES[REFERENCE]} - row | " + ''.join(f'{k} | ' for k in extra_keys)
-             + 'trainable in backbone (all) | train s (CPU s) | peak MiB | val change, last 20% |',
-             '|---' * (9 + len(extra_keys)) + '|']
+    lines = [
+        f"## {settings['title']}",
+        '',
+        f"Settings: {shown}.",
+        '',
+        f"| row | lr (val {metric} at each lr tried) | test {metric} mean +- std | "
+        f"per seed | {NAMES[REFERENCE]} - row | "
+        + ''.join(f'{k} | ' for k in extra_keys)
+        + 'trainable in backbone (all) | train s (CPU s) | peak MiB | val change, last 20% |',
+        '|---' * (9 + len(extra_keys)) + '|',
+    ]
     for row, r in result['rows'].items():
-        mean = '-' if r['test_mean'] is None else \
-            f"{r['test_mean']:.2f} +- {_f(r['test_std'])}"
+        mean = '-' if r['test_mean'] is None else f"{r['test_mean']:.2f} +- {_f(r['test_std'])}"
         if row == result['best']:
             mean = f'**{mean}**'
         if r['seeds'] and not r['complete']:
@@ -122,18 +147,23 @@ def task_lines(task: str, settings: dict, result: dict, n_seeds: int) -> List[st
             f"{' (diverged: %s)' % r['diverged'] if r['diverged'] else ''} | "
             f"{_pair_text(r['ref_minus'], n_seeds) if row != REFERENCE else ''} | "
             + ''.join(f"{_f(r.get('test_metrics', {}).get(k))} | " for k in extra_keys)
-            + (f"{p['backbone_trainable']:,d} ({p['trainable']:,d})" if p else '-') + ' | '
+            + (f"{p['backbone_trainable']:,d} ({p['trainable']:,d})" if p else '-')
+            + ' | '
             f"{_f(r.get('train_s'), '.0f')} ({_f(r.get('train_cpu_s'), '.0f')}) | "
             f"{_f(r.get('peak_mib'), '.0f')} | "
-            f"{_f(100 * flat['rel_change'], '+.2f') + '%' if flat else '-'} |")
+            f"{_f(100 * flat['rel_change'], '+.2f') + '%' if flat else '-'} |"
+        )
     best = result['best']
     if best and result['rows'][best].get('flatness'):
         f = result['rows'][best]['flatness']
-        lines += ['', f"Best test mean: {NAMES.get(best, best)}. Its validation curve (mean "
-                  f"over seeds, chosen lr) changes by {100 * f['rel_change']:+.2f}% "
-                  f"({f['start']:.2f} -> {f['final']:.2f}) over the last 20% of the steps: "
-                  f"{'flat' if f['flat'] else 'NOT flat'} at the "
-                  f"{100 * FLAT_TOLERANCE:.0f}% tolerance."]
+        lines += [
+            '',
+            f"Best test mean: {NAMES.get(best, best)}. Its validation curve (mean "
+            f"over seeds, chosen lr) changes by {100 * f['rel_change']:+.2f}% "
+            f"({f['start']:.2f} -> {f['final']:.2f}) over the last 20% of the steps: "
+            f"{'flat' if f['flat'] else 'NOT flat'} at the "
+            f"{100 * FLAT_TOLERANCE:.0f}% tolerance.",
+        ]
     return lines + ['', verdict(result['rows']), '']
 
 
@@ -149,16 +179,20 @@ def verdict(rows: Dict[str, dict]) -> str:
     if not any(groups.values()):
         return 'Paired comparison: not enough seeds yet.'
     better, worse, level = (', '.join(groups[k]) or 'none' for k in ('better', 'worse', 'level'))
-    return ('Paired comparison (|mean difference| > its std across seeds): MSLoRA above '
-            f'{better}; below {worse}; within the seed spread of {level}.')
+    return (
+        'Paired comparison (|mean difference| > its std across seeds): MSLoRA above '
+        f'{better}; below {worse}; within the seed spread of {level}.'
+    )
 
 
 def plot_curves(path: str, summary: dict, plan: dict) -> None:
     """Validation score against step (mean over seeds at the chosen lr) per row, the
     last 20% of the steps shaded."""
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     tasks = list(summary['tasks'])
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -169,8 +203,14 @@ def plot_curves(path: str, summary: dict, plan: dict) -> None:
                 continue
             xs, ys = zip(*r['val_curve'])
             change = f" ({100 * r['flatness']['rel_change']:+.1f}%)" if r['flatness'] else ''
-            ax.plot(xs, ys, marker='o', ms=3, lw=2.5 if row == REFERENCE else 1.3,
-                    label=f"{NAMES.get(row, row)} lr {_f(r['lr'], 'g')}{change}")
+            ax.plot(
+                xs,
+                ys,
+                marker='o',
+                ms=3,
+                lw=2.5 if row == REFERENCE else 1.3,
+                label=f"{NAMES.get(row, row)} lr {_f(r['lr'], 'g')}{change}",
+            )
         ax.set_title(plan['tasks'][task]['title'])
         ax.set_xlabel('step')
         ax.set_ylabel(f"validation {plan['tasks'][task]['metric']}")

@@ -1,5 +1,6 @@
 """Statistics of the protocol: paired comparisons over seeds and the flatness of a
 validation curve."""
+
 import math
 import statistics
 from typing import Sequence
@@ -29,11 +30,19 @@ def paired_stats(a: Sequence[float], b: Sequence[float]) -> dict:
     if t is not None:
         try:
             from scipy.stats import t as student_t
+
             p = float(2 * student_t.sf(abs(t), n - 1))
         except ImportError:
             pass
-    return dict(n=n, diffs=d, mean=mean, std=std, t=t, p=p,
-                exceeds_spread=abs(mean) > std if n > 1 else None)
+    return dict(
+        n=n,
+        diffs=d,
+        mean=mean,
+        std=std,
+        t=t,
+        p=p,
+        exceeds_spread=abs(mean) > std if n > 1 else None,
+    )
 
 
 def flatness(curve: Sequence[Sequence[float]], last: float = 0.2) -> dict:
@@ -43,6 +52,10 @@ def flatness(curve: Sequence[Sequence[float]], last: float = 0.2) -> dict:
     final_step = curve[-1][0]
     window = [v for s, v in curve if s >= (1 - last) * final_step - 1e-9]
     start, final = window[0], window[-1]
-    return dict(rel_change=(final - start) / abs(final) if final else math.inf,
-                range=max(window) - min(window), start=start, final=final,
-                flat=abs(final - start) <= FLAT_TOLERANCE * abs(final))
+    return dict(
+        rel_change=(final - start) / abs(final) if final else math.inf,
+        range=max(window) - min(window),
+        start=start,
+        final=final,
+        flat=abs(final - start) <= FLAT_TOLERANCE * abs(final),
+    )

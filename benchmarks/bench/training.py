@@ -8,6 +8,7 @@ everything else (head, neck) at the task's ``head_lr``; a linear warm-up over th
 10% of the steps, then a cosine decay to 0; the validation score at the fractions
 ``eval_at`` of the steps.
 """
+
 import math
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -18,7 +19,6 @@ import torch.nn.functional as F
 
 from mmslora.models import count_parameters
 from mmslora.registry import MODELS
-
 from .data import Batches, normalise
 from .memory import persistent_bytes, step_peak_bytes
 from .methods import DEMO_WIDTHS, switch
@@ -29,10 +29,15 @@ EVAL_AT = (0.2, 0.4, 0.6, 0.8, 0.9, 1.0)  # fractions of the steps with a valida
 def backbone_cfg(kind: str) -> dict:
     """The real ImageNet EfficientNet-Lite0 in ``MSLoRABackbone``: the 1280-channel head
     conv for classification, strides 4, 8, 16, 32 (24, 40, 112, 320 channels) else."""
-    return dict(type='mmslora.MSLoRABackbone', backbone=dict(
-        type='mmslora.EfficientNetLite', arch='lite0',
-        out_indices=(7, ) if kind == 'cls' else (1, 2, 4, 6),
-        init_cfg=dict(type='Pretrained', checkpoint='efficientnet-lite0://imagenet')))
+    return dict(
+        type='mmslora.MSLoRABackbone',
+        backbone=dict(
+            type='mmslora.EfficientNetLite',
+            arch='lite0',
+            out_indices=(7,) if kind == 'cls' else (1, 2, 4, 6),
+            init_cfg=dict(type='Pretrained', checkpoint='efficientnet-lite0://imagenet'),
+        ),
+    )
 
 
 class Model(nn.Module):
@@ -48,10 +53,18 @@ class Model(nn.Module):
         else:
             import mmseg.models  # noqa: F401  (registers the heads)
             from mmseg.registry import MODELS as SEG_MODELS
-            self.head = SEG_MODELS.build(dict(
-                type='SegformerHead', in_channels=[24, 40, 112, 320], in_index=[0, 1, 2, 3],
-                channels=64, num_classes=classes, norm_cfg=dict(type='BN'),
-                align_corners=False))
+
+            self.head = SEG_MODELS.build(
+                dict(
+                    type='SegformerHead',
+                    in_channels=[24, 40, 112, 320],
+                    in_index=[0, 1, 2, 3],
+                    channels=64,
+                    num_classes=classes,
+                    norm_cfg=dict(type='BN'),
+                    align_corners=False,
+                )
+            )
             self.head.init_weights()
         torch.manual_seed(seed + 1000)
         self.backbone = MODELS.build(switch(backbone_cfg(kind), row, DEMO_WIDTHS))
@@ -66,8 +79,7 @@ class Model(nn.Module):
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = self(x)
         if self.kind == 'seg':
-            logits = F.interpolate(logits, size=y.shape[-2:], mode='bilinear',
-                                   align_corners=False)
+            logits = F.interpolate(logits, size=y.shape[-2:], mode='bilinear', align_corners=False)
         return F.cross_entropy(logits.float(), y)
 
     @torch.no_grad()
@@ -75,11 +87,14 @@ class Model(nn.Module):
         """Top-1 accuracy (%) or mIoU (%, mean over the classes present in the region)."""
         x, y = split
         if self.kind == 'cls':
-            correct = sum(int((self(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
-                          for i in range(0, len(x), batch))
+            correct = sum(
+                int((self(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
+                for i in range(0, len(x), batch)
+            )
             return 100.0 * correct / len(x)
-        pred = F.interpolate(self(x[None]).float(), size=y.shape, mode='bilinear',
-                             align_corners=False).argmax(1)[0]
+        pred = F.interpolate(
+            self(x[None]).float(), size=y.shape, mode='bilinear', align_corners=False
+        ).argmax(1)[0]
         ious = []
         for c in range(int(max(pred.max(), y.max())) + 1):  # absent from both: left out
             union = int(((pred == c) | (y == c)).sum())
@@ -105,13 +120,24 @@ def param_groups(model: nn.Module, lr: Optional[float], head_lr: float) -> List[
 def warmup_cosine(steps: int) -> Callable[[int], float]:
     """The lr factor of step s: linear warm-up over 10% of ``steps``, cosine to 0."""
     warm = max(1, steps // 10)
-    return lambda s: (s + 1) / warm if s < warm else \
-        0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+    return lambda s: (
+        (s + 1) / warm
+        if s < warm
+        else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+    )
 
 
-def fit(model: nn.Module, groups: List[dict], loss_fn: Callable[[], torch.Tensor],
-        val_fn: Callable[[], float], steps: int, eval_at: Sequence[float],
-        device: torch.device, amp: bool = False, clip: Optional[float] = None) -> dict:
+def fit(
+    model: nn.Module,
+    groups: List[dict],
+    loss_fn: Callable[[], torch.Tensor],
+    val_fn: Callable[[], float],
+    steps: int,
+    eval_at: Sequence[float],
+    device: torch.device,
+    amp: bool = False,
+    clip: Optional[float] = None,
+) -> dict:
     """Train ``steps`` steps of ``loss_fn()``; the validation curve ``[[step, val_fn()],
     ...]`` at ``eval_at`` and ``loss_curve``, the mean training loss since the previous
     point; stops at a non-finite loss (``diverged``). ``train_s`` and ``train_cpu_s``:
@@ -163,19 +189,31 @@ def fit(model: nn.Module, groups: List[dict], loss_fn: Callable[[], torch.Tensor
             break
     if cuda:
         peak = torch.cuda.max_memory_allocated(device)
-    return dict(val_curve=curve, val=curve[-1][1], loss_curve=losses, diverged=diverged,
-                train_s=round(train_s, 2), train_cpu_s=round(train_cpu, 2),
-                peak_mib=round(peak / 2 ** 20, 1) if peak is not None else None)
+    return dict(
+        val_curve=curve,
+        val=curve[-1][1],
+        loss_curve=losses,
+        diverged=diverged,
+        train_s=round(train_s, 2),
+        train_cpu_s=round(train_cpu, 2),
+        peak_mib=round(peak / 2**20, 1) if peak is not None else None,
+    )
 
 
 def params_record(model: nn.Module) -> Dict[str, int]:
     report = count_parameters(model)
-    return dict(total=report.total, trainable=report.trainable, backbone=report.backbone,
-                adapter=report.adapter, backbone_trainable=report.backbone_trainable)
+    return dict(
+        total=report.total,
+        trainable=report.trainable,
+        backbone=report.backbone,
+        adapter=report.adapter,
+        backbone_trainable=report.backbone_trainable,
+    )
 
 
-def run_classic(job: dict, data: dict, settings: dict, device: torch.device,
-                amp: bool = False) -> dict:
+def run_classic(
+    job: dict, data: dict, settings: dict, device: torch.device, amp: bool = False
+) -> dict:
     """One classification or segmentation run: ``job`` (task, row, lr, seed), ``data``
     (``fit`` / ``val`` / ``test`` on ``device``), ``settings`` (kind, classes, steps,
     batch, head_lr, crop, hflip, eval_batch, eval_at)."""
@@ -183,16 +221,29 @@ def run_classic(job: dict, data: dict, settings: dict, device: torch.device,
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     model = Model(kind, job['row'], settings['classes'], job['seed']).to(device)
-    batches = Batches(kind, data['fit'], settings['batch'], job['seed'],
-                      crop=settings.get('crop'), hflip=settings.get('hflip', False))
+    batches = Batches(
+        kind,
+        data['fit'],
+        settings['batch'],
+        job['seed'],
+        crop=settings.get('crop'),
+        hflip=settings.get('hflip', False),
+    )
     eval_batch = settings.get('eval_batch', 200)
 
     def loss_fn():
         return model.loss(*batches.next())
 
-    result = fit(model, param_groups(model, job['lr'], settings['head_lr']), loss_fn,
-                 lambda: model.score(data['val'], eval_batch), settings['steps'],
-                 settings.get('eval_at', EVAL_AT), device, amp)
+    result = fit(
+        model,
+        param_groups(model, job['lr'], settings['head_lr']),
+        loss_fn,
+        lambda: model.score(data['val'], eval_batch),
+        settings['steps'],
+        settings.get('eval_at', EVAL_AT),
+        device,
+        amp,
+    )
     model.eval()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         result['test'] = model.score(data['test'], eval_batch)
@@ -213,5 +264,7 @@ def check_amp(device: torch.device, rows: Sequence[str]) -> None:
         except RuntimeError as err:
             failed[row] = str(err).splitlines()[0]
     if failed:
-        raise SystemExit(f'bf16 autocast fails in the training step of {failed}; run with '
-                         f'--amp off (fp32), or fix the method for autocast.')
+        raise SystemExit(
+            f'bf16 autocast fails in the training step of {failed}; run with '
+            f'--amp off (fp32), or fix the method for autocast.'
+        )

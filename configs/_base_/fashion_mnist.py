@@ -4,8 +4,7 @@ fashion_root = 'data/fashion_mnist/'
 # how to create the data (mmslora.utils.data_check names it when files are missing)
 data_preparation = 'python tools/dataset_converters/fashion_mnist.py {data_root}'
 # the dataset settings both splits share; a config adds split, indices and pipeline
-fashion_dataset = dict(_delete_=True, type='FashionMNIST', data_root=fashion_root,
-                       download=False)
+fashion_dataset = dict(_delete_=True, type='FashionMNIST', data_root=fashion_root, download=False)
 fashion_train_pipeline = [
     dict(type='mmslora.GrayToRGB'),
     dict(type='Resize', scale=(64, 64)),

@@ -27,4 +27,5 @@ mslora_optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     constructor='mmslora.TrainableOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05))
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+)

@@ -11,7 +11,8 @@ nuclei_seg_dataset = dict(
     data_root=nuclei_root,
     metainfo=nuclei_seg_metainfo,
     img_suffix='.png',
-    seg_map_suffix='.png')
+    seg_map_suffix='.png',
+)
 nuclei_seg_train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=False),

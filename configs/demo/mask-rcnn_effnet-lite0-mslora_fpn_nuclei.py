@@ -2,8 +2,9 @@
 # EfficientNet-Lite0 frozen inside MSLoRABackbone. A small override of mmdet's
 # Mask R-CNN config: backbone, neck inputs, one class, small anchors, data, schedule.
 _base_ = [
-    'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', '../_base_/mslora.py',
-    '../_base_/nuclei_instance.py'
+    'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+    '../_base_/mslora.py',
+    '../_base_/nuclei_instance.py',
 ]
 
 model = dict(
@@ -15,23 +16,30 @@ model = dict(
             type='mmslora.EfficientNetLite',
             arch='lite0',
             out_indices=(1, 2, 4, 6),  # strides 4, 8, 16, 32
-            init_cfg=dict(type='Pretrained', checkpoint='efficientnet-lite0://imagenet')),
+            init_cfg=dict(type='Pretrained', checkpoint='efficientnet-lite0://imagenet'),
+        ),
         # D = 32 keeps a 3.4 M-parameter backbone's adapters under 5%
-        adapter=dict(_base_.mslora_adapter, hidden_dim=32)),
+        adapter=dict(_base_.mslora_adapter, hidden_dim=32),
+    ),
     # a lighter head for CPU: 128-channel FPN, fewer proposals and sampled RoIs
     neck=dict(in_channels=[24, 40, 112, 320], out_channels=128),
     # nuclei are 10 to 34 pixels: anchors of 16 px at stride 4
     rpn_head=dict(in_channels=128, feat_channels=128, anchor_generator=dict(scales=[4])),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=128,
-                                roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2)),
+        bbox_roi_extractor=dict(
+            out_channels=128, roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2)
+        ),
         bbox_head=dict(in_channels=128, fc_out_channels=512, num_classes=1),
-        mask_roi_extractor=dict(out_channels=128,
-                                roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=2)),
-        mask_head=dict(in_channels=128, conv_out_channels=128, num_classes=1)),
-    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=500),
-                   rcnn=dict(sampler=dict(num=256))),
-    test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=500), rcnn=dict(max_per_img=200)))
+        mask_roi_extractor=dict(
+            out_channels=128, roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=2)
+        ),
+        mask_head=dict(in_channels=128, conv_out_channels=128, num_classes=1),
+    ),
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=1000, max_per_img=500), rcnn=dict(sampler=dict(num=256))
+    ),
+    test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=500), rcnn=dict(max_per_img=200)),
+)
 
 train_dataloader = dict(
     batch_size=2,
@@ -42,7 +50,9 @@ train_dataloader = dict(
         metainfo=_base_.nuclei_metainfo,
         ann_file='annotations/instances_train.json',
         data_prefix=dict(img='images/train/'),
-        pipeline=_base_.nuclei_train_pipeline))
+        pipeline=_base_.nuclei_train_pipeline,
+    ),
+)
 val_dataloader = dict(
     batch_size=1,
     num_workers=1,
@@ -52,21 +62,31 @@ val_dataloader = dict(
         metainfo=_base_.nuclei_metainfo,
         ann_file='annotations/instances_val.json',
         data_prefix=dict(img='images/val/'),
-        pipeline=_base_.nuclei_test_pipeline))
+        pipeline=_base_.nuclei_test_pipeline,
+    ),
+)
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=_base_.nuclei_root + 'annotations/instances_val.json',
-                     metric=['bbox', 'segm'])
+val_evaluator = dict(
+    ann_file=_base_.nuclei_root + 'annotations/instances_val.json', metric=['bbox', 'segm']
+)
 test_evaluator = val_evaluator
 
 # short CPU schedule: AdamW on adapters + FPN + heads, warm-up then a step decay
 # (benchmarks/results/demo_health.md has the measurements behind these settings)
 max_iters = 150
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
-                 val_interval=max_iters)
+train_cfg = dict(
+    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters
+)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
-         milestones=[int(max_iters * 0.8)], gamma=0.1),
+    dict(
+        type='MultiStepLR',
+        by_epoch=False,
+        begin=0,
+        end=max_iters,
+        milestones=[int(max_iters * 0.8)],
+        gamma=0.1,
+    ),
 ]
 # Adapters at 10x the lr of the FPN and heads: Adam moves a parameter by about lr per
 # step, and this schedule's sum of lr is ~0.1, too little for the zero-started Proj.up
@@ -76,10 +96,11 @@ optim_wrapper = dict(
     _base_.mslora_optim_wrapper,
     optimizer=dict(_base_.mslora_optim_wrapper.optimizer, lr=1e-3),
     paramwise_cfg=dict(custom_keys={'backbone.adapters': dict(lr_mult=10.0)}),
-    clip_grad=dict(max_norm=10.0))
+    clip_grad=dict(max_norm=10.0),
+)
 default_hooks = dict(
-    logger=dict(interval=10),
-    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+    logger=dict(interval=10), checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1)
+)
 # each log line the mean of the 10 iterations since the previous one (mmdet's runtime
 # smooths over 50: the first lines showed the mean since iteration 1, which kept
 # the first iterations' loss_mask of ~25 in view until iteration 50)

@@ -7,4 +7,5 @@ model = dict(backbone=dict(_base_.mslora_backbone, backbone=_base_.model.backbon
 # AdamW at 1e-4 with weight decay 0.01, the schedule (poly, 160k) as upstream.
 optim_wrapper = dict(
     _base_.mslora_optim_wrapper,
-    optimizer=dict(_base_.mslora_optim_wrapper.optimizer, weight_decay=0.01))
+    optimizer=dict(_base_.mslora_optim_wrapper.optimizer, weight_decay=0.01),
+)

@@ -1,5 +1,6 @@
 """Command-line arguments and config preparation shared by tools/train.py and
 tools/test.py."""
+
 import argparse
 import os
 import os.path as osp
@@ -28,17 +29,27 @@ def _add_hooks(cfg: Config, defaults) -> None:
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The flags tools/train.py and tools/test.py share with upstream's tools."""
     parser.add_argument('--work-dir', help='the dir to save logs, models and metrics')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of the config, key=value')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, key=value',
+    )
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher',
+    )
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     parser.add_argument(
-        '--method', choices=list(METHODS),
+        '--method',
+        choices=list(METHODS),
         help='switch the MSLoRABackbone of the config to this fine-tuning method (its '
-             'defaults, mmslora.models.peers.METHODS; tune it with --cfg-options, e.g. '
-             'model.backbone.adapter.hidden_dim=32); the default work dir gets the '
-             'method as suffix')
+        'defaults, mmslora.models.peers.METHODS; tune it with --cfg-options, e.g. '
+        'model.backbone.adapter.hidden_dim=32); the default work dir gets the '
+        'method as suffix',
+    )
 
 
 def load_cli_config(args: argparse.Namespace) -> Config:
@@ -79,8 +90,10 @@ def prepare_train_config(cfg: Config, amp: bool = False, resume=None) -> Config:
     """
     if amp:
         if not torch.cuda.is_available():
-            raise RuntimeError('--amp needs a CUDA GPU (MMEngine\'s AmpOptimWrapper refuses '
-                               'CPU); drop --amp to train in fp32 on this machine.')
+            raise RuntimeError(
+                '--amp needs a CUDA GPU (MMEngine\'s AmpOptimWrapper refuses '
+                'CPU); drop --amp to train in fp32 on this machine.'
+            )
         if cfg.optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
@@ -90,8 +103,7 @@ def prepare_train_config(cfg: Config, amp: bool = False, resume=None) -> Config:
     elif resume is not None:
         cfg.resume = True
         cfg.load_from = resume
-    _add_hooks(cfg, [dict(type=REPORT_HOOK), dict(type=RANDOM_STATE_HOOK),
-                     dict(type=FIT_HOOK)])
+    _add_hooks(cfg, [dict(type=REPORT_HOOK), dict(type=RANDOM_STATE_HOOK), dict(type=FIT_HOOK)])
     return cfg
 
 
@@ -105,8 +117,10 @@ def prepare_test_config(cfg: Config, checkpoint: str, show_dir=None) -> Config:
     if show_dir is not None:
         vis = cfg.default_hooks.get('visualization')
         if vis is None:
-            raise ValueError('--show-dir needs a `visualization` entry in default_hooks '
-                             '(mmdet/mmseg configs have one).')
+            raise ValueError(
+                '--show-dir needs a `visualization` entry in default_hooks '
+                '(mmdet/mmseg configs have one).'
+            )
         vis.draw = True
         vis.show = False
         if 'test_out_dir' in vis or vis.get('type', '').endswith('DetVisualizationHook'):

@@ -8,6 +8,7 @@
 Prints total, trainable, adapter and frozen parameters, the trainable share of the
 backbone, and peft's one-line summary.
 """
+
 import argparse
 
 from mmengine.config import DictAction

@@ -1,4 +1,5 @@
 """Distributed runs of tools/train.py and tools/test.py on machines without GPUs."""
+
 import torch
 from mmengine.config import Config
 
@@ -17,6 +18,7 @@ def init_cpu_distributed(cfg: Config) -> bool:
     if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available():
         return False
     import torch.distributed as dist
+
     env_cfg = cfg.setdefault('env_cfg', {})
     dist_cfg = dict(env_cfg.get('dist_cfg') or {})
     if dist_cfg.get('backend', 'nccl') == 'nccl':
@@ -26,6 +28,7 @@ def init_cpu_distributed(cfg: Config) -> bool:
         kwargs = dict(dist_cfg)
         if 'timeout' in kwargs and not hasattr(kwargs['timeout'], 'total_seconds'):
             import datetime
+
             kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
         dist.init_process_group(**kwargs)
     if cfg.get('runner_type') is None:  # FlexibleRunner strategies wrap by themselves

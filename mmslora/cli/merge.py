@@ -19,6 +19,7 @@ mmdet's ``init_detector('OUT.py', 'OUT.pth')`` (mmseg's ``init_model``, mmpretra
 (MSLoRA, Mona, Adapter) cannot be merged: the command stops with an error naming the
 set; export those with ``mmslora-export-adapter``.
 """
+
 import argparse
 import logging
 import os
@@ -49,8 +50,11 @@ def plain_value(value: Any) -> Any:
     for kind in (bool, str, int, float):  # subclasses too (np.float64, TorchVersion)
         if isinstance(value, kind):
             return kind(value)
-    if type(value).__module__ == 'numpy' and hasattr(value, 'item') and not getattr(
-            value, 'shape', ()):
+    if (
+        type(value).__module__ == 'numpy'
+        and hasattr(value, 'item')
+        and not getattr(value, 'shape', ())
+    ):
         return value.item()
     if isinstance(value, (list, tuple)):
         items = [plain_value(v) for v in value]
@@ -80,14 +84,17 @@ def merge_wrappers(model: torch.nn.Module) -> List[str]:
     return merged
 
 
-def merge_checkpoint(config: str, checkpoint: str, out: str,
-                     cfg_options: Optional[dict] = None) -> dict:
+def merge_checkpoint(
+    config: str, checkpoint: str, out: str, cfg_options: Optional[dict] = None
+) -> dict:
     """Write the plain upstream checkpoint ``out`` and its config (``out`` with
     ``.py``) from CONFIG and the trained CHECKPOINT; return ``dict(checkpoint, config,
     merged, leftovers)`` (``leftovers``: config keys that still name mmslora)."""
     if not out.endswith('.pth'):
-        raise ValueError(f'mmslora-merge: OUT must end in .pth (the config is written '
-                         f'next to it with .py), got {out!r}.')
+        raise ValueError(
+            f'mmslora-merge: OUT must end in .pth (the config is written '
+            f'next to it with .py), got {out!r}.'
+        )
     cfg = load_config(config, cfg_options)
     model = build_model_from_config(disable_pretrained(load_config(config, cfg_options)))
     loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
@@ -95,20 +102,27 @@ def merge_checkpoint(config: str, checkpoint: str, out: str,
     merged = merge_wrappers(model)
     state = upstream_state_dict(model)
     meta = plain_meta(loaded.get('meta', {}) if isinstance(loaded, dict) else {})
-    meta['mmslora_merge'] = dict(mmslora=str(mmslora.__version__),
-                                 torch=str(torch.__version__),
-                                 source=osp.basename(checkpoint), merged=merged,
-                                 config=osp.basename(config))
+    meta['mmslora_merge'] = dict(
+        mmslora=str(mmslora.__version__),
+        torch=str(torch.__version__),
+        source=osp.basename(checkpoint),
+        merged=merged,
+        config=osp.basename(config),
+    )
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     weights = OrderedDict((key, value.cpu()) for key, value in state.items())
     weights._metadata = state._metadata  # the modules' versions, as state_dict() has
     torch.save(dict(meta=meta, state_dict=weights), out)
     plain_cfg, leftovers = upstream_config(cfg)
-    cfg_out = out[:-len('.pth')] + '.py'
+    cfg_out = out[: -len('.pth')] + '.py'
     plain_cfg.dump(cfg_out)
     if leftovers:
-        print_log(f'mmslora-merge: {cfg_out} still names mmslora at {leftovers}; building '
-                  f'that config needs mmslora.', logger='current', level=logging.WARNING)
+        print_log(
+            f'mmslora-merge: {cfg_out} still names mmslora at {leftovers}; building '
+            f'that config needs mmslora.',
+            logger='current',
+            level=logging.WARNING,
+        )
     return dict(checkpoint=out, config=cfg_out, merged=merged, leftovers=leftovers)
 
 
@@ -116,14 +130,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config')
     parser.add_argument('checkpoint')
-    parser.add_argument('out', help='the plain checkpoint to write (.pth); its config '
-                                    'goes next to it (.py)')
+    parser.add_argument(
+        'out', help='the plain checkpoint to write (.pth); its config goes next to it (.py)'
+    )
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
     result = merge_checkpoint(args.config, args.checkpoint, args.out, args.cfg_options)
-    print(f'mmslora {mmslora.__version__}: merged {result["merged"] or "nothing (no adapters)"}'
-          f'; wrote {result["checkpoint"]} and {result["config"]} for the upstream toolbox '
-          f'alone')
+    print(
+        f'mmslora {mmslora.__version__}: merged {result["merged"] or "nothing (no adapters)"}'
+        f'; wrote {result["checkpoint"]} and {result["config"]} for the upstream toolbox '
+        f'alone'
+    )
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ imports anything the config names, so a config inheriting
 ``mmslora::_base_/mslora.py`` needs ``import mmslora`` to have run: this runs SCRIPT
 as ``python SCRIPT ARGS ...`` would, after it.
 """
+
 import argparse
 import os.path as osp
 import runpy
@@ -16,8 +17,7 @@ import mmslora  # noqa: F401  (mmslora:: config names, the adapters, safe checkp
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog='python -m mmslora', description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='python -m mmslora', description=__doc__.splitlines()[0])
     parser.add_argument('script', help='the script to run, e.g. mmdet/.mim/tools/train.py')
     parser.add_argument('args', nargs=argparse.REMAINDER, help="the script's arguments")
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@
 present. ``import mmslora`` registers the adapters and switches on safe checkpoint
 loading for ``--resume`` and ``load_from``.
 """
+
 import argparse
 
 from mmengine.registry import RUNNERS
@@ -22,11 +23,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a model (MSLoRA-aware).')
     parser.add_argument('config', help='train config file path or mmslora:: name')
     parser.add_argument(
-        '--resume', nargs='?', type=str, const='auto',
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
         help='resume from the given checkpoint, or from the latest one in the work dir '
-             'when no path is given')
-    parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (needs a GPU)')
+        'when no path is given',
+    )
+    parser.add_argument(
+        '--amp', action='store_true', help='automatic mixed precision (needs a GPU)'
+    )
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -38,4 +44,3 @@ def main(argv=None):
     init_cpu_distributed(cfg)  # --launcher pytorch without GPUs: CPU DDP over gloo
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
-

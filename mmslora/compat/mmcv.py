@@ -7,6 +7,7 @@
   ViT: 7 breaks a forward in full fine-tuning). The same value as a Python float
   compiles into one graph.
 """
+
 import numbers
 
 import numpy as np

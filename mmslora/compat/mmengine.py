@@ -41,6 +41,7 @@ What is touched, and what for (:data:`PRIVATE_API` lists the same):
 
 This module imports nothing from the rest of mmslora.
 """
+
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -48,12 +49,23 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import mmengine
 
 __all__ = [
-    'WRITTEN_FOR', 'TESTED_WITH', 'PrivateAttribute', 'PRIVATE_API',
-    'PRIVATE_ATTRIBUTE_NAMES', 'PrivateAPIError', 'check_private_api',
-    'checkpoint_schemes', 'replace_checkpoint_scheme', 'mmengine_home',
-    'process_mmcls_checkpoint', 'runner_is_resuming', 'runner_load_from',
-    'runner_randomness_cfg', 'loop_dataloader_iterator', 'set_loop_dataloader_iterator',
-    'register_config_package'
+    'WRITTEN_FOR',
+    'TESTED_WITH',
+    'PrivateAttribute',
+    'PRIVATE_API',
+    'PRIVATE_ATTRIBUTE_NAMES',
+    'PrivateAPIError',
+    'check_private_api',
+    'checkpoint_schemes',
+    'replace_checkpoint_scheme',
+    'mmengine_home',
+    'process_mmcls_checkpoint',
+    'runner_is_resuming',
+    'runner_load_from',
+    'runner_randomness_cfg',
+    'loop_dataloader_iterator',
+    'set_loop_dataloader_iterator',
+    'register_config_package',
 ]
 
 #: The mmengine release series this module was written for, and the release tested.
@@ -75,6 +87,7 @@ class PrivateAttribute:
             attribute of the class or module.
         use (str): what mmslora needs it for.
     """
+
     module: str
     owner: str
     name: str
@@ -115,23 +128,53 @@ _RUNNERS = ('Runner', 'FlexibleRunner')
 
 #: Every private mmengine attribute mmslora reads or patches.
 PRIVATE_API: Tuple[PrivateAttribute, ...] = (
-    PrivateAttribute(_CHECKPOINT, 'CheckpointLoader', '_schemes',
-                     use='which loader each checkpoint scheme has (safe loading)'),
-    PrivateAttribute(_CHECKPOINT, '', '_get_mmengine_home',
-                     use='the cache folder of open-mmlab:// files'),
-    PrivateAttribute(_CHECKPOINT, '', '_process_mmcls_checkpoint',
-                     use='the key conversion of mmcls:// checkpoints'),
-    *(PrivateAttribute('mmengine.runner', runner, name, ('__init__', 'load_or_resume'), use)
-      for runner in _RUNNERS for name, use in (
-          ('_resume', 'whether the run resumes (RandomStateHook, CheckpointFitHook)'),
-          ('_load_from', 'the checkpoint file named in messages (CheckpointFitHook)'))),
-    *(PrivateAttribute('mmengine.runner', runner, '_randomness_cfg', ('__init__', ),
-                       'diff_rank_seed (RandomStateHook)') for runner in _RUNNERS),
-    PrivateAttribute('mmengine.runner', 'IterBasedTrainLoop', 'dataloader_iterator',
-                     ('__init__', 'run'),
-                     'restore the random state before the first batch (RandomStateHook)'),
-    PrivateAttribute('mmengine.config', 'Config', '_get_cfg_path', ('_file2dict', ),
-                     'mmslora::<config> names in _base_ (register_config_package)'),
+    PrivateAttribute(
+        _CHECKPOINT,
+        'CheckpointLoader',
+        '_schemes',
+        use='which loader each checkpoint scheme has (safe loading)',
+    ),
+    PrivateAttribute(
+        _CHECKPOINT, '', '_get_mmengine_home', use='the cache folder of open-mmlab:// files'
+    ),
+    PrivateAttribute(
+        _CHECKPOINT,
+        '',
+        '_process_mmcls_checkpoint',
+        use='the key conversion of mmcls:// checkpoints',
+    ),
+    *(
+        PrivateAttribute('mmengine.runner', runner, name, ('__init__', 'load_or_resume'), use)
+        for runner in _RUNNERS
+        for name, use in (
+            ('_resume', 'whether the run resumes (RandomStateHook, CheckpointFitHook)'),
+            ('_load_from', 'the checkpoint file named in messages (CheckpointFitHook)'),
+        )
+    ),
+    *(
+        PrivateAttribute(
+            'mmengine.runner',
+            runner,
+            '_randomness_cfg',
+            ('__init__',),
+            'diff_rank_seed (RandomStateHook)',
+        )
+        for runner in _RUNNERS
+    ),
+    PrivateAttribute(
+        'mmengine.runner',
+        'IterBasedTrainLoop',
+        'dataloader_iterator',
+        ('__init__', 'run'),
+        'restore the random state before the first batch (RandomStateHook)',
+    ),
+    PrivateAttribute(
+        'mmengine.config',
+        'Config',
+        '_get_cfg_path',
+        ('_file2dict',),
+        'mmslora::<config> names in _base_ (register_config_package)',
+    ),
 )
 
 #: The attribute names of :data:`PRIVATE_API` (no module outside this one may use
@@ -156,7 +199,8 @@ class PrivateAPIError(RuntimeError):
             f'installed mmengine {self.mmengine_version} does not have. '
             f'mmslora.compat.mmengine was written for mmengine {WRITTEN_FOR} (tested '
             f'with {TESTED_WITH}): install such a version, or adapt '
-            'mmslora/compat/mmengine.py to this one.')
+            'mmslora/compat/mmengine.py to this one.'
+        )
 
 
 def check_private_api() -> List[str]:
@@ -183,6 +227,7 @@ def checkpoint_schemes() -> Dict[str, Callable]:
     """``CheckpointLoader._schemes``: every registered prefix and its loader (mmengine
     replaces the dict on each registration, so do not keep it)."""
     from mmengine.runner.checkpoint import CheckpointLoader
+
     return _read(CheckpointLoader, f'{_CHECKPOINT}.CheckpointLoader', '_schemes')
 
 
@@ -190,6 +235,7 @@ def replace_checkpoint_scheme(prefix: str, loader: Callable) -> None:
     """Make ``loader`` mmengine's loader for ``prefix``, replacing the one registered
     (mmengine's own); nothing happens when it already is."""
     from mmengine.runner.checkpoint import CheckpointLoader
+
     if checkpoint_schemes().get(prefix) is not loader:
         CheckpointLoader.register_scheme(prefixes=prefix, loader=loader, force=True)
 
@@ -198,6 +244,7 @@ def mmengine_home() -> str:
     """``mmengine.runner.checkpoint._get_mmengine_home()``: mmengine's cache folder
     (created if needed)."""
     from mmengine.runner import checkpoint
+
     return _read(checkpoint, _CHECKPOINT, '_get_mmengine_home')()
 
 
@@ -205,6 +252,7 @@ def process_mmcls_checkpoint(checkpoint: dict) -> dict:
     """``mmengine.runner.checkpoint._process_mmcls_checkpoint(checkpoint)``: the
     ``backbone.*`` weights of an mmcls checkpoint, without the prefix."""
     from mmengine.runner import checkpoint as mm_checkpoint
+
     return _read(mm_checkpoint, _CHECKPOINT, '_process_mmcls_checkpoint')(checkpoint)
 
 
@@ -266,6 +314,7 @@ def register_config_package(package: str, resolve: Callable[[str], str]) -> None
     in the config's default scope. Registering ``package`` again replaces its
     resolver."""
     from mmengine.config import Config
+
     get_cfg_path = _read(Config, 'mmengine.config.Config', '_get_cfg_path')
     if not isinstance(get_cfg_path, _ConfigPath):
         get_cfg_path = _ConfigPath(get_cfg_path)

@@ -17,6 +17,7 @@
   arrived in torch 2.5 and is the default from torch 2.9; torch 2.1 to 2.4 have only
   the TorchScript-based exporter behind that call.
 """
+
 import importlib.util
 import inspect
 from typing import Callable, Optional, Tuple
@@ -24,8 +25,14 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ['is_compiling', 'register_state_dict_post_hook', 'is_exporting',
-           'records_autograd', 'onnx_export', 'dynamo_onnx_unavailable']
+__all__ = [
+    'is_compiling',
+    'register_state_dict_post_hook',
+    'is_exporting',
+    'records_autograd',
+    'onnx_export',
+    'dynamo_onnx_unavailable',
+]
 
 
 def is_compiling() -> bool:
@@ -58,8 +65,9 @@ def is_exporting() -> bool:
     if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
         return True
     compiler = getattr(torch, 'compiler', None)
-    return bool(compiler is not None and hasattr(compiler, 'is_exporting')
-                and compiler.is_exporting())
+    return bool(
+        compiler is not None and hasattr(compiler, 'is_exporting') and compiler.is_exporting()
+    )
 
 
 def records_autograd() -> bool:
@@ -75,16 +83,25 @@ def dynamo_onnx_unavailable() -> Optional[str]:
     """Why ``torch.onnx.export(..., dynamo=True)`` cannot run here, or None where it
     can (torch >= 2.5 with ``onnxscript`` installed)."""
     if 'dynamo' not in inspect.signature(torch.onnx.export).parameters:
-        return (f'torch {torch.__version__} has only the TorchScript-based ONNX exporter '
-                f'(the torch.export-based one, dynamo=True, needs torch >= 2.5)')
+        return (
+            f'torch {torch.__version__} has only the TorchScript-based ONNX exporter '
+            f'(the torch.export-based one, dynamo=True, needs torch >= 2.5)'
+        )
     if importlib.util.find_spec('onnxscript') is None:
-        return ('the torch.export-based ONNX exporter (dynamo=True) needs the onnxscript '
-                'package: pip install onnxscript')
+        return (
+            'the torch.export-based ONNX exporter (dynamo=True) needs the onnxscript '
+            'package: pip install onnxscript'
+        )
     return None
 
 
-def onnx_export(module: torch.nn.Module, args: Tuple[torch.Tensor, ...], path: str,
-                dynamo: bool, opset: Optional[int] = None) -> None:
+def onnx_export(
+    module: torch.nn.Module,
+    args: Tuple[torch.Tensor, ...],
+    path: str,
+    dynamo: bool,
+    opset: Optional[int] = None,
+) -> None:
     """``torch.onnx.export(module, args, path)`` with the torch.export-based exporter
     (``dynamo=True``) or the TorchScript-based one (``dynamo=False``, the one MMDeploy
     drives), at ONNX opset ``opset`` (None: the exporter's default).

@@ -1,4 +1,5 @@
 """Data transforms of mmslora."""
+
 import numpy as np
 from mmcv.transforms import BaseTransform
 

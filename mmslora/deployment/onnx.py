@@ -10,6 +10,7 @@ operations (:func:`mmslora.compat.torch.is_exporting`).
 The graph is exported for the input shape given; outputs are flattened to a tuple of
 tensors (nested tuples, lists and dicts of a backbone or a head, in order).
 """
+
 import os
 import os.path as osp
 from typing import List, Sequence, Tuple
@@ -20,8 +21,15 @@ import torch.nn as nn
 
 from mmslora.compat.torch import dynamo_onnx_unavailable, onnx_export
 
-__all__ = ['EXPORTERS', 'default_exporter', 'flat_tensors', 'FlatOutputs', 'export_onnx',
-           'onnxruntime_outputs', 'max_differences']
+__all__ = [
+    'EXPORTERS',
+    'default_exporter',
+    'flat_tensors',
+    'FlatOutputs',
+    'export_onnx',
+    'onnxruntime_outputs',
+    'max_differences',
+]
 
 #: the exporters :func:`export_onnx` takes
 EXPORTERS = ('dynamo', 'torchscript')
@@ -45,8 +53,10 @@ def flat_tensors(outputs) -> List[torch.Tensor]:
         outputs = list(outputs.values())
     if isinstance(outputs, (tuple, list)):
         return [t for item in outputs for t in flat_tensors(item)]
-    raise TypeError(f'an output of type {type(outputs).__name__} is not a tensor; ONNX '
-                    f'graphs return tensors only.')
+    raise TypeError(
+        f'an output of type {type(outputs).__name__} is not a tensor; ONNX '
+        f'graphs return tensors only.'
+    )
 
 
 class FlatOutputs(nn.Module):
@@ -61,8 +71,13 @@ class FlatOutputs(nn.Module):
         return tuple(flat_tensors(getattr(self.module, self.method)(*inputs, **self.kwargs)))
 
 
-def export_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], path: str,
-                exporter: str = 'dynamo', opset=None) -> str:
+def export_onnx(
+    module: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    path: str,
+    exporter: str = 'dynamo',
+    opset=None,
+) -> str:
     """Export ``module`` in eval mode for ``inputs`` to the ONNX file ``path`` (folders
     made) with ``exporter`` (one of :data:`EXPORTERS`) at ``opset`` (None: the
     exporter's default); return ``path``. The modules' training modes are restored.
@@ -87,13 +102,13 @@ def export_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], path: str,
 def onnxruntime_outputs(path: str, inputs: Sequence[torch.Tensor]) -> List[np.ndarray]:
     """The outputs of the ONNX file ``path`` on ``inputs`` in onnxruntime (CPU)."""
     import onnxruntime
+
     session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
     feeds = {arg.name: t.detach().cpu().numpy() for arg, t in zip(session.get_inputs(), inputs)}
     return session.run(None, feeds)
 
 
-def max_differences(got: Sequence[np.ndarray],
-                    want: Sequence[torch.Tensor]) -> Tuple[float, float]:
+def max_differences(got: Sequence[np.ndarray], want: Sequence[torch.Tensor]) -> Tuple[float, float]:
     """``(max abs, max rel)`` difference of ``got`` from ``want``, output by output; the
     relative one is each output's largest absolute difference over its largest
     magnitude (a scale that a near-zero element does not blow up).

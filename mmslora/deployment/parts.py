@@ -14,6 +14,7 @@
 what to do instead; :func:`export_parts` exports the parts and checks them against
 onnxruntime.
 """
+
 import os
 import os.path as osp
 from dataclasses import dataclass
@@ -30,18 +31,24 @@ __all__ = ['PARTS', 'model_parts', 'why_not_exportable', 'PartExport', 'export_p
 #: the part names, in export order
 PARTS = ('backbone', 'features', 'model')
 
-TWO_STAGE = ('a two-stage detector\'s \'tensor\' mode makes region proposals from the '
-             'image metas of data samples, with NMS: no graph of the image alone computes '
-             'it. Export \'features\' (backbone + neck) and run the heads in PyTorch, or '
-             'convert the whole detector with MMDeploy (mmcv\'s ONNX ops for NMS and '
-             'RoIAlign)')
-NEEDS_SAMPLES = ('its \'tensor\' mode needs data samples (image metas), which a graph of '
-                 'the image alone cannot take')
-ADAPTIVE_POOL = ('the TorchScript-based exporter writes adaptive average pooling (UperNet\'s '
-                 'and PSPNet\'s pyramid pooling) only where each output size divides the '
-                 'input size: choose an input shape whose smallest feature map is a multiple '
-                 'of every pooling scale (e.g. 192 or 384 pixels for scales 1, 2, 3, 6 at '
-                 'stride 32), or use the torch.export-based exporter (--dynamo)')
+TWO_STAGE = (
+    'a two-stage detector\'s \'tensor\' mode makes region proposals from the '
+    'image metas of data samples, with NMS: no graph of the image alone computes '
+    'it. Export \'features\' (backbone + neck) and run the heads in PyTorch, or '
+    'convert the whole detector with MMDeploy (mmcv\'s ONNX ops for NMS and '
+    'RoIAlign)'
+)
+NEEDS_SAMPLES = (
+    'its \'tensor\' mode needs data samples (image metas), which a graph of '
+    'the image alone cannot take'
+)
+ADAPTIVE_POOL = (
+    'the TorchScript-based exporter writes adaptive average pooling (UperNet\'s '
+    'and PSPNet\'s pyramid pooling) only where each output size divides the '
+    'input size: choose an input shape whose smallest feature map is a multiple '
+    'of every pooling scale (e.g. 192 or 384 pixels for scales 1, 2, 3, 6 at '
+    'stride 32), or use the torch.export-based exporter (--dynamo)'
+)
 
 
 def model_parts(model: nn.Module) -> Dict[str, nn.Module]:
@@ -56,8 +63,10 @@ def model_parts(model: nn.Module) -> Dict[str, nn.Module]:
         return {'backbone': FlatOutputs(model)}
     backbone = getattr(model, 'backbone', None)
     if not isinstance(backbone, nn.Module):
-        raise ValueError(f'{type(model).__name__} has no `backbone` module; give a config '
-                         f'whose model is an OpenMMLab detector, segmentor or classifier.')
+        raise ValueError(
+            f'{type(model).__name__} has no `backbone` module; give a config '
+            f'whose model is an OpenMMLab detector, segmentor or classifier.'
+        )
     parts = {'backbone': FlatOutputs(backbone)}
     if getattr(model, 'with_neck', False) and hasattr(model, 'extract_feat'):
         parts['features'] = FlatOutputs(model, 'extract_feat')
@@ -86,15 +95,22 @@ class PartExport:
     """What :func:`export_parts` did with one part: ``path`` of the ONNX file, or None
     and ``reason``; with ``verify`` the largest ``(abs, rel)`` difference of
     onnxruntime's outputs from the model's (:func:`~.onnx.max_differences`)."""
+
     name: str
     path: Optional[str] = None
     reason: Optional[str] = None
     differences: Optional[Tuple[float, float]] = None
 
 
-def export_parts(model: nn.Module, inputs: Sequence[torch.Tensor], out_dir: str,
-                 parts: Sequence[str] = PARTS, exporter: str = 'dynamo', opset=None,
-                 verify: bool = False) -> List[PartExport]:
+def export_parts(
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    out_dir: str,
+    parts: Sequence[str] = PARTS,
+    exporter: str = 'dynamo',
+    opset=None,
+    verify: bool = False,
+) -> List[PartExport]:
     """Export each of ``parts`` (names of :func:`model_parts`) of ``model`` (put in eval
     mode) for ``inputs`` to ``out_dir/<part>.onnx``; a part that the model does not
     have, that does not run on ``inputs`` alone, or that the exporter refuses gets a

@@ -1,5 +1,9 @@
 from .hooks import CheckpointFitHook, ParameterReportHook, RandomStateHook
 from .optim import TrainableOptimWrapperConstructor
 
-__all__ = ['CheckpointFitHook', 'ParameterReportHook', 'RandomStateHook',
-           'TrainableOptimWrapperConstructor']
+__all__ = [
+    'CheckpointFitHook',
+    'ParameterReportHook',
+    'RandomStateHook',
+    'TrainableOptimWrapperConstructor',
+]

@@ -1,4 +1,5 @@
 """An optimizer-wrapper constructor that hands the optimizer trainable parameters only."""
+
 import logging
 
 import torch.nn as nn
@@ -36,8 +37,10 @@ class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         # no paramwise rules: one group of the trainable parameters
         trainable = [p for p in module.parameters() if p.requires_grad]
         if not trainable:
-            raise ValueError('the model has no trainable parameter: check `trainable` and '
-                             'the adapter config of MSLoRABackbone.')
+            raise ValueError(
+                'the model has no trainable parameter: check `trainable` and '
+                'the adapter config of MSLoRABackbone.'
+            )
         return super().__call__(_ParamsOnly(trainable))
 
 

@@ -22,6 +22,7 @@ grouped 1x1 convolution D -> C (G groups each), linear in ``F``. ``Trans``
 Which layers are the paper's and which are mmslora's choices, the ablation switches
 and the derivation of each start: ``docs/mslora.md``.
 """
+
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -46,7 +47,8 @@ def _check_divisible(name: str, value: int, groups: int) -> None:
             f'MSLoRAAdapter: {name}={value} is not divisible by groups={groups}; '
             f'choose `groups` that divides both the block channels and `hidden_dim` '
             f'(for example a power of two such as 4 or 8), or leave strict_groups=False '
-            f'to use the largest divisor that fits.')
+            f'to use the largest divisor that fits.'
+        )
 
 
 def fitting_groups(channels: int, hidden_dim: int, groups: int) -> int:
@@ -63,8 +65,10 @@ def narrowed_width(channels: int, hidden_dim: int, groups: int, ratio: float) ->
         ValueError: ``ratio`` is not a number in (0, 1].
     """
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
-        raise ValueError(f'MSLoRAAdapter: max_hidden_ratio must be a number in (0, 1], e.g. '
-                         f'0.5 (D at most half the block channels), got {ratio!r}.')
+        raise ValueError(
+            f'MSLoRAAdapter: max_hidden_ratio must be a number in (0, 1], e.g. '
+            f'0.5 (D at most half the block channels), got {ratio!r}.'
+        )
     cap = max(groups, int(ratio * channels) // groups * groups)
     return min(hidden_dim, cap)
 
@@ -79,7 +83,7 @@ class LowRankProjection(nn.Module):
         super().__init__()
         self.down = nn.Conv2d(channels, hidden_dim, 1, groups=groups, bias=False)
         self.up = nn.Conv2d(hidden_dim, channels, 1, groups=groups, bias=False)
-        nn.init.kaiming_uniform_(self.down.weight, a=5 ** 0.5)
+        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,8 +103,13 @@ class ChannelAttention(nn.Sequential):
     applies the two convolutions to the pooled vector as linear maps (the same values)."""
 
     def __init__(self, dim: int, squeezed: int) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, squeezed, 1), nn.GELU(),
-                         nn.Conv2d(squeezed, dim, 1), nn.Sigmoid())
+        super().__init__(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(dim, squeezed, 1),
+            nn.GELU(),
+            nn.Conv2d(squeezed, dim, 1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         _, squeeze, act, excite, gate = self
@@ -117,23 +126,34 @@ class MultiScaleTransform(nn.Module):
     mode) and upsamples the result (:func:`nearest_upsample`) to the input's size.
     """
 
-    def __init__(self, channels: int, hidden_dim: int, groups: int,
-                 kernel_sizes: Sequence[int] = (3, 5, 7), reduction: int = 4,
-                 spatial_kernel: int = 7, channel_attention: bool = True,
-                 spatial_attention: bool = True, sigmoid: bool = True,
-                 stride: int = 1) -> None:
+    def __init__(
+        self,
+        channels: int,
+        hidden_dim: int,
+        groups: int,
+        kernel_sizes: Sequence[int] = (3, 5, 7),
+        reduction: int = 4,
+        spatial_kernel: int = 7,
+        channel_attention: bool = True,
+        spatial_attention: bool = True,
+        sigmoid: bool = True,
+        stride: int = 1,
+    ) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(channels, hidden_dim, 1, groups=groups, bias=False)
         self.norm = nn.GroupNorm(1, hidden_dim)
         self.multi_scale = nn.ModuleList(
             nn.Conv2d(hidden_dim, hidden_dim, k, padding=k // 2, groups=hidden_dim)
-            for k in kernel_sizes)
+            for k in kernel_sizes
+        )
         self.act = nn.GELU()
         squeezed = max(hidden_dim // reduction, 1)
-        self.channel_attn = ChannelAttention(hidden_dim, squeezed) if channel_attention \
+        self.channel_attn = ChannelAttention(hidden_dim, squeezed) if channel_attention else None
+        self.spatial_attn = (
+            nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2)
+            if spatial_attention
             else None
-        self.spatial_attn = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2
-                                      ) if spatial_attention else None
+        )
         self.expand = nn.Conv2d(hidden_dim, channels, 1, groups=groups)
         self.sigmoid, self.stride = sigmoid, stride
 
@@ -155,7 +175,7 @@ class MultiScaleTransform(nn.Module):
         kernel = 0
         for conv in convs:
             k = conv.kernel_size[0]
-            columns = eye[:, (size - k) // 2:(size + k) // 2]  # E, (K, k)
+            columns = eye[:, (size - k) // 2 : (size + k) // 2]  # E, (K, k)
             kernel = kernel + torch.matmul(torch.matmul(columns, conv.weight), columns.t())
         centre = eye[size // 2]
         bias = sum(conv.bias for conv in convs) / len(convs)
@@ -250,70 +270,112 @@ class MSLoRAAdapter(BlockAdapter):
     for 'product' and 'trans', None for 'sum' and 'proj'.
     """
 
-    zero_init = ('proj.up.weight', )  # the defaults'; set per instance in __init__
-    _zero_init = {'product': ('proj.up.weight', ), 'proj': ('proj.up.weight', ),
-                  'sum': ('proj.up.weight', 'trans.expand.weight', 'trans.expand.bias'),
-                  'trans': ('trans.expand.weight', 'trans.expand.bias')}
+    zero_init = ('proj.up.weight',)  # the defaults'; set per instance in __init__
+    _zero_init = {
+        'product': ('proj.up.weight',),
+        'proj': ('proj.up.weight',),
+        'sum': ('proj.up.weight', 'trans.expand.weight', 'trans.expand.bias'),
+        'trans': ('trans.expand.weight', 'trans.expand.bias'),
+    }
 
-    def __init__(self, channels: int, hidden_dim: int = 64, groups: int = 8,
-                 kernel_sizes: Sequence[int] = (3, 5, 7), reduction: int = 4,
-                 spatial_kernel: int = 7, dropout: float = 0.0, strict_groups: bool = False,
-                 with_cp: bool = False, combine: str = 'product',
-                 channel_attention: bool = True, spatial_attention: bool = True,
-                 init: str = 'zero_up', trans_stride: int = 1,
-                 max_hidden_ratio: Optional[float] = None, init_cfg=None) -> None:
+    def __init__(
+        self,
+        channels: int,
+        hidden_dim: int = 64,
+        groups: int = 8,
+        kernel_sizes: Sequence[int] = (3, 5, 7),
+        reduction: int = 4,
+        spatial_kernel: int = 7,
+        dropout: float = 0.0,
+        strict_groups: bool = False,
+        with_cp: bool = False,
+        combine: str = 'product',
+        channel_attention: bool = True,
+        spatial_attention: bool = True,
+        init: str = 'zero_up',
+        trans_stride: int = 1,
+        max_hidden_ratio: Optional[float] = None,
+        init_cfg=None,
+    ) -> None:
         super().__init__(channels, dropout=dropout, with_cp=with_cp, init_cfg=init_cfg)
-        for name, value in (('hidden_dim', hidden_dim), ('groups', groups),
-                            ('reduction', reduction), ('trans_stride', trans_stride)):
+        for name, value in (
+            ('hidden_dim', hidden_dim),
+            ('groups', groups),
+            ('reduction', reduction),
+            ('trans_stride', trans_stride),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f'MSLoRAAdapter: {name} must be a positive int, got {value!r}.')
         for name, value, choices in (('combine', combine, COMBINES), ('init', init, INITS)):
             if not isinstance(value, str) or value not in choices:
-                raise ValueError(f'MSLoRAAdapter: {name} must be one of '
-                                 f"{', '.join(map(repr, choices))}, got {value!r}.")
-        for name, value in (('channel_attention', channel_attention),
-                            ('spatial_attention', spatial_attention)):
+                raise ValueError(
+                    f'MSLoRAAdapter: {name} must be one of '
+                    f"{', '.join(map(repr, choices))}, got {value!r}."
+                )
+        for name, value in (
+            ('channel_attention', channel_attention),
+            ('spatial_attention', spatial_attention),
+        ):
             if not isinstance(value, bool):
                 raise ValueError(f'MSLoRAAdapter: {name} must be True or False, got {value!r}.')
         if init == 'gate_bias' and combine != 'product':
-            raise ValueError(f"MSLoRAAdapter: init='gate_bias' opens the sigmoid gate on "
-                             f"Proj, which only combine='product' has, got combine={combine!r}; "
-                             f"use init='zero_up' or 'zero_scale'.")
+            raise ValueError(
+                f"MSLoRAAdapter: init='gate_bias' opens the sigmoid gate on "
+                f"Proj, which only combine='product' has, got combine={combine!r}; "
+                f"use init='zero_up' or 'zero_scale'."
+            )
         adjustments = []
         if max_hidden_ratio is not None:
             capped = narrowed_width(channels, hidden_dim, groups, max_hidden_ratio)
             if capped != hidden_dim:
-                adjustments.append(f'MSLoRAAdapter hidden_dim {hidden_dim} -> {capped} '
-                                   f'(C={channels}, max_hidden_ratio={max_hidden_ratio})')
+                adjustments.append(
+                    f'MSLoRAAdapter hidden_dim {hidden_dim} -> {capped} '
+                    f'(C={channels}, max_hidden_ratio={max_hidden_ratio})'
+                )
                 hidden_dim = capped
         if strict_groups:
             _check_divisible('channels', channels, groups)
             _check_divisible('hidden_dim', hidden_dim, groups)
         elif channels % groups or hidden_dim % groups:
             fitted = fitting_groups(channels, hidden_dim, groups)
-            adjustments.append(f'MSLoRAAdapter groups {groups} -> {fitted} (C={channels}, '
-                               f'D={hidden_dim})')
+            adjustments.append(
+                f'MSLoRAAdapter groups {groups} -> {fitted} (C={channels}, D={hidden_dim})'
+            )
             groups = fitted
         self.adjustment = '; '.join(adjustments) or None
         kernel_sizes = tuple(kernel_sizes)
         if not kernel_sizes:
-            raise ValueError('MSLoRAAdapter: kernel_sizes is empty; give at least one odd '
-                             'size, e.g. (3, 5, 7).')
+            raise ValueError(
+                'MSLoRAAdapter: kernel_sizes is empty; give at least one odd size, e.g. (3, 5, 7).'
+            )
         for k in kernel_sizes + (spatial_kernel,):
             if k < 1 or k % 2 == 0:
                 raise ValueError(
                     f'MSLoRAAdapter: kernel size {k} must be odd and positive so the '
-                    f'feature map keeps its size (use e.g. 3, 5 or 7).')
+                    f'feature map keeps its size (use e.g. 3, 5 or 7).'
+                )
         self.groups, self.combine, self.init = groups, combine, init
         self.proj = LowRankProjection(channels, hidden_dim, groups) if combine != 'trans' else None
-        self.trans = MultiScaleTransform(
-            channels, hidden_dim, groups, kernel_sizes, reduction, spatial_kernel,
-            channel_attention, spatial_attention, sigmoid=combine != 'sum',
-            stride=trans_stride) if combine != 'proj' else None
+        self.trans = (
+            MultiScaleTransform(
+                channels,
+                hidden_dim,
+                groups,
+                kernel_sizes,
+                reduction,
+                spatial_kernel,
+                channel_attention,
+                spatial_attention,
+                sigmoid=combine != 'sum',
+                stride=trans_stride,
+            )
+            if combine != 'proj'
+            else None
+        )
         self.scale = nn.Parameter(torch.zeros(channels)) if init == 'zero_scale' else None
         if init == 'zero_scale' and self.proj is not None:
-            nn.init.kaiming_uniform_(self.proj.up.weight, a=5 ** 0.5)  # as Proj.down
-        self.zero_init = ('scale', ) if init == 'zero_scale' else self._zero_init[combine]
+            nn.init.kaiming_uniform_(self.proj.up.weight, a=5**0.5)  # as Proj.down
+        self.zero_init = ('scale',) if init == 'zero_scale' else self._zero_init[combine]
         self.zero_start_()
 
     def zero_start_(self) -> None:
@@ -350,6 +412,7 @@ class MSLoRAAdapter(BlockAdapter):
         values in fewer operations) for ``combine='product'``, else layer by layer, and
         layer by layer while dropout is active."""
         if self.combine != 'product' or (
-                self.training and not isinstance(self.dropout, nn.Identity)):
+            self.training and not isinstance(self.dropout, nn.Identity)
+        ):
             return x + self.residual(x)
         return fused_mslora(self, x)

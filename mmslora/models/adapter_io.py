@@ -23,6 +23,7 @@ The multiplicative MSLoRA branch ``Proj(F) * Trans(F)`` depends on ``F`` nonline
 so unlike LoRA it cannot be merged into the backbone's weights: the adapters stay
 modules at inference.
 """
+
 import json
 import os
 import os.path as osp
@@ -36,15 +37,27 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mmslora.utils.checkpoint import DamagedCheckpointError, safe_torch_load
-from mmslora.utils.state_dict import (CheckpointMismatchError, mismatch_summary,
-                                      state_dict_mismatches)
+from mmslora.utils.state_dict import (
+    CheckpointMismatchError,
+    mismatch_summary,
+    state_dict_mismatches,
+)
 from mmslora.version import __version__
 from .base import find_wrappers
 from .wrapper import with_default_width
 
-__all__ = ['FORMAT', 'LEGACY_FORMAT', 'WEIGHTS_NAME', 'CONFIG_NAME', 'frozen_backbone_keys',
-           'adapter_state_dict', 'adapter_set_state_dict', 'adapter_meta', 'save_adapter',
-           'load_adapter']
+__all__ = [
+    'FORMAT',
+    'LEGACY_FORMAT',
+    'WEIGHTS_NAME',
+    'CONFIG_NAME',
+    'frozen_backbone_keys',
+    'adapter_state_dict',
+    'adapter_set_state_dict',
+    'adapter_meta',
+    'save_adapter',
+    'load_adapter',
+]
 
 FORMAT = 'mmslora-adapter-v2'
 LEGACY_FORMAT = 'mmslora-adapter-v1'
@@ -56,8 +69,10 @@ ROOT = '<root>'  # how a wrapper that is the model itself is named in the meta
 def _wrappers(model: nn.Module) -> Dict[str, nn.Module]:
     wrappers = find_wrappers(model)
     if not wrappers:
-        raise ValueError('the model has no MSLoRABackbone: there is no frozen backbone to '
-                         'leave out; save the full state dict instead.')
+        raise ValueError(
+            'the model has no MSLoRABackbone: there is no frozen backbone to '
+            'leave out; save the full state dict instead.'
+        )
     return wrappers
 
 
@@ -86,9 +101,11 @@ def adapter_set_state_dict(model: nn.Module, adapter_name: str) -> Dict[str, tor
     """The tensors of adapter set ``adapter_name`` of every wrapper in ``model``, keyed
     ``<wrapper name>.<key in the set>`` (no wrapper prefix for a model that is the
     wrapper), detached copies."""
-    return {_prefix(name) + k: v.detach().clone()
-            for name, wrapper in _wrappers(model).items()
-            for k, v in wrapper.adapter_set(adapter_name).modules.state_dict().items()}
+    return {
+        _prefix(name) + k: v.detach().clone()
+        for name, wrapper in _wrappers(model).items()
+        for k, v in wrapper.adapter_set(adapter_name).modules.state_dict().items()
+    }
 
 
 def _jsonable(value, where: str):
@@ -98,33 +115,56 @@ def _jsonable(value, where: str):
         return [_jsonable(v, where) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise TypeError(f'{where} = {value!r} cannot be written to {CONFIG_NAME}; write the '
-                    f"config with plain values (a registered type name such as "
-                    f"'mmslora.MSLoRAAdapter' instead of a class).")
+    raise TypeError(
+        f'{where} = {value!r} cannot be written to {CONFIG_NAME}; write the '
+        f"config with plain values (a registered type name such as "
+        f"'mmslora.MSLoRAAdapter' instead of a class)."
+    )
 
 
 def _wrapper_meta(wrapper, where: str) -> dict:
     default = wrapper.adapter_set('default')
-    sets = {name: dict(adapter=s.cfg, blocks=dict(s.blocks), layers=list(s.layers))
-            for name, s in ((n, wrapper.adapter_set(n)) for n in wrapper.adapter_names)}
-    return _jsonable(dict(
-        backbone=type(wrapper.backbone).__name__,
-        adapter=default.cfg, blocks=dict(default.blocks), layers=list(default.layers),
-        sets=sets, active=wrapper.active_adapter, trainable=list(wrapper.trainable),
-        freeze=wrapper.freeze, norm_eval=wrapper.norm_eval, grid_from=wrapper.grid_from),
-        where)
+    sets = {
+        name: dict(adapter=s.cfg, blocks=dict(s.blocks), layers=list(s.layers))
+        for name, s in ((n, wrapper.adapter_set(n)) for n in wrapper.adapter_names)
+    }
+    return _jsonable(
+        dict(
+            backbone=type(wrapper.backbone).__name__,
+            adapter=default.cfg,
+            blocks=dict(default.blocks),
+            layers=list(default.layers),
+            sets=sets,
+            active=wrapper.active_adapter,
+            trainable=list(wrapper.trainable),
+            freeze=wrapper.freeze,
+            norm_eval=wrapper.norm_eval,
+            grid_from=wrapper.grid_from,
+        ),
+        where,
+    )
 
 
 def adapter_meta(model: nn.Module) -> dict:
     """Format, versions and, per wrapper (``'<root>'`` for the model itself), the
     backbone type, adapter configs and settings: what ``adapter_config.json`` holds."""
-    return dict(format=FORMAT, mmslora_version=__version__, torch_version=str(torch.__version__),
-                wrappers={name or ROOT: _wrapper_meta(w, f'wrapper {name or ROOT!r}')
-                          for name, w in _wrappers(model).items()})
+    return dict(
+        format=FORMAT,
+        mmslora_version=__version__,
+        torch_version=str(torch.__version__),
+        wrappers={
+            name or ROOT: _wrapper_meta(w, f'wrapper {name or ROOT!r}')
+            for name, w in _wrappers(model).items()
+        },
+    )
 
 
-def save_adapter(model: nn.Module, path: str, extra_meta: Optional[dict] = None,
-                 adapter_name: Optional[str] = None) -> dict:
+def save_adapter(
+    model: nn.Module,
+    path: str,
+    extra_meta: Optional[dict] = None,
+    adapter_name: Optional[str] = None,
+) -> dict:
     """Write the adapter files of ``model`` into the directory ``path``; return the meta.
 
     Args:
@@ -140,14 +180,20 @@ def save_adapter(model: nn.Module, path: str, extra_meta: Optional[dict] = None,
     meta.update(_jsonable(extra_meta or {}, 'extra_meta'))
     if str(path).endswith('.pth'):
         if adapter_name is not None:
-            raise ValueError('adapter_name needs the directory format; give a directory '
-                             'instead of a .pth path.')
-        warnings.warn('save_adapter to a .pth file writes the deprecated pickle-based '
-                      'format; give a directory for adapter_model.safetensors + '
-                      'adapter_config.json.', DeprecationWarning, stacklevel=2)
+            raise ValueError(
+                'adapter_name needs the directory format; give a directory instead of a .pth path.'
+            )
+        warnings.warn(
+            'save_adapter to a .pth file writes the deprecated pickle-based '
+            'format; give a directory for adapter_model.safetensors + '
+            'adapter_config.json.',
+            DeprecationWarning,
+            stacklevel=2,
+        )
         os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-        torch.save(dict(meta=dict(meta, format=LEGACY_FORMAT),
-                        state_dict=adapter_state_dict(model)), path)
+        torch.save(
+            dict(meta=dict(meta, format=LEGACY_FORMAT), state_dict=adapter_state_dict(model)), path
+        )
         return meta
     if adapter_name is None:
         state = adapter_state_dict(model)
@@ -155,8 +201,11 @@ def save_adapter(model: nn.Module, path: str, extra_meta: Optional[dict] = None,
         state = adapter_set_state_dict(model, adapter_name)
         meta['adapter_name'] = adapter_name
     os.makedirs(path, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, osp.join(path, WEIGHTS_NAME),
-              metadata=dict(format=FORMAT))
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        osp.join(path, WEIGHTS_NAME),
+        metadata=dict(format=FORMAT),
+    )
     with open(osp.join(path, CONFIG_NAME), 'w') as f:
         json.dump(meta, f, indent=2)
     return meta
@@ -177,7 +226,8 @@ def _read(checkpoint):
                     raise FileNotFoundError(
                         f'{needed} is missing: an adapter directory holds {WEIGHTS_NAME} and '
                         f'{CONFIG_NAME} (written by mmslora.models.save_adapter or '
-                        f'tools/export_adapter.py).')
+                        f'tools/export_adapter.py).'
+                    )
             try:
                 with open(config) as f:
                     meta = json.load(f)
@@ -185,15 +235,19 @@ def _read(checkpoint):
             except (ValueError, OSError, SafetensorError) as err:  # JSONDecodeError is one
                 raise DamagedCheckpointError(
                     f'Adapter directory {path!r} is damaged or incomplete: {err}. Export '
-                    f'it again (tools/export_adapter.py) or copy it again in full.', path,
-                    str(err)) from err
+                    f'it again (tools/export_adapter.py) or copy it again in full.',
+                    path,
+                    str(err),
+                ) from err
         checkpoint = safe_torch_load(path, map_location='cpu')
     meta = checkpoint.get('meta', {}) if isinstance(checkpoint, dict) else {}
     if meta.get('format') not in (FORMAT, LEGACY_FORMAT):
-        raise ValueError('not an mmslora adapter file (no format '
-                         f'{FORMAT!r} or {LEGACY_FORMAT!r}); export one with '
-                         'tools/export_adapter.py, or load a full checkpoint with '
-                         'mmengine.runner.load_checkpoint.')
+        raise ValueError(
+            'not an mmslora adapter file (no format '
+            f'{FORMAT!r} or {LEGACY_FORMAT!r}); export one with '
+            'tools/export_adapter.py, or load a full checkpoint with '
+            'mmengine.runner.load_checkpoint.'
+        )
     return meta, checkpoint['state_dict']
 
 
@@ -234,8 +288,10 @@ def load_adapter(model: nn.Module, checkpoint, adapter_name: Optional[str] = Non
     meta, state = _read(checkpoint)
     set_name = meta.get('adapter_name')
     if set_name is None and adapter_name is not None:
-        raise ValueError(f'this adapter file holds a whole model, not one adapter set; '
-                         f'load it without adapter_name (got {adapter_name!r}).')
+        raise ValueError(
+            f'this adapter file holds a whole model, not one adapter set; '
+            f'load it without adapter_name (got {adapter_name!r}).'
+        )
     if set_name is not None:
         target = adapter_name or set_name
         _add_missing_sets(model, meta, only={set_name: target})
@@ -250,13 +306,17 @@ def load_adapter(model: nn.Module, checkpoint, adapter_name: Optional[str] = Non
             'the adapter file does not fit this model (nothing was loaded): '
             f'{mismatch_summary(missing, unexpected, shapes)}. Build the model from the '
             'config the adapters were trained with; the file says: '
-            f'{meta.get("wrappers")}.', missing, unexpected, shapes)
+            f'{meta.get("wrappers")}.',
+            missing,
+            unexpected,
+            shapes,
+        )
     if set_name is not None:
         for name, wrapper in find_wrappers(model).items():
             prefix = _prefix(name)
             wrapper.adapter_set(target).modules.load_state_dict(
-                {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                strict=True)
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, strict=True
+            )
     else:
         full = model.state_dict()
         full.update(state)

@@ -1,5 +1,6 @@
 """One named set of adapters on a wrapped backbone: its modules and the forward hooks
 that apply them (:class:`~mmslora.models.MSLoRABackbone` holds one or more sets)."""
+
 import functools
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -24,14 +25,17 @@ def adapter_class(cfg: dict) -> type:
     adapter_type = cfg['type']
     cls = adapter_type if isinstance(adapter_type, type) else MODELS.get(adapter_type)
     if cls is None:
-        raise KeyError(f'MSLoRABackbone: adapter type {adapter_type!r} is not registered; '
-                       f"write it fully scoped, e.g. 'mmslora.MSLoRAAdapter' or 'mmslora.LoRA'.")
+        raise KeyError(
+            f'MSLoRABackbone: adapter type {adapter_type!r} is not registered; '
+            f"write it fully scoped, e.g. 'mmslora.MSLoRAAdapter' or 'mmslora.LoRA'."
+        )
     if not (isinstance(cls, type) and issubclass(cls, (BlockAdapter, LayerAdapter))):
         raise TypeError(
             f'MSLoRABackbone: adapter type {adapter_type!r} ({cls!r}) implements neither '
             f'mmslora.models.BlockAdapter (after blocks: forward(F) = F + residual(F)) nor '
             f'mmslora.models.LayerAdapter (beside layers: from_layer, forward(x) = update); '
-            f'derive it from one of them (README, "Your own adapter").')
+            f'derive it from one of them (README, "Your own adapter").'
+        )
     return cls
 
 
@@ -59,6 +63,7 @@ class AdapterSet:
         skipped_layers (dict[str, str]): layers a layer adapter declined, with why.
         handles (list): the forward hooks :meth:`attach` registered.
     """
+
     name: str
     cfg: Optional[dict]
     modules: nn.ModuleDict
@@ -72,8 +77,9 @@ class AdapterSet:
         """``'block'``, ``'layer'``, or None for a set without adapters."""
         return 'block' if self.blocks else 'layer' if self.layers else None
 
-    def attach(self, modules: Dict[str, nn.Module], runs: Callable[[str], bool],
-               grid: TokenGrid) -> None:
+    def attach(
+        self, modules: Dict[str, nn.Module], runs: Callable[[str], bool], grid: TokenGrid
+    ) -> None:
         """Hook the adapters onto their blocks and layers (``modules``: the backbone's
         modules by name). The hooks act while ``runs(self.name)`` is True; block
         hooks read the patch grid and input size from ``grid``."""
@@ -92,17 +98,27 @@ class AdapterSet:
             handle.remove()
         self.handles.clear()
 
-    def _block_hook(self, runs, grid: TokenGrid, key: str, layout: str, module, args,
-                    kwargs, output):
+    def _block_hook(
+        self, runs, grid: TokenGrid, key: str, layout: str, module, args, kwargs, output
+    ):
         if not runs(self.name):
             return None
         adapter = self.modules[key]
         if isinstance(output, (tuple, list)):
-            first = apply_in_layout(adapter, output[0], layout, args, kwargs, grid.grid,
-                                    tuple(output[1:]), grid.input_hw)
+            first = apply_in_layout(
+                adapter,
+                output[0],
+                layout,
+                args,
+                kwargs,
+                grid.grid,
+                tuple(output[1:]),
+                grid.input_hw,
+            )
             return type(output)([first, *output[1:]])
-        return apply_in_layout(adapter, output, layout, args, kwargs, grid.grid,
-                               input_hw=grid.input_hw)
+        return apply_in_layout(
+            adapter, output, layout, args, kwargs, grid.grid, input_hw=grid.input_hw
+        )
 
     def _layer_hook(self, runs, key: str, module, args, kwargs, output):
         adapter = self.modules[key]

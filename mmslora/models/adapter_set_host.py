@@ -3,6 +3,7 @@
 :class:`AdapterSetHost` is the base of :class:`~mmslora.models.MSLoRABackbone`; a set
 itself (its modules and hooks) is an :class:`~mmslora.models.adapter_set.AdapterSet`.
 """
+
 import contextlib
 import functools
 import logging
@@ -10,6 +11,7 @@ from typing import Dict, Iterator, List, Optional
 
 import torch.nn as nn
 from mmengine.logging import print_log
+
 # MMEngine's ModuleDict: init_weights reaches the adapters (torch's has none)
 from mmengine.model import ModuleDict
 
@@ -71,30 +73,36 @@ class AdapterSetHost(AdapterHost):
         sets for an unknown name."""
         name = self._active if name is None else name
         if name not in self._sets:
-            raise KeyError(f'MSLoRABackbone: no adapter set {name!r}; the sets are '
-                           f'{self.adapter_names}.')
+            raise KeyError(
+                f'MSLoRABackbone: no adapter set {name!r}; the sets are {self.adapter_names}.'
+            )
         return self._sets[name]
 
     adapters_of = deprecated_method(
-        'MSLoRABackbone.adapters_of(name)', 'MSLoRABackbone.adapter_set(name).modules',
-        lambda self, name=None: self.adapter_set(name).modules)
+        'MSLoRABackbone.adapters_of(name)',
+        'MSLoRABackbone.adapter_set(name).modules',
+        lambda self, name=None: self.adapter_set(name).modules,
+    )
 
     def adapter_modules(self) -> nn.Module:
         """Every set's modules (the :class:`~mmslora.models.base.AdapterHost` contract)."""
         return nn.ModuleList([self.adapters, self.adapter_sets])
 
     adapter_cfg = _default_set_record('cfg', 'The adapter config of the default set.')
-    placement = _default_set_record('placement', "``'block'`` or ``'layer'`` for the "
-                                    "default set's adapters, None without.")
-    block_layouts = _default_set_record('blocks', "Block name -> layout of the default "
-                                        "set's block adapters.")
-    layer_names = _default_set_record('layers', "The layers of the default set's layer "
-                                      'adapters.')
-    skipped_layers = _default_set_record('skipped_layers', "Layers the default set's layer "
-                                         'adapter declined, with the reason.')
+    placement = _default_set_record(
+        'placement', "``'block'`` or ``'layer'`` for the default set's adapters, None without."
+    )
+    block_layouts = _default_set_record(
+        'blocks', "Block name -> layout of the default set's block adapters."
+    )
+    layer_names = _default_set_record('layers', "The layers of the default set's layer adapters.")
+    skipped_layers = _default_set_record(
+        'skipped_layers', "Layers the default set's layer adapter declined, with the reason."
+    )
 
-    def add_adapter(self, name: str, adapter: dict, blocks=None,
-                    budget: Optional[float] = None) -> AdapterSet:
+    def add_adapter(
+        self, name: str, adapter: dict, blocks=None, budget: Optional[float] = None
+    ) -> AdapterSet:
         """Build another adapter set on the same frozen backbone.
 
         ``adapter``, ``blocks`` and ``budget`` as in the constructor. The new set's
@@ -103,14 +111,20 @@ class AdapterSetHost(AdapterHost):
         them. ``ValueError`` for a name that is no identifier or is taken, or no config.
         """
         if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f'MSLoRABackbone: adapter set name {name!r} must be a Python '
-                             f"identifier, e.g. 'coco' or 'task_b'.")
+            raise ValueError(
+                f'MSLoRABackbone: adapter set name {name!r} must be a Python '
+                f"identifier, e.g. 'coco' or 'task_b'."
+            )
         if name in self._sets:
-            raise ValueError(f'MSLoRABackbone: an adapter set {name!r} exists already; '
-                             f'delete_adapter({name!r}) first or choose another name.')
+            raise ValueError(
+                f'MSLoRABackbone: an adapter set {name!r} exists already; '
+                f'delete_adapter({name!r}) first or choose another name.'
+            )
         if adapter is None:
-            raise ValueError('MSLoRABackbone.add_adapter: give an adapter config, e.g. '
-                             "dict(type='mmslora.MSLoRAAdapter').")
+            raise ValueError(
+                'MSLoRABackbone.add_adapter: give an adapter config, e.g. '
+                "dict(type='mmslora.MSLoRAAdapter')."
+            )
         added = self._add_set(name, adapter, blocks, budget)
         added.modules.requires_grad_(False)
         return added
@@ -129,8 +143,10 @@ class AdapterSetHost(AdapterHost):
     def delete_adapter(self, name: str) -> None:
         """Remove set ``name`` (not the default set) and its hooks."""
         if name == DEFAULT_SET:
-            raise ValueError('MSLoRABackbone: the default adapter set cannot be deleted; '
-                             'build the wrapper with adapter=None for none.')
+            raise ValueError(
+                'MSLoRABackbone: the default adapter set cannot be deleted; '
+                'build the wrapper with adapter=None for none.'
+            )
         adapter_set = self.adapter_set(name)
         if merging.merged_set(self) == name:
             merging.check_unmerged(self, f'delete_adapter({name!r})')
@@ -162,13 +178,15 @@ class AdapterSetHost(AdapterHost):
         """Whether the hooks of set ``set_name`` act in this forward."""
         return self._enabled and self._active == set_name
 
-    def _add_set(self, name: str, adapter: Optional[dict], blocks,
-                 budget: Optional[float] = None) -> AdapterSet:
+    def _add_set(
+        self, name: str, adapter: Optional[dict], blocks, budget: Optional[float] = None
+    ) -> AdapterSet:
         """Build, hook and store the set ``name`` (``adapter`` None: an empty set)."""
         if adapter is not None and not (isinstance(adapter, dict) and 'type' in adapter):
             raise TypeError(
                 "MSLoRABackbone: `adapter` must be None or a config dict with a 'type', e.g. "
-                f"dict(type='mmslora.MSLoRAAdapter'); got {adapter!r}.")
+                f"dict(type='mmslora.MSLoRAAdapter'); got {adapter!r}."
+            )
         modules = dict(self.backbone.named_modules())
         if adapter is None:
             adapter_set = AdapterSet(name, None, ModuleDict())
@@ -185,13 +203,22 @@ class AdapterSetHost(AdapterHost):
         self._sets[name] = adapter_set
         adjusted = sorted({m.adjustment for m in adapter_set.modules.values() if m.adjustment})
         if adjusted:  # once per set, not once per adapter
-            print_log(f'MSLoRABackbone: adapter set {name!r}: {"; ".join(adjusted)}; give '
-                      f'fitting values (or strict_groups=True to refuse them).',
-                      logger='current', level=logging.WARNING)
+            print_log(
+                f'MSLoRABackbone: adapter set {name!r}: {"; ".join(adjusted)}; give '
+                f'fitting values (or strict_groups=True to refuse them).',
+                logger='current',
+                level=logging.WARNING,
+            )
         return adapter_set
 
-    def _build_set(self, name: str, adapter: dict, blocks, budget: Optional[float],
-                   modules: Dict[str, nn.Module]) -> AdapterSet:
+    def _build_set(
+        self,
+        name: str,
+        adapter: dict,
+        blocks,
+        budget: Optional[float],
+        modules: Dict[str, nn.Module],
+    ) -> AdapterSet:
         """The set ``name`` of ``adapter`` at the width its config or ``budget`` gives."""
         adapter_cls = adapter_class(adapter)
         if issubclass(adapter_cls, BlockAdapter):
@@ -201,18 +228,19 @@ class AdapterSetHost(AdapterHost):
             raise ValueError(
                 f'MSLoRABackbone: `blocks` selects blocks for block adapters, but '
                 f'{adapter_cls.__name__} is a LayerAdapter; select its layers with '
-                f'`targets` in the adapter config instead.')
+                f'`targets` in the adapter config instead.'
+            )
         else:
-            fill = functools.partial(build_layer_adapters, backbone=self.backbone,
-                                     adapter_cls=adapter_cls)
+            fill = functools.partial(
+                build_layer_adapters, backbone=self.backbone, adapter_cls=adapter_cls
+            )
 
         def build(cfg: dict) -> AdapterSet:
             return fill(AdapterSet(name, cfg, ModuleDict()))
 
         size = numel(self.backbone)
         if budget is None:
-            return build_within_default_budget(build, adapter, adapter_cls, name, size,
-                                               self._note)
+            return build_within_default_budget(build, adapter, adapter_cls, name, size, self._note)
         return fit_budget(build, adapter, adapter_cls, name, budget, size, self._note)
 
     def _note(self, note: str, level: int = logging.INFO) -> None:
@@ -227,5 +255,6 @@ def _grid_module(modules: Dict[str, nn.Module], grid_from: str) -> nn.Module:
         raise ValueError(
             f"MSLoRABackbone: layout 'tokens' needs the patch grid, but the backbone "
             f"has no module {grid_from!r}; set grid_from to the patch "
-            f'embedding (e.g. one of {[n for n in modules if "embed" in n][:5]}).')
+            f'embedding (e.g. one of {[n for n in modules if "embed" in n][:5]}).'
+        )
     return modules[grid_from]

@@ -32,6 +32,7 @@ them), so whatever ``init_cfg`` says, the adapted model computes the frozen mode
 until training moves it. ``init_cfg=dict(type='Pretrained', ...)`` (loading trained
 adapter weights) is left alone.
 """
+
 import logging
 from abc import abstractmethod
 from typing import Dict, List, Optional, Tuple
@@ -92,8 +93,10 @@ class AdapterBase(BaseModule):
                 f'{type(self).__name__}: init_cfg={self.init_cfg!r} re-initialised '
                 f'{changed}, which must start at zero so the adapted model equals the '
                 f'frozen one at step 0; set back to zero. To initialise them anyway, '
-                f"exclude them from the init_cfg's layer types.", logger='current',
-                level=logging.WARNING)
+                f"exclude them from the init_cfg's layer types.",
+                logger='current',
+                level=logging.WARNING,
+            )
         self.zero_start_()
 
 
@@ -113,15 +116,16 @@ class BlockAdapter(AdapterBase):
 
     placement = 'block'
 
-    def __init__(self, channels: int, dropout: float = 0.0, with_cp: bool = False,
-                 init_cfg=None) -> None:
+    def __init__(
+        self, channels: int, dropout: float = 0.0, with_cp: bool = False, init_cfg=None
+    ) -> None:
         super().__init__(init_cfg=init_cfg)
         if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f'{type(self).__name__}: channels must be a positive int, '
-                             f'got {channels!r}.')
+            raise ValueError(
+                f'{type(self).__name__}: channels must be a positive int, got {channels!r}.'
+            )
         if not 0 <= dropout < 1:
-            raise ValueError(f'{type(self).__name__}: dropout must be in [0, 1), got '
-                             f'{dropout!r}.')
+            raise ValueError(f'{type(self).__name__}: dropout must be in [0, 1), got {dropout!r}.')
         self.channels = channels
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.with_cp = with_cp
@@ -146,12 +150,16 @@ class BlockAdapter(AdapterBase):
             raise ValueError(
                 f'{type(self).__name__} expects a (B, {self.channels}, H, W) feature map, '
                 f'got shape {tuple(x.shape)}; check the layout given to the wrapper for '
-                f'this block.')
+                f'this block.'
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if self.with_cp and records_autograd() and (
-                x.requires_grad or any(p.requires_grad for p in self.parameters())):
+        if (
+            self.with_cp
+            and records_autograd()
+            and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        ):
             return checkpoint(self.adapt, x, use_reentrant=False)
         return self.adapt(x)
 
@@ -197,8 +205,9 @@ class LayerAdapter(AdapterBase):
         """The update as a tensor in the layer's weight shape, for methods whose update
         is linear in ``x`` (``W + delta_weight()`` then computes layer + adapter, at
         eval: dropout inside the adapter is the identity there)."""
-        raise NotImplementedError(f'{type(self).__name__} cannot be merged into the '
-                                  f"layer's weight.")
+        raise NotImplementedError(
+            f'{type(self).__name__} cannot be merged into the layer\'s weight.'
+        )
 
     @classmethod
     def can_merge(cls) -> bool:

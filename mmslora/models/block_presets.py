@@ -5,6 +5,7 @@ mmslora's EfficientNet-Lite (exact and instant). Any other backbone's blocks are
 by :mod:`.discovery` (the module tree plus one dry forward), or named by
 ``blocks=dict(pattern=..., layout=...)`` given to :class:`~mmslora.models.MSLoRABackbone`.
 """
+
 import functools
 import importlib
 import re
@@ -49,18 +50,22 @@ def preset_block_classes() -> List[Tuple[Type[nn.Module], str]]:
 
 def _block_specs(blocks) -> List[dict]:
     if isinstance(blocks, str):
-        raise TypeError(f"blocks must be None, 'auto' or a dict (or list of dicts) like "
-                        f"dict(pattern=r'layers\\.\\d+', layout='tokens'), got {blocks!r}.")
+        raise TypeError(
+            f"blocks must be None, 'auto' or a dict (or list of dicts) like "
+            f"dict(pattern=r'layers\\.\\d+', layout='tokens'), got {blocks!r}."
+        )
     specs = [blocks] if isinstance(blocks, dict) else list(blocks)
     for spec in specs:
         if not isinstance(spec, dict) or 'pattern' not in spec:
             raise TypeError(
                 f'blocks must be a dict (or list of dicts) like '
-                f"dict(pattern=r'layers\\.\\d+', layout='tokens'), got {spec!r}.")
+                f"dict(pattern=r'layers\\.\\d+', layout='tokens'), got {spec!r}."
+            )
         unknown = set(spec) - {'pattern', 'layout', 'channels'}
         if unknown:
-            raise TypeError(f'blocks: unknown keys {sorted(unknown)}; allowed are pattern, '
-                            f'layout and channels.')
+            raise TypeError(
+                f'blocks: unknown keys {sorted(unknown)}; allowed are pattern, layout and channels.'
+            )
         parse_layout(spec.get('layout', 'nchw'))
     return specs
 
@@ -82,8 +87,7 @@ class FoundBlocks(dict):
 Resolver = Callable[[nn.Module, str], Tuple[Dict[str, Tuple[str, Optional[int]]], str]]
 
 
-def find_blocks(backbone: nn.Module, blocks=None, grid_from: str = 'patch_embed'
-                ) -> FoundBlocks:
+def find_blocks(backbone: nn.Module, blocks=None, grid_from: str = 'patch_embed') -> FoundBlocks:
     """Map block names in ``backbone`` to ``(layout, channels or None)``.
 
     One chain of resolvers, the first that finds blocks wins: the presets, then
@@ -124,7 +128,8 @@ def find_blocks(backbone: nn.Module, blocks=None, grid_from: str = 'patch_embed'
     raise ValueError(
         f'MSLoRABackbone: no block of {type(backbone).__name__} matched {tried}. '
         f'Pass blocks=dict(pattern=..., layout=...) naming the blocks to adapt; '
-        f'candidate module names: {candidate_names(backbone)}.')
+        f'candidate module names: {candidate_names(backbone)}.'
+    )
 
 
 def _from_presets(backbone: nn.Module, grid_from: str):
@@ -148,13 +153,16 @@ def _from_discovery(backbone: nn.Module, grid_from: str):
     """The blocks :func:`~mmslora.models.discovery.discover_blocks` finds (logged)."""
     discovery = discover_blocks(backbone, grid_from)
     if discovery.blocks:
-        print_log(f'MSLoRABackbone: {len(discovery.blocks)} blocks of '
-                  f'{type(backbone).__name__} found by a dry forward at '
-                  f'{discovery.input_size}: {_head(list(discovery.blocks))}',
-                  logger='current')
+        print_log(
+            f'MSLoRABackbone: {len(discovery.blocks)} blocks of '
+            f'{type(backbone).__name__} found by a dry forward at '
+            f'{discovery.input_size}: {_head(list(discovery.blocks))}',
+            logger='current',
+        )
     return dict(discovery.blocks), (
         'the block finder (no preset for this backbone; stages it declined: '
-        f'{dict(list(discovery.skipped.items())[:3]) or "none"})')
+        f'{dict(list(discovery.skipped.items())[:3]) or "none"})'
+    )
 
 
 def _from_patterns(backbone: nn.Module, grid_from: str, specs: List[dict]):
@@ -176,8 +184,11 @@ def _head(names: List[str]) -> str:
 
 def candidate_names(backbone: nn.Module, limit: int = 8) -> List[str]:
     """A few module names that look like blocks (containers with parameters)."""
-    names = [name for name, module in backbone.named_modules()
-             if name and len(list(module.children())) > 1]
+    names = [
+        name
+        for name, module in backbone.named_modules()
+        if name and len(list(module.children())) > 1
+    ]
     return names[:limit]
 
 
@@ -185,6 +196,7 @@ def iter_norms(module: nn.Module) -> Iterator[nn.Module]:
     """Normalisation layers in ``module`` (any layer that keeps running statistics, and
     LayerNorm/GroupNorm)."""
     for m in module.modules():
-        if hasattr(m, 'running_mean') or isinstance(m, (nn.LayerNorm, nn.GroupNorm,
-                                                        nn.modules.batchnorm._NormBase)):
+        if hasattr(m, 'running_mean') or isinstance(
+            m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+        ):
             yield m

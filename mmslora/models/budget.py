@@ -4,6 +4,7 @@ A set's size grows with its adapters' width (the class's ``width_arg``:
 ``hidden_dim``, LoRA's ``rank``); :func:`fit_budget` picks the widest of
 :data:`BUDGET_WIDTHS` whose set has at most ``budget * backbone parameters``.
 """
+
 import copy
 import inspect
 import logging
@@ -13,8 +14,13 @@ import torch.nn as nn
 
 from .adapter_set import AdapterSet, adapter_class
 
-__all__ = ['BUDGET_WIDTHS', 'DEFAULT_BUDGET', 'with_default_width', 'fit_budget',
-           'build_within_default_budget']
+__all__ = [
+    'BUDGET_WIDTHS',
+    'DEFAULT_BUDGET',
+    'with_default_width',
+    'fit_budget',
+    'build_within_default_budget',
+]
 
 #: adapter widths tried, widest first, to meet a parameter ``budget``
 BUDGET_WIDTHS = (1024, 768, 512, 384, 256, 192, 128, 96, 64, 48, 32, 24, 16, 12, 8, 6, 4, 2, 1)
@@ -46,8 +52,9 @@ def numel(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def build_within_default_budget(build: Build, adapter: dict, adapter_cls: type,
-                                set_name: str, backbone_size: int, note: Note) -> AdapterSet:
+def build_within_default_budget(
+    build: Build, adapter: dict, adapter_cls: type, set_name: str, backbone_size: int, note: Note
+) -> AdapterSet:
     """The set ``set_name`` at the width the config gives (kept, with a warning note,
     above :data:`DEFAULT_BUDGET` of the ``backbone_size`` parameters), or without one at
     the class default, fitted to :data:`DEFAULT_BUDGET` where the default exceeds it."""
@@ -59,24 +66,36 @@ def build_within_default_budget(build: Build, adapter: dict, adapter_cls: type,
     if share <= DEFAULT_BUDGET:
         return adapter_set
     if arg in cfg and arg not in adapter:  # the class default: fit it
-        note(f'{where}: the default {arg}={cfg[arg]} would be {share:.3%} of the '
-             f'backbone; fitting the width to {DEFAULT_BUDGET:.0%} (give {arg} to '
-             f'choose it)')
-        return fit_budget(build, adapter, adapter_cls, set_name, DEFAULT_BUDGET,
-                          backbone_size, note, strict=False)
+        note(
+            f'{where}: the default {arg}={cfg[arg]} would be {share:.3%} of the '
+            f'backbone; fitting the width to {DEFAULT_BUDGET:.0%} (give {arg} to '
+            f'choose it)'
+        )
+        return fit_budget(
+            build, adapter, adapter_cls, set_name, DEFAULT_BUDGET, backbone_size, note, strict=False
+        )
     if arg in adapter:
         width = f' with {arg}={cfg[arg]} as given'
         fix = f'drop {arg} to fit the width, or set budget={DEFAULT_BUDGET}'
     else:  # no width to fit
         width, fix = '', 'adapt fewer blocks'
-    note(f'{where}{width} is {share:.3%} of the backbone, above '
-         f'{DEFAULT_BUDGET:.0%}; kept ({fix})', logging.WARNING)
+    note(
+        f'{where}{width} is {share:.3%} of the backbone, above {DEFAULT_BUDGET:.0%}; kept ({fix})',
+        logging.WARNING,
+    )
     return adapter_set
 
 
-def fit_budget(build: Build, adapter: dict, adapter_cls: type, set_name: str,
-               budget: float, backbone_size: int, note: Note, strict: bool = True
-               ) -> AdapterSet:
+def fit_budget(
+    build: Build,
+    adapter: dict,
+    adapter_cls: type,
+    set_name: str,
+    budget: float,
+    backbone_size: int,
+    note: Note,
+    strict: bool = True,
+) -> AdapterSet:
     """The widest set ``set_name`` whose adapters have at most ``budget`` x ``backbone_size``
     parameters (``adapter_cls.width_arg`` taken from :data:`BUDGET_WIDTHS`), noted.
 
@@ -87,12 +106,16 @@ def fit_budget(build: Build, adapter: dict, adapter_cls: type, set_name: str,
     """
     arg = adapter_cls.width_arg
     if arg is None:
-        raise ValueError(f'MSLoRABackbone: budget={budget} needs an adapter width to '
-                         f'scale, but {adapter_cls.__name__}.width_arg is None; set its '
-                         f'width in the adapter config instead.')
+        raise ValueError(
+            f'MSLoRABackbone: budget={budget} needs an adapter width to '
+            f'scale, but {adapter_cls.__name__}.width_arg is None; set its '
+            f'width in the adapter config instead.'
+        )
     if not 0 < budget < 1:
-        raise ValueError(f'MSLoRABackbone: budget must be a share of the backbone in '
-                         f'(0, 1), e.g. 0.05; got {budget!r}.')
+        raise ValueError(
+            f'MSLoRABackbone: budget must be a share of the backbone in '
+            f'(0, 1), e.g. 0.05; got {budget!r}.'
+        )
     limit = budget * backbone_size
     where = f'{adapter_cls.__name__} (set {set_name!r})'
 
@@ -102,22 +125,32 @@ def fit_budget(build: Build, adapter: dict, adapter_cls: type, set_name: str,
 
     narrowest = trial(len(BUDGET_WIDTHS) - 1)
     if narrowest[1] > limit:
-        problem = (f'even {arg}={BUDGET_WIDTHS[-1]} gives {where} {narrowest[1]:,d} '
-                   f'parameters, more than {budget:.2%} of the backbone ({int(limit):,d})')
+        problem = (
+            f'even {arg}={BUDGET_WIDTHS[-1]} gives {where} {narrowest[1]:,d} '
+            f'parameters, more than {budget:.2%} of the backbone ({int(limit):,d})'
+        )
         if strict:
-            raise ValueError(f'MSLoRABackbone: {problem}; raise the budget, or adapt '
-                             f'fewer blocks (blocks=dict(pattern=..., layout=...)).')
-        note(f'{problem}; built at {arg}={BUDGET_WIDTHS[-1]} (adapt fewer blocks '
-             f'with blocks=dict(pattern=..., layout=...) to stay within it)', logging.WARNING)
+            raise ValueError(
+                f'MSLoRABackbone: {problem}; raise the budget, or adapt '
+                f'fewer blocks (blocks=dict(pattern=..., layout=...)).'
+            )
+        note(
+            f'{problem}; built at {arg}={BUDGET_WIDTHS[-1]} (adapt fewer blocks '
+            f'with blocks=dict(pattern=..., layout=...) to stay within it)',
+            logging.WARNING,
+        )
         return narrowest[0]
     index, (adapter_set, size) = _widest_within(trial, limit, narrowest)
-    note(f'budget {budget:.2%} of the backbone: {arg}={BUDGET_WIDTHS[index]} for '
-         f'{adapter_cls.__name__} (set {set_name!r}, {size / backbone_size:.3%})')
+    note(
+        f'budget {budget:.2%} of the backbone: {arg}={BUDGET_WIDTHS[index]} for '
+        f'{adapter_cls.__name__} (set {set_name!r}, {size / backbone_size:.3%})'
+    )
     return adapter_set
 
 
-def _widest_within(trial: Callable[[int], Tuple[AdapterSet, int]], limit: float,
-                   narrowest: Tuple[AdapterSet, int]) -> Tuple[int, Tuple[AdapterSet, int]]:
+def _widest_within(
+    trial: Callable[[int], Tuple[AdapterSet, int]], limit: float, narrowest: Tuple[AdapterSet, int]
+) -> Tuple[int, Tuple[AdapterSet, int]]:
     """Bisect :data:`BUDGET_WIDTHS` (the size grows with the width) for the widest
     width whose set has at most ``limit`` parameters, building a few sets instead of
     all of them; ``narrowest`` is the trial of the last width, which fits."""

@@ -21,6 +21,7 @@ The dry forward (:func:`~mmslora.models.dry_run.dry_run`: eval mode, no autograd
 modes restored) runs on a random input drawn from a private generator, so neither
 running statistics nor the global random state change.
 """
+
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -30,13 +31,20 @@ import torch.nn as nn
 from .dry_run import dry_run
 from .layouts import hw_from_args, parse_layout, patch_grid
 
-__all__ = ['discover_blocks', 'Discovery', 'infer_channels', 'preset_channels',
-           'check_declared_blocks', 'sample_inputs', 'working_input', 'fits_grid']
+__all__ = [
+    'discover_blocks',
+    'Discovery',
+    'infer_channels',
+    'preset_channels',
+    'check_declared_blocks',
+    'sample_inputs',
+    'working_input',
+    'fits_grid',
+]
 
 #: input sizes tried in order (after a size the backbone declares): non-square first
 #: (it tells NCHW from NHWC), small first (it is fast)
-INPUT_SIZES: Tuple[Tuple[int, int], ...] = ((128, 96), (224, 160), (224, 224), (256, 256),
-                                           (64, 64))
+INPUT_SIZES: Tuple[Tuple[int, int], ...] = ((128, 96), (224, 160), (224, 224), (256, 256), (64, 64))
 MAX_EXTRA_TOKENS = 16
 #: patch strides tried for token blocks whose grid no argument or patch embedding gives
 GRID_STRIDES = (16, 32, 14, 8, 4)
@@ -60,6 +68,7 @@ class Discovery:
         skipped (dict): stage name -> why its children were not adapted.
         input_size (tuple): the (H, W) of the dry forward.
     """
+
     blocks: Dict[str, Tuple[str, int]] = field(default_factory=dict)
     skipped: Dict[str, str] = field(default_factory=dict)
     input_size: Optional[Tuple[int, int]] = None
@@ -81,8 +90,9 @@ def _first_tensor(value) -> Optional[torch.Tensor]:
 def _layers(module: nn.Module) -> int:
     """How many modules in ``module`` own a weight of two or more dimensions
     (convolutions, linear maps; a conv + norm + activation unit has one)."""
-    return sum(1 for m in module.modules()
-               if any(p.dim() >= 2 for p in m.parameters(recurse=False)))
+    return sum(
+        1 for m in module.modules() if any(p.dim() >= 2 for p in m.parameters(recurse=False))
+    )
 
 
 def _candidate_sizes(backbone: nn.Module) -> List[Tuple[int, int]]:
@@ -148,16 +158,25 @@ def _dry_forward(backbone: nn.Module, names: Sequence[str], grid_from: str):
                 out = _first_tensor(output)
                 length = out.shape[1] if out is not None and out.dim() == 3 else None
                 rest = tuple(output[1:]) if isinstance(output, (tuple, list)) else ()
-                hw = hw_from_args((None, *rest), {}, length, strict=True) or \
-                    hw_from_args(args, kwargs, length, strict=True)
-                calls[name] = _Call(len(calls), None if inp is None else inp.shape,
-                                    None if out is None else out.shape, hw)
+                hw = hw_from_args((None, *rest), {}, length, strict=True) or hw_from_args(
+                    args, kwargs, length, strict=True
+                )
+                calls[name] = _Call(
+                    len(calls),
+                    None if inp is None else inp.shape,
+                    None if out is None else out.shape,
+                    hw,
+                )
 
         def record_grid(module, args, output):
             grid[0] = patch_grid(output)
 
-        handles = [modules[n].register_forward_hook(
-            lambda m, a, k, o, n=n: record(n, m, a, k, o), with_kwargs=True) for n in names]
+        handles = [
+            modules[n].register_forward_hook(
+                lambda m, a, k, o, n=n: record(n, m, a, k, o), with_kwargs=True
+            )
+            for n in names
+        ]
         if grid_from in modules:
             handles.append(modules[grid_from].register_forward_hook(record_grid))
         try:
@@ -169,9 +188,11 @@ def _dry_forward(backbone: nn.Module, names: Sequence[str], grid_from: str):
         finally:
             for handle in handles:
                 handle.remove()
-    raise ValueError(f'MSLoRABackbone: a dry forward of {type(backbone).__name__} failed at '
-                     f'every input size tried ({"; ".join(errors)[:600]}); name its blocks '
-                     f'with blocks=dict(pattern=..., layout=...).')
+    raise ValueError(
+        f'MSLoRABackbone: a dry forward of {type(backbone).__name__} failed at '
+        f'every input size tried ({"; ".join(errors)[:600]}); name its blocks '
+        f'with blocks=dict(pattern=..., layout=...).'
+    )
 
 
 def infer_channels(block: nn.Module) -> int:
@@ -189,7 +210,8 @@ def infer_channels(block: nn.Module) -> int:
     if channels is None:
         raise ValueError(
             f'MSLoRABackbone: cannot infer the output channels of a {type(block).__name__} '
-            f'block; give them as blocks=dict(pattern=..., layout=..., channels=C).')
+            f'block; give them as blocks=dict(pattern=..., layout=..., channels=C).'
+        )
     return channels
 
 
@@ -211,8 +233,9 @@ def _aspect_layout(out: Sequence[int], size: Tuple[int, int]) -> Optional[str]:
     return None
 
 
-def _layout(call: _Call, block: nn.Module, size: Tuple[int, int], grid
-            ) -> Tuple[Optional[str], str]:
+def _layout(
+    call: _Call, block: nn.Module, size: Tuple[int, int], grid
+) -> Tuple[Optional[str], str]:
     """``(layout, why not)`` of a block from its dry-forward call."""
     out = call.out
     if len(out) == 4:
@@ -229,8 +252,10 @@ def _layout(call: _Call, block: nn.Module, size: Tuple[int, int], grid
             return 'nchw', ''
         if out[3] >= 4 * max(out[1], out[2]):
             return 'nhwc', ''
-        return None, (f'cannot tell channels from rows in the map {tuple(out)}: give '
-                      f'blocks=dict(pattern=..., layout=..., channels=...)')
+        return None, (
+            f'cannot tell channels from rows in the map {tuple(out)}: give '
+            f'blocks=dict(pattern=..., layout=..., channels=...)'
+        )
     if len(out) == 3:
         if call.hw is not None:
             return 'nlc', ''
@@ -239,8 +264,10 @@ def _layout(call: _Call, block: nn.Module, size: Tuple[int, int], grid
         for stride in GRID_STRIDES:  # a grid the input size gives at a patch stride
             if fits_grid(out[1], (size[0] // stride, size[1] // stride)):
                 return f'tokens/{stride}', ''
-        return None, (f'(B, L, C) tokens {tuple(out)} without a grid: no (H, W) argument '
-                      f'and no patch-embedding grid that fits')
+        return None, (
+            f'(B, L, C) tokens {tuple(out)} without a grid: no (H, W) argument '
+            f'and no patch-embedding grid that fits'
+        )
     return None, f'outputs of rank {len(out)} ({tuple(out)}) are no feature maps'
 
 
@@ -249,8 +276,11 @@ def discover_blocks(backbone: nn.Module, grid_from: str = 'patch_embed') -> Disc
     named = dict(backbone.named_modules())
     # a child shared under two names is known by its first (named_modules' choice)
     first_name = {id(m): name for name, m in named.items()}
-    stages = {name: [first_name[id(c)] for c in m.children()] for name, m in named.items()
-              if name == '' or isinstance(m, (nn.ModuleList, nn.Sequential))}
+    stages = {
+        name: [first_name[id(c)] for c in m.children()]
+        for name, m in named.items()
+        if name == '' or isinstance(m, (nn.ModuleList, nn.Sequential))
+    }
     watched = sorted({c for kids in stages.values() for c in kids})
     calls, grid, size = _dry_forward(backbone, watched, grid_from)
     result = Discovery(input_size=size)
@@ -263,8 +293,15 @@ def discover_blocks(backbone: nn.Module, grid_from: str = 'patch_embed') -> Disc
     return result
 
 
-def _collect(result: Discovery, stages: Dict[str, List[str]], calls: Dict[str, _Call],
-             named: Dict[str, nn.Module], size, grid, min_layers: int) -> None:
+def _collect(
+    result: Discovery,
+    stages: Dict[str, List[str]],
+    calls: Dict[str, _Call],
+    named: Dict[str, nn.Module],
+    size,
+    grid,
+    min_layers: int,
+) -> None:
     """Fill ``result.blocks`` with the innermost runs of blocks of ``min_layers``."""
     runs: List[Tuple[str, List[Tuple[str, str, int]]]] = []
     for name, kids in stages.items():
@@ -285,20 +322,24 @@ def _collect(result: Discovery, stages: Dict[str, List[str]], calls: Dict[str, _
     for _, found in runs:
         for k, layout, channels in found:
             # the innermost blocks win: skip a block that holds a stage of blocks
-            if not any(c == k or c.startswith(f'{k}.') for c in containers) and \
-                    not any(e.startswith(f'{k}.') for e in eligible):
+            if not any(c == k or c.startswith(f'{k}.') for c in containers) and not any(
+                e.startswith(f'{k}.') for e in eligible
+            ):
                 result.blocks[k] = (layout, channels)
 
 
-def _runs(kids: List[str], calls: Dict[str, _Call], named: Dict[str, nn.Module],
-          min_layers: int) -> List[List[str]]:
+def _runs(
+    kids: List[str], calls: Dict[str, _Call], named: Dict[str, nn.Module], min_layers: int
+) -> List[List[str]]:
     """Maximal runs of a container's children that are blocks of one stage: children of
     ``min_layers`` layers or more called one after the other, each output the next one's
     input shape, at least one keeping its input's shape. Runs of single layers
     (``min_layers`` 1, a plain stack) need not keep a shape, and parameter-free
     children (activations) do not break them."""
-    ran = sorted((k for k in kids if k in calls and calls[k].inp is not None
-                  and calls[k].out is not None), key=lambda k: calls[k].order)
+    ran = sorted(
+        (k for k in kids if k in calls and calls[k].inp is not None and calls[k].out is not None),
+        key=lambda k: calls[k].order,
+    )
     runs, current = [], []
     for k in ran:
         layers = _layers(named[k])
@@ -313,12 +354,16 @@ def _runs(kids: List[str], calls: Dict[str, _Call], named: Dict[str, nn.Module],
         current.append(k)
     runs.append(current)
     # blocks keep their input's shape somewhere in a stage; single layers need not
-    return [run for run in runs
-            if run and (min_layers == 1 or any(calls[k].inp == calls[k].out for k in run))]
+    return [
+        run
+        for run in runs
+        if run and (min_layers == 1 or any(calls[k].inp == calls[k].out for k in run))
+    ]
 
 
-def preset_channels(backbone: nn.Module, layouts: Dict[str, str],
-                    grid_from: str = 'patch_embed') -> Optional[Dict[str, int]]:
+def preset_channels(
+    backbone: nn.Module, layouts: Dict[str, str], grid_from: str = 'patch_embed'
+) -> Optional[Dict[str, int]]:
     """The output channels of blocks a preset named (name -> layout), read off one dry
     forward (a block's last registered layer need not be its output layer: Res2Net's
     are its per-scale norms); None when a block's output does not fit its preset layout
@@ -343,9 +388,11 @@ def preset_channels(backbone: nn.Module, layouts: Dict[str, str],
     return channels
 
 
-def check_declared_blocks(backbone: nn.Module,
-                          declared: Dict[str, Tuple[str, Optional[int]]],
-                          grid_from: str = 'patch_embed') -> None:
+def check_declared_blocks(
+    backbone: nn.Module,
+    declared: Dict[str, Tuple[str, Optional[int]]],
+    grid_from: str = 'patch_embed',
+) -> None:
     """Check blocks a user named (name -> ``(layout, channels or None)``) against one dry
     forward: ``ValueError`` naming the block, what its output is and the fix when the
     output has another rank than the layout, is (B, C, H, W) where ``'nhwc'`` was
@@ -368,26 +415,37 @@ def check_declared_blocks(backbone: nn.Module,
         problem = None
         if len(out) != (4 if layout in ('nchw', 'nhwc') else 3):
             problem = f'its output in a dry forward at {size} has shape {out}'
-        elif layout in ('nchw', 'nhwc') and found in ('nchw', 'nhwc') and found != layout \
-                and _aspect_layout(out, size) != layout:  # the map's aspect may back the user
-            problem = (f'its output in a dry forward at {size} has shape {out}, which is '
-                       f'{found!r} (the channels are dim {1 if found == "nchw" else 3})')
+        elif (
+            layout in ('nchw', 'nhwc')
+            and found in ('nchw', 'nhwc')
+            and found != layout
+            and _aspect_layout(out, size) != layout
+        ):  # the map's aspect may back the user
+            problem = (
+                f'its output in a dry forward at {size} has shape {out}, which is '
+                f'{found!r} (the channels are dim {1 if found == "nchw" else 3})'
+            )
         elif layout == 'nlc' and call.hw is None:
-            problem = (f'it is not called with an (H, W) pair whose product is its {out[1]} '
-                       f'tokens')
+            problem = f'it is not called with an (H, W) pair whose product is its {out[1]} tokens'
         elif layout == 'tokens' and stride is None and grid is None:
             problem = f'grid_from={grid_from!r} gave no patch grid in a dry forward'
         if problem:
-            fix = (f'use layout={found!r}' if found and found != declared_layout else
-                   "give the layout its output has: 'nchw', 'nhwc', 'nlc' with an (H, W) "
-                   "argument, 'tokens' with grid_from naming the patch embedding, or "
-                   "'tokens/<stride>'")
-            raise ValueError(f'MSLoRABackbone: blocks declares {name!r} as '
-                             f'{declared_layout!r}, but {problem}; {fix}.')
+            fix = (
+                f'use layout={found!r}'
+                if found and found != declared_layout
+                else "give the layout its output has: 'nchw', 'nhwc', 'nlc' with an (H, W) "
+                "argument, 'tokens' with grid_from naming the patch embedding, or "
+                "'tokens/<stride>'"
+            )
+            raise ValueError(
+                f'MSLoRABackbone: blocks declares {name!r} as '
+                f'{declared_layout!r}, but {problem}; {fix}.'
+            )
         actual = out[1] if layout == 'nchw' else out[-1]
         if channels is not None and channels != actual:
             raise ValueError(
                 f'MSLoRABackbone: blocks declares {name!r} with channels={channels}, but its '
                 f'output in a dry forward at {size} has shape {out}: {actual} channels in '
                 f'layout {declared_layout!r}; give channels={actual} or leave channels out '
-                f'(they are read off the block).')
+                f'(they are read off the block).'
+            )

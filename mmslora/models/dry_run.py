@@ -3,6 +3,7 @@
 Block discovery (:mod:`.discovery`) and the frozen fast path
 (:mod:`.frozen_path`) read shapes and outputs off such forwards.
 """
+
 import contextlib
 from typing import Iterator
 

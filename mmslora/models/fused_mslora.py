@@ -16,6 +16,7 @@ region (only its input is kept). Under ``torch.compile`` it does not: the compil
 partitioner decides what to keep and what to recompute, and the whole adapter (the
 custom backward of :class:`GatedResidual` included) compiles into one graph.
 """
+
 from typing import Sequence
 
 import torch
@@ -34,7 +35,7 @@ def nearest_upsample(t: torch.Tensor, stride: int, size: Sequence[int]) -> torch
         return t
     b, c, h, w = t.shape
     t = t[:, :, :, None, :, None].expand(b, c, h, stride, w, stride)
-    return t.reshape(b, c, h * stride, w * stride)[:, :, :size[0], :size[1]]
+    return t.reshape(b, c, h * stride, w * stride)[:, :, : size[0], : size[1]]
 
 
 def grouped_weight(conv: torch.nn.Conv2d, groups: int) -> torch.Tensor:
@@ -87,8 +88,9 @@ class GatedResidual(torch.autograd.Function):
         return tuple(grads)
 
 
-def gated_residual(x: torch.Tensor, p: torch.Tensor, t: torch.Tensor, w_up: torch.Tensor,
-                   w_e: torch.Tensor) -> torch.Tensor:
+def gated_residual(
+    x: torch.Tensor, p: torch.Tensor, t: torch.Tensor, w_up: torch.Tensor, w_e: torch.Tensor
+) -> torch.Tensor:
     """``x + (w_up @ p) * sigmoid(w_e @ t)``, shapes as in :class:`GatedResidual`.
 
     Under autograd :class:`GatedResidual`; without it, two C-channel maps are allocated
@@ -116,8 +118,9 @@ def fused_mslora(adapter, x: torch.Tensor) -> torch.Tensor:
     d = trans.reduce.out_channels
     dg, cg = d // groups, c // groups
     # Reduce and Proj.down in one product: (G, 2 D/G, C/G) @ (B, G, C/G, HW)
-    both = torch.cat([grouped_weight(trans.reduce, groups),
-                      grouped_weight(proj.down, groups)], dim=1)
+    both = torch.cat(
+        [grouped_weight(trans.reduce, groups), grouped_weight(proj.down, groups)], dim=1
+    )
     hidden = torch.matmul(both, x.reshape(b, groups, cg, h * w))  # (B, G, 2 D/G, HW)
     t = hidden[:, :, :dg].reshape(b, d, h, w)
     p = hidden[:, :, dg:]  # (B, G, D/G, HW), a strided view
@@ -130,10 +133,12 @@ def fused_mslora(adapter, x: torch.Tensor) -> torch.Tensor:
     t = nearest_upsample(t, trans.stride, (h, w))
     # gate = sigmoid(Expand(t)), the bias inside the product: [W | b] @ [t; 1] per group
     # (a D-channel copy of t instead of a C-channel pass for the bias)
-    expand = torch.cat([grouped_weight(trans.expand, groups),
-                        trans.expand.bias.view(groups, cg, 1)], dim=2)
-    t = torch.cat([t.reshape(b, groups, dg, h * w),
-                   t.new_ones(1, 1, 1, 1).expand(b, groups, 1, h * w)], dim=2)
+    expand = torch.cat(
+        [grouped_weight(trans.expand, groups), trans.expand.bias.view(groups, cg, 1)], dim=2
+    )
+    t = torch.cat(
+        [t.reshape(b, groups, dg, h * w), t.new_ones(1, 1, 1, 1).expand(b, groups, 1, h * w)], dim=2
+    )
     w_up = grouped_weight(proj.up, groups)
     if adapter.scale is not None:  # init='zero_scale': diag(scale) W_up
         w_up = w_up * adapter.scale.view(groups, cg, 1)

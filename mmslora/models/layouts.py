@@ -16,6 +16,7 @@ three layouts:
   stride ``s`` (rounded down), for backbones whose patch embedding does not state it
   (T2T-ViT, HiViT).
 """
+
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -27,10 +28,13 @@ def parse_layout(layout: str) -> Tuple[str, Optional[int]]:
     """``(layout, grid stride)``: ``'tokens/16'`` -> ``('tokens', 16)``; a layout of
     :data:`LAYOUTS` -> ``(layout, None)``."""
     base, _, stride = str(layout).partition('/')
-    if base not in LAYOUTS or (stride and (base != 'tokens' or not stride.isdigit()
-                                           or int(stride) < 1)):
-        raise ValueError(f"unknown layout {layout!r}; use one of {LAYOUTS} or "
-                         f"'tokens/<stride>' (e.g. 'tokens/16').")
+    if base not in LAYOUTS or (
+        stride and (base != 'tokens' or not stride.isdigit() or int(stride) < 1)
+    ):
+        raise ValueError(
+            f"unknown layout {layout!r}; use one of {LAYOUTS} or "
+            f"'tokens/<stride>' (e.g. 'tokens/16')."
+        )
     return base, int(stride) if stride else None
 
 
@@ -38,8 +42,11 @@ def _is_int(value) -> bool:
     """An int, or while ``torch.jit.trace`` (the TorchScript ONNX exporter) records, a
     traced size (a 0-dim integer tensor: there ``x.shape[i]`` is one)."""
     return isinstance(value, int) or (
-        isinstance(value, torch.Tensor) and torch.jit.is_tracing() and value.dim() == 0
-        and not value.is_floating_point())
+        isinstance(value, torch.Tensor)
+        and torch.jit.is_tracing()
+        and value.dim() == 0
+        and not value.is_floating_point()
+    )
 
 
 def _is_hw(value, length: Optional[int]) -> bool:
@@ -49,8 +56,9 @@ def _is_hw(value, length: Optional[int]) -> bool:
     return False
 
 
-def hw_from_args(args: tuple, kwargs: dict, length: Optional[int] = None,
-                 strict: bool = False) -> Optional[Tuple[int, int]]:
+def hw_from_args(
+    args: tuple, kwargs: dict, length: Optional[int] = None, strict: bool = False
+) -> Optional[Tuple[int, int]]:
     """The (H, W) grid among a block's call arguments: ``hw_shape`` (or the argument
     after ``x``), else the first other argument that is a pair of ints with
     ``H * W == length``, else two int arguments ``H, W`` after ``x``; None when there is
@@ -61,8 +69,9 @@ def hw_from_args(args: tuple, kwargs: dict, length: Optional[int] = None,
         if _is_hw(value, length):
             return int(value[0]), int(value[1])
     # block(x, H, W) with the two sizes as separate ints (SegNeXt's MSCAN)
-    ints = [v for v in list(args[1:3]) if _is_int(v)] or \
-        [kwargs[k] for k in ('H', 'W') if _is_int(kwargs.get(k))]
+    ints = [v for v in list(args[1:3]) if _is_int(v)] or [
+        kwargs[k] for k in ('H', 'W') if _is_int(kwargs.get(k))
+    ]
     if len(ints) == 2 and (length is None or ints[0] * ints[1] == length):
         return int(ints[0]), int(ints[1])
     if strict:
@@ -75,8 +84,12 @@ def patch_grid(output) -> Optional[tuple]:
     """The (H, W) patch grid a patch embedding's output states: the pair after the
     tokens of mm*'s ``PatchEmbed`` (``(tokens, (H, W))``), or the last two dims of a
     (B, C, H, W) map; None for any other output."""
-    if isinstance(output, (tuple, list)) and len(output) > 1 and \
-            isinstance(output[1], (tuple, list, torch.Size)) and len(output[1]) == 2:
+    if (
+        isinstance(output, (tuple, list))
+        and len(output) > 1
+        and isinstance(output[1], (tuple, list, torch.Size))
+        and len(output[1]) == 2
+    ):
         return tuple(output[1])
     if isinstance(output, torch.Tensor) and output.dim() == 4:
         return tuple(output.shape[-2:])
@@ -89,10 +102,16 @@ def _like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.contiguous() if x.is_contiguous() else out
 
 
-def apply_in_layout(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, layout: str,
-                    args: tuple, kwargs: dict,
-                    grid: Optional[Sequence[int]] = None, outputs: tuple = (),
-                    input_hw: Optional[Sequence[int]] = None) -> torch.Tensor:
+def apply_in_layout(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    layout: str,
+    args: tuple,
+    kwargs: dict,
+    grid: Optional[Sequence[int]] = None,
+    outputs: tuple = (),
+    input_hw: Optional[Sequence[int]] = None,
+) -> torch.Tensor:
     """Apply ``fn`` (a (B, C, H, W) -> (B, C, H, W) map) to ``x`` given in ``layout``.
 
     Args:
@@ -112,14 +131,16 @@ def apply_in_layout(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         return _like(fn(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), x)
     if layout == 'nlc':
         length = x.shape[1] if x.dim() == 3 else None
-        hw = hw_from_args((None, *outputs), {}, length, strict=True) or \
-            hw_from_args(args, kwargs, length)
+        hw = hw_from_args((None, *outputs), {}, length, strict=True) or hw_from_args(
+            args, kwargs, length
+        )
         if hw is None:
             raise ValueError(
                 "layout 'nlc' needs the block to be called with its grid, as "
                 "block(x, hw_shape); this block got no (H, W) pair whose product is its "
                 f"number of tokens (output shape {tuple(x.shape)}). Use layout 'tokens' "
-                "(grid from the patch embedding) or 'nchw'.")
+                "(grid from the patch embedding) or 'nchw'."
+            )
         h, w = hw
         extra = 0
     elif layout == 'tokens':
@@ -129,14 +150,16 @@ def apply_in_layout(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
             raise RuntimeError(
                 "layout 'tokens' needs the patch grid, but the patch embedding did not run "
                 'before this block; set `grid_from` to the name of the module that makes the '
-                'patch tokens.')
+                'patch tokens.'
+            )
         h, w = int(grid[0]), int(grid[1])
         extra = x.shape[1] - h * w
     if x.dim() != 3 or extra < 0 or (layout == 'nlc' and x.shape[1] != h * w):
         raise ValueError(
             f'a block output of shape {tuple(x.shape)} does not fit the patch grid {h}x{w} '
             f'(layout {layout!r}): the input size must match the patch grid of the backbone, '
-            f'e.g. a multiple of the patch size, and the block must return (B, L, C) tokens.')
+            f'e.g. a multiple of the patch size, and the block must return (B, L, C) tokens.'
+        )
     b, _, c = x.shape
     prefix, patches = x[:, :extra], x[:, extra:]
     fmap = patches.transpose(1, 2).reshape(b, c, h, w)

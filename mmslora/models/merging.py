@@ -31,6 +31,7 @@ Block adapters (MSLoRA, Mona, the bottleneck Adapter) compute ``F + H(F)`` with 
 nonlinear ``H`` of a block's output: no weight can absorb them; they stay modules and
 are exported as adapter files (``mmslora-export-adapter``).
 """
+
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -45,8 +46,16 @@ from mmslora.compat.torch import register_state_dict_post_hook
 from mmslora.utils.config import shipped_config
 from .base import AdapterHost, BlockAdapter, LayerAdapter, find_wrappers
 
-__all__ = ['merge', 'unmerge', 'merged_set', 'unmergeable_reason', 'check_unmerged',
-           'upstream_state_dict', 'upstream_config', 'MERGE_ATTR']
+__all__ = [
+    'merge',
+    'unmerge',
+    'merged_set',
+    'unmergeable_reason',
+    'check_unmerged',
+    'upstream_state_dict',
+    'upstream_config',
+    'MERGE_ATTR',
+]
 
 #: attribute (in the wrapper's ``__dict__``) with the record of its merged set
 MERGE_ATTR = '_mmslora_merge'
@@ -61,6 +70,7 @@ class LayerMerge:
     """One merged layer: ``name`` in the backbone, its ``layer`` and ``adapter``, the
     weight before merging (``original``, None without ``keep_original``), and the
     version counters of the weight and the adapter's parameters right after merging."""
+
     name: str
     layer: nn.Module
     adapter: LayerAdapter
@@ -80,8 +90,12 @@ class LayerMerge:
     def __deepcopy__(self, memo) -> 'LayerMerge':
         """A copy for a copied wrapper: tensors copied restart their version counters,
         so the copy records the copies' versions (or marks them changed)."""
-        twin = LayerMerge(self.name, *(copy.deepcopy(v, memo) for v in (
-            self.layer, self.adapter, self.original)), -1, ())
+        twin = LayerMerge(
+            self.name,
+            *(copy.deepcopy(v, memo) for v in (self.layer, self.adapter, self.original)),
+            -1,
+            (),
+        )
         if not self.weight_changed():
             twin.version = twin.layer.weight._version
         if not self.adapter_changed():
@@ -99,7 +113,8 @@ class LayerMerge:
             raise RuntimeError(
                 f'merged layer {self.name!r}: its adapter changed while merged (a load or '
                 f'an optimizer step), so the update it added cannot be taken out again. '
-                f'Rebuild the model and load its checkpoint; merge only to run or export.')
+                f'Rebuild the model and load its checkpoint; merge only to run or export.'
+            )
         weight = self.layer.weight.detach()
         return weight - _delta(self.adapter, weight, self.name)
 
@@ -108,6 +123,7 @@ class LayerMerge:
 class MergeRecord:
     """The merged set of one wrapper: its name, its layers, and the handle of the
     state-dict hook that writes the unmerged weights."""
+
     set_name: str
     layers: List[LayerMerge]
     handle: RemovableHandle
@@ -124,17 +140,23 @@ def unmergeable_reason(adapter_set) -> Optional[str]:
     cannot be merged into the backbone's weights, or None when they can."""
     adapters = list(adapter_set.modules.values())
     if not adapters:
-        return (f'adapter set {adapter_set.name!r} has no adapters (linear probe, BitFit '
-                f'or full fine-tuning): there is nothing to merge')
+        return (
+            f'adapter set {adapter_set.name!r} has no adapters (linear probe, BitFit '
+            f'or full fine-tuning): there is nothing to merge'
+        )
     cls = type(adapters[0])
     if isinstance(adapters[0], BlockAdapter):
-        return (f'adapter set {adapter_set.name!r} holds {cls.__name__} block adapters: '
-                f"MSLoRA/Mona/Adapter reweight a block's output nonlinearly and stay "
-                f'modules; export them with mmslora-export-adapter (adapter files that '
-                f'mmslora.models.load_adapter loads) instead')
+        return (
+            f'adapter set {adapter_set.name!r} holds {cls.__name__} block adapters: '
+            f"MSLoRA/Mona/Adapter reweight a block's output nonlinearly and stay "
+            f'modules; export them with mmslora-export-adapter (adapter files that '
+            f'mmslora.models.load_adapter loads) instead'
+        )
     if not cls.can_merge():
-        return (f'adapter set {adapter_set.name!r} holds {cls.__name__} layer adapters, '
-                f'which have no delta_weight(): their update is not a weight to add')
+        return (
+            f'adapter set {adapter_set.name!r} holds {cls.__name__} layer adapters, '
+            f'which have no delta_weight(): their update is not a weight to add'
+        )
     return None
 
 
@@ -146,7 +168,8 @@ def check_unmerged(wrapper: AdapterHost, action: str) -> None:
         raise RuntimeError(
             f'MSLoRABackbone: {action} while adapter set {name!r} is merged into the '
             f"backbone's weights would run on weights that hold that set's update; call "
-            f'unmerge_adapters() first.')
+            f'unmerge_adapters() first.'
+        )
 
 
 def _delta(adapter: LayerAdapter, weight: torch.Tensor, name: str) -> torch.Tensor:
@@ -154,8 +177,10 @@ def _delta(adapter: LayerAdapter, weight: torch.Tensor, name: str) -> torch.Tens
     with torch.no_grad():
         delta = adapter.delta_weight().detach().to(dtype=weight.dtype, device=weight.device)
     if delta.shape != weight.shape:
-        raise ValueError(f'{type(adapter).__name__} of layer {name!r}: delta_weight() has '
-                         f'shape {tuple(delta.shape)}, the weight {tuple(weight.shape)}.')
+        raise ValueError(
+            f'{type(adapter).__name__} of layer {name!r}: delta_weight() has '
+            f'shape {tuple(delta.shape)}, the weight {tuple(weight.shape)}.'
+        )
     return delta
 
 
@@ -164,31 +189,39 @@ def _layers_to_merge(wrapper: AdapterHost, name: Optional[str]) -> Tuple[str, li
     set that is not active, one merged already, or one that cannot merge."""
     adapter_set = wrapper.adapter_set(name)
     if merged_set(wrapper) is not None:
-        raise RuntimeError(f'MSLoRABackbone: adapter set {merged_set(wrapper)!r} is merged '
-                           f'already; unmerge_adapters() before merging again.')
+        raise RuntimeError(
+            f'MSLoRABackbone: adapter set {merged_set(wrapper)!r} is merged '
+            f'already; unmerge_adapters() before merging again.'
+        )
     if adapter_set.name != wrapper.active_adapter:
         raise ValueError(
             f'MSLoRABackbone: adapter set {adapter_set.name!r} is not the active set '
             f'({wrapper.active_adapter!r}); only the set that runs can be merged: '
-            f'set_adapter({adapter_set.name!r}) first.')
+            f'set_adapter({adapter_set.name!r}) first.'
+        )
     reason = unmergeable_reason(adapter_set)
     if reason:
         raise ValueError(f'MSLoRABackbone: cannot merge: {reason}.')
     modules = dict(wrapper.backbone.named_modules())
-    layers = [(layer, modules[layer], adapter_set.modules[key])
-              for layer, key in zip(adapter_set.layers, adapter_set.modules)]
+    layers = [
+        (layer, modules[layer], adapter_set.modules[key])
+        for layer, key in zip(adapter_set.layers, adapter_set.modules)
+    ]
     shared = {}
     for layer, module, _ in layers:
         shared.setdefault(id(module.weight), []).append(layer)
     tied = [names for names in shared.values() if len(names) > 1]
     if tied:
-        raise ValueError(f'MSLoRABackbone: cannot merge: layers {tied[0]} share one weight, '
-                         f'which cannot hold both their updates.')
+        raise ValueError(
+            f'MSLoRABackbone: cannot merge: layers {tied[0]} share one weight, '
+            f'which cannot hold both their updates.'
+        )
     return adapter_set.name, layers
 
 
-def merge(wrapper: AdapterHost, name: Optional[str] = None, safe: bool = True,
-          keep_original: bool = True) -> List[str]:
+def merge(
+    wrapper: AdapterHost, name: Optional[str] = None, safe: bool = True, keep_original: bool = True
+) -> List[str]:
     """Merge the layer adapters of set ``name`` (default: the active set) into the
     backbone's weights; returns the merged layers' names.
 
@@ -201,13 +234,17 @@ def merge(wrapper: AdapterHost, name: Optional[str] = None, safe: bool = True,
     set_name, layers = _layers_to_merge(wrapper, name)
     with torch.no_grad():
         if safe:
-            bad = [layer for layer, module, adapter in layers
-                   if not torch.isfinite(module.weight + _delta(adapter, module.weight,
-                                                                layer)).all()]
+            bad = [
+                layer
+                for layer, module, adapter in layers
+                if not torch.isfinite(module.weight + _delta(adapter, module.weight, layer)).all()
+            ]
             if bad:
-                raise ValueError(f'MSLoRABackbone: merging set {set_name!r} would give '
-                                 f'non-finite weights in {bad[:5]} ({len(bad)} layers); '
-                                 f'nothing was merged. Check the adapter weights.')
+                raise ValueError(
+                    f'MSLoRABackbone: merging set {set_name!r} would give '
+                    f'non-finite weights in {bad[:5]} ({len(bad)} layers); '
+                    f'nothing was merged. Check the adapter weights.'
+                )
         merges = []
         for layer, module, adapter in layers:
             weight = module.weight
@@ -230,8 +267,10 @@ def unmerge(wrapper: AdapterHost) -> List[str]:
     docstring); returns the layers' names. ``RuntimeError`` when nothing is merged."""
     record = wrapper.__dict__.get(MERGE_ATTR)
     if record is None:
-        raise RuntimeError('MSLoRABackbone: no adapter set is merged; nothing to unmerge '
-                           '(merge_adapters() merges the active set).')
+        raise RuntimeError(
+            'MSLoRABackbone: no adapter set is merged; nothing to unmerge '
+            '(merge_adapters() merges the active set).'
+        )
     with torch.no_grad():
         restored = [(item, item.unmerged_weight()) for item in record.layers]
         for item, weight in restored:
@@ -266,10 +305,12 @@ def _wrapper_prefixes(model: nn.Module) -> Dict[str, AdapterHost]:
         adapter_set = wrapper.adapter_set()
         if len(adapter_set.modules) and merged_set(wrapper) != adapter_set.name:
             reason = unmergeable_reason(adapter_set) or (
-                f'adapter set {adapter_set.name!r} is not merged; call merge_adapters() '
-                f'on it first')
-            raise ValueError(f'upstream_state_dict: the wrapper at {path or "the model"!r} '
-                             f'runs adapters that no upstream weight holds: {reason}.')
+                f'adapter set {adapter_set.name!r} is not merged; call merge_adapters() on it first'
+            )
+            raise ValueError(
+                f'upstream_state_dict: the wrapper at {path or "the model"!r} '
+                f'runs adapters that no upstream weight holds: {reason}.'
+            )
         prefixes[f'{path}.' if path else ''] = wrapper
     return dict(sorted(prefixes.items(), key=lambda item: -len(item[0])))
 
@@ -279,9 +320,9 @@ def _upstream_key(key: str, prefixes: Dict[str, AdapterHost]) -> Optional[str]:
     -> ``<path>.X``), or None for a key the upstream model has not (adapters)."""
     for prefix in prefixes:
         if key.startswith(prefix):
-            rest = key[len(prefix):]
+            rest = key[len(prefix) :]
             if rest.startswith('backbone.'):
-                return prefix + rest[len('backbone.'):]
+                return prefix + rest[len('backbone.') :]
             return None  # adapters.*, adapter_sets.*: no upstream counterpart
     return key
 
@@ -298,7 +339,7 @@ def upstream_state_dict(model: nn.Module) -> 'OrderedDict[str, torch.Tensor]':
     state = model.state_dict()
     for prefix, wrapper in prefixes.items():
         record = wrapper.__dict__.get(MERGE_ATTR)
-        for item in (record.layers if record else []):
+        for item in record.layers if record else []:
             state[f'{prefix}backbone.{item.name}.weight'] = item.layer.weight.detach()
     out = OrderedDict()
     for key, value in state.items():
@@ -333,8 +374,11 @@ def _unwrapped(node):
 def _mmslora_names(node, path: str = '') -> List[str]:
     """The config paths in ``node`` whose value names an mmslora type or module."""
     if isinstance(node, dict):
-        return [p for key, value in node.items()
-                for p in _mmslora_names(value, f'{path}.{key}' if path else str(key))]
+        return [
+            p
+            for key, value in node.items()
+            for p in _mmslora_names(value, f'{path}.{key}' if path else str(key))
+        ]
     if isinstance(node, (list, tuple)):
         return [p for i, value in enumerate(node) for p in _mmslora_names(value, f'{path}[{i}]')]
     name = node if isinstance(node, str) else getattr(node, '__module__', '') or ''
@@ -363,6 +407,9 @@ def upstream_config(cfg: Config) -> Tuple[Config, List[str]]:
     if isinstance(optim, dict) and str(optim.get('constructor', '')).startswith('mmslora.'):
         del optim['constructor']
     if plain.get('custom_hooks'):
-        plain.custom_hooks = [hook for hook in plain.custom_hooks
-                              if not str(hook.get('type', '')).startswith('mmslora.')]
+        plain.custom_hooks = [
+            hook
+            for hook in plain.custom_hooks
+            if not str(hook.get('type', '')).startswith('mmslora.')
+        ]
     return plain, _mmslora_names(plain.to_dict())

@@ -1,4 +1,5 @@
 """Parameter counting by module ownership (never by name substrings)."""
+
 from collections import Counter
 from dataclasses import dataclass
 from typing import Tuple
@@ -19,6 +20,7 @@ class ParameterReport:
     adapters changed to fit their blocks (e.g. fewer groups), how a parameter budget
     was met, and where the adapters exceed the default 5% of the backbone.
     """
+
     total: int
     trainable: int
     backbone: int
@@ -37,14 +39,20 @@ class ParameterReport:
 
     def peft_line(self) -> str:
         """The line Hugging Face peft's ``print_trainable_parameters`` prints."""
-        return (f'trainable params: {self.trainable:,d} || all params: {self.total:,d} || '
-                f'trainable%: {100 * self.trainable / max(self.total, 1):.4f}')
+        return (
+            f'trainable params: {self.trainable:,d} || all params: {self.total:,d} || '
+            f'trainable%: {100 * self.trainable / max(self.total, 1):.4f}'
+        )
 
     def table(self) -> str:
-        rows = [('total', self.total), ('trainable', self.trainable),
-                ('frozen', self.frozen), ('backbone (wrapped)', self.backbone),
-                ('adapters', self.adapter),
-                ('trainable in wrapper', self.backbone_trainable)]
+        rows = [
+            ('total', self.total),
+            ('trainable', self.trainable),
+            ('frozen', self.frozen),
+            ('backbone (wrapped)', self.backbone),
+            ('adapters', self.adapter),
+            ('trainable in wrapper', self.backbone_trainable),
+        ]
         lines = [f'{name:<22}{value:>14,d}' for name, value in rows]
         lines.append(f"{'trainable / backbone':<22}{100 * self.backbone_share:>13.3f}%")
         lines += [f'note: {note}' for note in self.notes]
@@ -59,17 +67,23 @@ def count_parameters(model: nn.Module) -> ParameterReport:
     """Count ``model``'s parameters, attributing them to wrapped backbones and adapters
     (all adapter sets) by module ownership (every ``MSLoRABackbone`` in ``model``)."""
     wrappers = list(find_wrappers(model).values())
-    adjusted = Counter(m.adjustment for w in wrappers for m in w.adapter_modules().modules()
-                       if isinstance(m, AdapterBase) and m.adjustment)
+    adjusted = Counter(
+        m.adjustment
+        for w in wrappers
+        for m in w.adapter_modules().modules()
+        if isinstance(m, AdapterBase) and m.adjustment
+    )
     notes = [note for w in wrappers for note in w.notes] + [
-        f'{note}: {n} adapter{"s" if n > 1 else ""}' for note, n in adjusted.items()]
+        f'{note}: {n} adapter{"s" if n > 1 else ""}' for note, n in adjusted.items()
+    ]
     return ParameterReport(
         total=_numel(model),
         trainable=_numel(model, trainable_only=True),
         backbone=sum(_numel(w.backbone) for w in wrappers),
         adapter=sum(_numel(w.adapter_modules()) for w in wrappers),
         backbone_trainable=sum(_numel(w, trainable_only=True) for w in wrappers),
-        notes=tuple(notes))
+        notes=tuple(notes),
+    )
 
 
 def print_trainable_parameters(model: nn.Module) -> ParameterReport:

@@ -1,4 +1,5 @@
 """Record what each MSLoRA adapter does to its block's feature map."""
+
 from contextlib import contextmanager
 from typing import Dict, Iterator
 
@@ -28,6 +29,7 @@ def record_reweighting(model: nn.Module) -> Iterator[Dict[str, dict]]:
             if gate is not None:
                 entry['gate'] = gate[0].mean(dim=0)
             records[name] = entry
+
         return hook
 
     for wrapper in find_wrappers(model).values():

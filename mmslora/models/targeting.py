@@ -1,5 +1,6 @@
 """Where a set's adapters go: one after each found block (block adapters), or one
 beside each targeted layer (layer adapters), and the layers that cannot take one."""
+
 import re
 from typing import Dict, List, Optional, Set, Tuple
 
@@ -12,20 +13,25 @@ from .discovery import infer_channels
 __all__ = ['build_block_adapters', 'build_layer_adapters', 'functional_layers']
 
 #: why a layer of ``torch.nn.MultiheadAttention`` gets no layer adapter
-FUNCTIONAL_REASON = ('inside torch.nn.MultiheadAttention, which uses its weights '
-                     'functionally: a forward hook on it never fires')
+FUNCTIONAL_REASON = (
+    'inside torch.nn.MultiheadAttention, which uses its weights '
+    'functionally: a forward hook on it never fires'
+)
 
 
-def build_block_adapters(adapter_set: AdapterSet,
-                         found: Dict[str, Tuple[str, Optional[int]]],
-                         modules: Dict[str, nn.Module]) -> AdapterSet:
+def build_block_adapters(
+    adapter_set: AdapterSet,
+    found: Dict[str, Tuple[str, Optional[int]]],
+    modules: Dict[str, nn.Module],
+) -> AdapterSet:
     """Fill ``adapter_set`` with one adapter of its config per found block (block name
     -> ``(layout, channels or None)``; ``modules``: the backbone's modules by name),
     built with the block's channels (read off the block where ``found`` has none)."""
     for name, (layout, channels) in found.items():
         channels = channels or infer_channels(modules[name])
         adapter_set.modules[adapter_key(name)] = MODELS.build(
-            dict(adapter_set.cfg, channels=channels))
+            dict(adapter_set.cfg, channels=channels)
+        )
         adapter_set.blocks[name] = layout
     return adapter_set
 
@@ -36,13 +42,15 @@ def functional_layers(backbone: nn.Module) -> Set[str]:
     functional = set()
     for name, module in backbone.named_modules():
         if isinstance(module, nn.MultiheadAttention):
-            functional |= {f'{name}.{child}' if name else child
-                           for child, _ in module.named_modules() if child}
+            functional |= {
+                f'{name}.{child}' if name else child for child, _ in module.named_modules() if child
+            }
     return functional
 
 
-def build_layer_adapters(adapter_set: AdapterSet, backbone: nn.Module,
-                         adapter_cls: type) -> AdapterSet:
+def build_layer_adapters(
+    adapter_set: AdapterSet, backbone: nn.Module, adapter_cls: type
+) -> AdapterSet:
     """Fill ``adapter_set`` with ``adapter_cls.from_layer(layer, **cfg)`` for each layer
     of ``adapter_cls.layer_types`` in ``backbone`` whose name ``cfg['targets']`` (a regex
     or a list of them, matched in full; default: every layer) matches. Layers the
@@ -81,5 +89,6 @@ def build_layer_adapters(adapter_set: AdapterSet, backbone: nn.Module,
             f'{type(backbone).__name__} to adapt ({tried}, layer types '
             f'{[t.__name__ for t in layer_types]}; skipped: '
             f'{dict(list(adapter_set.skipped_layers.items())[:5])}). Candidate layers: '
-            f'{candidates[:8]}.')
+            f'{candidates[:8]}.'
+        )
     return adapter_set

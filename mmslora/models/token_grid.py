@@ -1,5 +1,6 @@
 """What ``'tokens'`` blocks read during one forward of the wrapper: the patch grid and
 the input size (:func:`~mmslora.models.layouts.apply_in_layout`)."""
+
 from typing import Optional, Tuple
 
 import torch.nn as nn

@@ -12,6 +12,7 @@ The pieces: :mod:`.adapter_set` (a set's modules and hooks), :mod:`.adapter_set_
 :mod:`.budget` (adapter widths within a parameter budget), :mod:`.token_grid` (the
 patch grid of ``'tokens'`` blocks) and :mod:`.frozen_path` (the frozen fast path).
 """
+
 import copy
 import logging
 from typing import List, Optional, Sequence, Union
@@ -30,8 +31,16 @@ from .frozen_path import FastPathReport, disable_frozen_fast_path, enable_frozen
 from .layouts import parse_layout
 from .params import ParameterReport, print_trainable_parameters
 
-__all__ = ['MSLoRABackbone', 'AdapterSet', 'adapter_key', 'with_default_width',
-           'BUDGET_WIDTHS', 'DEFAULT_BUDGET', 'DEFAULT_SET', 'DEFAULT_GRID_FROM']
+__all__ = [
+    'MSLoRABackbone',
+    'AdapterSet',
+    'adapter_key',
+    'with_default_width',
+    'BUDGET_WIDTHS',
+    'DEFAULT_BUDGET',
+    'DEFAULT_SET',
+    'DEFAULT_GRID_FROM',
+]
 
 TRAINABLE_OPTIONS = ('norm', 'bias')
 DEFAULT_ADAPTER = dict(type='mmslora.MSLoRAAdapter')
@@ -138,13 +147,20 @@ class MSLoRABackbone(AdapterSetHost):
         init_cfg (dict, optional): MMEngine init config of the wrapper.
     """
 
-
-    def __init__(self, backbone: dict, adapter: Optional[dict] = DEFAULT_ADAPTER,
-                 blocks=None, grid_from: str = DEFAULT_GRID_FROM,
-                 trainable: Sequence[str] = (), freeze: bool = True,
-                 norm_eval: Optional[bool] = None,
-                 pretrained: Union[str, dict, None] = None, budget: Optional[float] = None,
-                 fast_path: bool = True, init_cfg=None) -> None:
+    def __init__(
+        self,
+        backbone: dict,
+        adapter: Optional[dict] = DEFAULT_ADAPTER,
+        blocks=None,
+        grid_from: str = DEFAULT_GRID_FROM,
+        trainable: Sequence[str] = (),
+        freeze: bool = True,
+        norm_eval: Optional[bool] = None,
+        pretrained: Union[str, dict, None] = None,
+        budget: Optional[float] = None,
+        fast_path: bool = True,
+        init_cfg=None,
+    ) -> None:
         super().__init__(init_cfg=init_cfg)
         _check_options(backbone, trainable, freeze)
         self.backbone = _build_backbone(backbone, pretrained)
@@ -156,11 +172,15 @@ class MSLoRABackbone(AdapterSetHost):
         self._init_sets()
         self._add_set(DEFAULT_SET, adapter, blocks, budget)
         if grid_from != DEFAULT_GRID_FROM and ('tokens', None) not in {
-                parse_layout(layout) for layout in self.block_layouts.values()}:
-            print_log(f'MSLoRABackbone: grid_from={grid_from!r} is not used: no adapted '
-                      f"block has the layout 'tokens' (layouts: "
-                      f'{sorted(set(self.block_layouts.values()))}); drop grid_from.',
-                      logger='current', level=logging.WARNING)
+            parse_layout(layout) for layout in self.block_layouts.values()
+        }:
+            print_log(
+                f'MSLoRABackbone: grid_from={grid_from!r} is not used: no adapted '
+                f"block has the layout 'tokens' (layouts: "
+                f'{sorted(set(self.block_layouts.values()))}); drop grid_from.',
+                logger='current',
+                level=logging.WARNING,
+            )
         self.freeze_backbone()
         self.fast_path_report: Optional[FastPathReport] = None
         self.set_fast_path(fast_path and freeze)
@@ -204,12 +224,17 @@ class MSLoRABackbone(AdapterSetHost):
             self.fast_path_report = None
             return
         if not self.freeze:
-            raise ValueError('MSLoRABackbone: the frozen fast path needs a frozen backbone; '
-                             'it has no effect with freeze=False (full fine-tuning).')
+            raise ValueError(
+                'MSLoRABackbone: the frozen fast path needs a frozen backbone; '
+                'it has no effect with freeze=False (full fine-tuning).'
+            )
         with self.disable_adapters():
             self.fast_path_report = enable_frozen_fast_path(self.backbone)
-        print_log(f'MSLoRABackbone: {self.fast_path_report.summary()}', logger='current',
-                  level=logging.DEBUG)
+        print_log(
+            f'MSLoRABackbone: {self.fast_path_report.summary()}',
+            logger='current',
+            level=logging.DEBUG,
+        )
 
     def print_trainable_parameters(self) -> ParameterReport:
         """Print peft's ``trainable params: ... || all params: ... || trainable%`` line."""
@@ -227,8 +252,9 @@ class MSLoRABackbone(AdapterSetHost):
         """The set merged into the backbone's weights (:meth:`merge_adapters`), or None."""
         return merging.merged_set(self)
 
-    def merge_adapters(self, name: Optional[str] = None, safe: bool = True,
-                       keep_original: bool = True) -> List[str]:
+    def merge_adapters(
+        self, name: Optional[str] = None, safe: bool = True, keep_original: bool = True
+    ) -> List[str]:
         """Merge the layer adapters of the active set into the layers' weights
         (``W + delta_weight()``), so the layers run at the plain backbone's cost; returns
         the merged layers. ``safe``: merge nothing if a merged weight would not be
@@ -249,15 +275,19 @@ def _check_options(backbone, trainable: Sequence[str], freeze: bool) -> None:
     if not isinstance(backbone, dict) or 'type' not in backbone:
         raise TypeError(
             "MSLoRABackbone: `backbone` must be a config dict with a 'type', e.g. "
-            f"dict(type='mmdet.ResNet', depth=50); got {backbone!r}.")
+            f"dict(type='mmdet.ResNet', depth=50); got {backbone!r}."
+        )
     unknown = set(trainable) - set(TRAINABLE_OPTIONS)
     if unknown:
-        raise ValueError(f'MSLoRABackbone: unknown trainable options {sorted(unknown)}; '
-                         f'choose from {TRAINABLE_OPTIONS}.')
+        raise ValueError(
+            f'MSLoRABackbone: unknown trainable options {sorted(unknown)}; '
+            f'choose from {TRAINABLE_OPTIONS}.'
+        )
     if not freeze and trainable:
         raise ValueError(
             f'MSLoRABackbone: trainable={tuple(trainable)!r} has no meaning with '
-            f'freeze=False (every backbone parameter trains); drop one of them.')
+            f'freeze=False (every backbone parameter trains); drop one of them.'
+        )
 
 
 def _check_grid_from(backbone: nn.Module, grid_from: str) -> str:
@@ -270,7 +300,8 @@ def _check_grid_from(backbone: nn.Module, grid_from: str) -> str:
     raise ValueError(
         f'MSLoRABackbone: grid_from={grid_from!r} names no module of '
         f'{type(backbone).__name__}; give the module whose output is the patch grid of '
-        f"'tokens' blocks (candidates: {embeds or names[:5]}), or drop grid_from.")
+        f"'tokens' blocks (candidates: {embeds or names[:5]}), or drop grid_from."
+    )
 
 
 def _build_backbone(cfg: dict, pretrained: Union[str, dict, None]) -> nn.Module:
@@ -281,7 +312,8 @@ def _build_backbone(cfg: dict, pretrained: Union[str, dict, None]) -> nn.Module:
     if pretrained is not None:
         cfg['init_cfg'] = dict(
             type='Pretrained',
-            **(pretrained if isinstance(pretrained, dict) else dict(checkpoint=pretrained)))
+            **(pretrained if isinstance(pretrained, dict) else dict(checkpoint=pretrained)),
+        )
     try:
         return MODELS.build(cfg)
     except KeyError as err:
@@ -290,5 +322,6 @@ def _build_backbone(cfg: dict, pretrained: Union[str, dict, None]) -> nn.Module:
                 f"MSLoRABackbone: backbone type {cfg['type']!r} is not registered where it was "
                 f"looked up ({err}). Write it fully scoped, e.g. 'mmdet.ResNet', "
                 f"'mmseg.VisionTransformer' or 'mmpretrain.SwinTransformer', or build inside "
-                f"the toolbox's default scope (default_scope='mmdet' in the config).") from err
+                f"the toolbox's default scope (default_scope='mmdet' in the config)."
+            ) from err
         raise

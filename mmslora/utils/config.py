@@ -1,5 +1,6 @@
 """Config files by name (``mmslora::...``) and building a model from one without
 data, as the tools do."""
+
 import glob
 import os.path as osp
 from typing import List, Optional, Sequence
@@ -32,7 +33,8 @@ def shipped_config(name: str) -> str:
         raise FileNotFoundError(
             f'{CONFIG_PREFIX}{name}: mmslora ships no such config (looked in '
             f'{CONFIG_ROOT}). Its configs: '
-            f'{", ".join(CONFIG_PREFIX + c for c in shipped_configs())}')
+            f'{", ".join(CONFIG_PREFIX + c for c in shipped_configs())}'
+        )
     return path
 
 
@@ -40,7 +42,7 @@ def resolve_config(name: str) -> str:
     """The file of a config given on a command line: a ``mmslora::`` name is the
     shipped config, anything else a path, returned as it is."""
     if name.startswith(CONFIG_PREFIX):
-        return shipped_config(name[len(CONFIG_PREFIX):])
+        return shipped_config(name[len(CONFIG_PREFIX) :])
     return name
 
 
@@ -69,17 +71,21 @@ def build_model_from_config(cfg: Config, init_weights: bool = False) -> nn.Modul
 def disable_pretrained(cfg: Config, keys: Sequence[str] = ('init_cfg', 'pretrained')) -> Config:
     """Turn off every pretrained load in ``cfg.model`` (for offline builds and tests):
     ``init_cfg`` of type ``Pretrained`` and ``pretrained`` entries become None."""
+
     def visit(node):
         if isinstance(node, dict):
             for key in list(node):
                 value = node[key]
-                if key in keys and (isinstance(value, str) or (
-                        isinstance(value, dict) and value.get('type') == 'Pretrained')):
+                if key in keys and (
+                    isinstance(value, str)
+                    or (isinstance(value, dict) and value.get('type') == 'Pretrained')
+                ):
                     node[key] = None
                 else:
                     visit(value)
         elif isinstance(node, (list, tuple)):
             for item in node:
                 visit(item)
+
     visit(cfg.model)
     return cfg

@@ -15,6 +15,7 @@ create them: the config's ``data_preparation`` command (``{data_root}`` is fille
 the demo data configs set it to their converter), or a pointer to the toolbox's
 dataset preparation guide.
 """
+
 import os
 import os.path as osp
 from typing import Iterable, Iterator, List, Optional, Tuple
@@ -65,6 +66,7 @@ def _dataset_class(type_name, default_scope: Optional[str]):
         return type_name if isinstance(type_name, type) else None
     try:
         from mmengine.registry import DATASETS
+
         with DATASETS.switch_scope_and_registry(default_scope) as registry:
             return registry.get(type_name)
     except Exception:
@@ -109,8 +111,15 @@ def _dataset_problems(dataset: dict, default_scope) -> List[Tuple[str, str]]:
             problems.append((path, problem))
     # mmpretrain's MNIST family names its files in class attributes (and needs all four)
     cls = _dataset_class(dataset.get('type'), default_scope)
-    files = [f for f, _ in getattr(cls, 'train_list', []) + getattr(cls, 'test_list', [])
-             if isinstance(f, str)] if cls is not None else []
+    files = (
+        [
+            f
+            for f, _ in getattr(cls, 'train_list', []) + getattr(cls, 'test_list', [])
+            if isinstance(f, str)
+        ]
+        if cls is not None
+        else []
+    )
     if files and not dataset.get('download', True):  # download=True fetches them
         for name in files:
             path = osp.join(root, name[:-3] if name.endswith('.gz') else name)
@@ -131,8 +140,9 @@ def _evaluators(cfg, name: str) -> Iterator[Tuple[str, dict]]:
                 yield f'{name}[{i}]', item
 
 
-def find_data_problems(cfg, dataloaders: Iterable[str] = ('train_dataloader',
-                                                          'val_dataloader')) -> List[str]:
+def find_data_problems(
+    cfg, dataloaders: Iterable[str] = ('train_dataloader', 'val_dataloader')
+) -> List[str]:
     """One line per missing or empty file/folder of ``cfg``'s datasets (each path
     once, under the first config entry that needs it)."""
     found: List[Tuple[str, str]] = []
@@ -141,15 +151,19 @@ def find_data_problems(cfg, dataloaders: Iterable[str] = ('train_dataloader',
         loader = cfg.get(name)
         if isinstance(loader, dict):
             for where, dataset in _datasets(loader.get('dataset'), f'{name}.dataset'):
-                found += [(path, f'{where}: {text}')
-                          for path, text in _dataset_problems(dataset, scope)]
+                found += [
+                    (path, f'{where}: {text}') for path, text in _dataset_problems(dataset, scope)
+                ]
         evaluator = name.replace('_dataloader', '_evaluator')
         for where, metric in _evaluators(cfg, evaluator):
             ann_file = metric.get('ann_file')
-            if isinstance(ann_file, str) and ann_file and not _is_remote(ann_file) \
-                    and not osp.isfile(ann_file):
-                found.append((ann_file, f'{where}: annotation file {ann_file!r} does not '
-                                        'exist'))
+            if (
+                isinstance(ann_file, str)
+                and ann_file
+                and not _is_remote(ann_file)
+                and not osp.isfile(ann_file)
+            ):
+                found.append((ann_file, f'{where}: annotation file {ann_file!r} does not exist'))
     problems, seen = [], set()
     for path, text in found:
         key = osp.normpath(path)
@@ -169,8 +183,7 @@ def _first_data_root(cfg, dataloaders) -> str:
     return 'DATA_ROOT'
 
 
-def check_data(cfg, dataloaders: Iterable[str] = ('train_dataloader', 'val_dataloader')
-               ) -> None:
+def check_data(cfg, dataloaders: Iterable[str] = ('train_dataloader', 'val_dataloader')) -> None:
     """Raise :class:`DataNotFoundError` when a dataset of ``dataloaders`` lacks files.
 
     ``tools/train.py`` checks the train and val dataloaders, ``tools/test.py`` the
@@ -183,14 +196,23 @@ def check_data(cfg, dataloaders: Iterable[str] = ('train_dataloader', 'val_datal
     data_root = _first_data_root(cfg, dataloaders)
     command = cfg.get(PREPARATION_KEY)
     if isinstance(command, str) and command:
-        how = ('Create the data with\n    ' + command.format(data_root=data_root) +
-               '\nor point the config at where it is, e.g. --cfg-options '
-               f'{dataloaders[0]}.dataset.data_root=DIR/ (and the other dataloaders and '
-               'evaluators likewise).')
+        how = (
+            'Create the data with\n    '
+            + command.format(data_root=data_root)
+            + '\nor point the config at where it is, e.g. --cfg-options '
+            f'{dataloaders[0]}.dataset.data_root=DIR/ (and the other dataloaders and '
+            'evaluators likewise).'
+        )
     else:
-        how = ('Prepare the dataset as the toolbox\'s dataset preparation guide describes '
-               '(mmdet, mmseg and mmpretrain each have one), or point the config at where '
-               f'it is, e.g. --cfg-options {dataloaders[0]}.dataset.data_root=DIR/.')
+        how = (
+            'Prepare the dataset as the toolbox\'s dataset preparation guide describes '
+            '(mmdet, mmseg and mmpretrain each have one), or point the config at where '
+            f'it is, e.g. --cfg-options {dataloaders[0]}.dataset.data_root=DIR/.'
+        )
     raise DataNotFoundError(
-        'The data this config trains or tests on is missing:\n  - ' + '\n  - '.join(problems)
-        + '\n' + how, problems)
+        'The data this config trains or tests on is missing:\n  - '
+        + '\n  - '.join(problems)
+        + '\n'
+        + how,
+        problems,
+    )

@@ -1,4 +1,5 @@
 """Reading the metrics that MMEngine's Runner writes into a work dir."""
+
 import glob
 import json
 import os.path as osp
@@ -13,8 +14,11 @@ def run_logs(work_dir: str) -> List[str]:
     found = []
     for run in glob.glob(osp.join(work_dir, '*', '')):
         name = osp.basename(osp.dirname(run))
-        found += [p for p in (osp.join(run, f'{name}.json'),
-                              osp.join(run, 'vis_data', f'{name}.json')) if osp.isfile(p)]
+        found += [
+            p
+            for p in (osp.join(run, f'{name}.json'), osp.join(run, 'vis_data', f'{name}.json'))
+            if osp.isfile(p)
+        ]
     return sorted(found, key=osp.getmtime, reverse=True)
 
 

@@ -1,5 +1,6 @@
 """benchmarks/bench: the statistics on hand-made numbers, the adaptive lr grid, the
 method presets, the batches, the training loop and the report's incomplete cells."""
+
 import math
 import statistics
 
@@ -17,6 +18,7 @@ def bench():
     import bench.report
     import bench.stats
     import bench.training
+
     return bench
 
 
@@ -59,7 +61,8 @@ def test_lr_grid_extends_until_the_choice_is_bracketed(bench):
     grid = [1e-3, 3e-3, 1e-2]
     records = [_rec(1e-3, 70.0), _rec(3e-3, 75.0), _rec(1e-2, 80.0)]
     assert choose(records[:2], 'fashion', 'lora', grid, 0) == dict(
-        lr=None, scores={1e-3: 70.0, 3e-3: 75.0}, next=[1e-2], edge=False, phase='select')
+        lr=None, scores={1e-3: 70.0, 3e-3: 75.0}, next=[1e-2], edge=False, phase='select'
+    )
     state = choose(records, 'fashion', 'lora', grid, 0)
     assert state['next'] == [3e-2] and state['phase'] == 'extend' and state['lr'] is None
     state = choose(records + [_rec(3e-2, 79.0)], 'fashion', 'lora', grid, 0)
@@ -82,53 +85,72 @@ def test_next_jobs_select_everything_before_any_test(bench):
     grids = {('fashion', 'lora'): [1e-3, 3e-3], ('fashion', 'linear_probe'): [None]}
     jobs = bench.grid.next_jobs(['fashion'], ['linear_probe', 'lora'], [0, 1, 2], grids, [])
     assert [(j['row'], j['lr'], j['seed']) for j in jobs] == [
-        ('linear_probe', None, 0), ('lora', 1e-3, 0), ('lora', 3e-3, 0)]
+        ('linear_probe', None, 0),
+        ('lora', 1e-3, 0),
+        ('lora', 3e-3, 0),
+    ]
     done = [_rec(None, 50.0, row='linear_probe'), _rec(1e-3, 80.0), _rec(3e-3, 70.0)]
     jobs = bench.grid.next_jobs(['fashion'], ['linear_probe', 'lora'], [0, 1, 2], grids, done)
     # lora's choice is its lowest lr: the extension (1 run) comes before the probe's tests
     assert [(j['row'], j['lr'], j['seed'], j['phase']) for j in jobs] == [
-        ('lora', 3e-4, 0, 'extend'), ('linear_probe', None, 1, 'test'),
-        ('linear_probe', None, 2, 'test')]
+        ('lora', 3e-4, 0, 'extend'),
+        ('linear_probe', None, 1, 'test'),
+        ('linear_probe', None, 2, 'test'),
+    ]
 
 
 def test_report_marks_incomplete_cells(bench):
-    plan = dict(tasks={'fashion': dict(title='F', metric='top-1 (%)', steps=10)},
-                rows=['mslora', 'linear_probe'], seeds=[0, 1, 2], max_extend=3,
-                grids={('fashion', 'mslora'): [1e-3, 3e-3],
-                       ('fashion', 'linear_probe'): [None]})
+    plan = dict(
+        tasks={'fashion': dict(title='F', metric='top-1 (%)', steps=10)},
+        rows=['mslora', 'linear_probe'],
+        seeds=[0, 1, 2],
+        max_extend=3,
+        grids={('fashion', 'mslora'): [1e-3, 3e-3], ('fashion', 'linear_probe'): [None]},
+    )
     params = dict(backbone_trainable=0, trainable=12810)
 
     def run(row, lr, seed, test):
-        return dict(_rec(lr, 60.0, seed, row=row), test=test, val_curve=[[5, 50.0], [10, 60.0]],
-                    train_s=1.0, peak_mib=10.0, params=params)
+        return dict(
+            _rec(lr, 60.0, seed, row=row),
+            test=test,
+            val_curve=[[5, 50.0], [10, 60.0]],
+            train_s=1.0,
+            peak_mib=10.0,
+            params=params,
+        )
 
-    records = [run('linear_probe', None, 0, 50.0), run('linear_probe', None, 1, 52.0),
-               run('mslora', 1e-3, 0, 55.0)]
+    records = [
+        run('linear_probe', None, 0, 50.0),
+        run('linear_probe', None, 1, 52.0),
+        run('mslora', 1e-3, 0, 55.0),
+    ]
     summary = bench.report.summarize(records, plan)
     rows = summary['tasks']['fashion']['rows']
     assert rows['mslora']['selected'] is False and rows['mslora']['test_mean'] is None
     assert rows['linear_probe']['per_seed'] == [50.0, 52.0]
     assert rows['linear_probe']['complete'] is False
-    text = '\n'.join(bench.report.task_lines('fashion', plan['tasks']['fashion'],
-                                             summary['tasks']['fashion'], 3))
+    text = '\n'.join(
+        bench.report.task_lines('fashion', plan['tasks']['fashion'], summary['tasks']['fashion'], 3)
+    )
     assert '0.001: 60.0; SELECTING' in text and '51.00 +- 1.41** (2 of 3 seeds)' in text
 
 
 def test_switch_uses_the_package_presets(bench):
     wrapper = dict(type='mmslora.MSLoRABackbone', backbone=dict(type='x'), blocks='auto')
     cfg = bench.methods.switch(wrapper, 'mslora_ratio', bench.methods.DEMO_WIDTHS)
-    assert cfg['adapter'] == dict(type='mmslora.MSLoRAAdapter', hidden_dim=32, groups=8,
-                                  max_hidden_ratio=0.5)
+    assert cfg['adapter'] == dict(
+        type='mmslora.MSLoRAAdapter', hidden_dim=32, groups=8, max_hidden_ratio=0.5
+    )
     assert cfg['blocks'] == 'auto' and cfg['backbone'] == dict(type='x')
-    assert bench.methods.switch(wrapper, 'bitfit')['trainable'] == ('bias', )
-    assert bench.methods.switch(wrapper, 'lora', bench.methods.DEMO_WIDTHS)['adapter'][
-        'rank'] == 8
+    assert bench.methods.switch(wrapper, 'bitfit')['trainable'] == ('bias',)
+    assert bench.methods.switch(wrapper, 'lora', bench.methods.DEMO_WIDTHS)['adapter']['rank'] == 8
     with pytest.raises(KeyError, match='unknown row'):
         bench.methods.switch(wrapper, 'mslora_x')
 
 
 def test_batches_are_the_same_for_every_method_of_a_seed(bench):
     from bench.data import Batches
+
     x = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8)
     y = torch.arange(40)
     a, b, c = (Batches('cls', (x, y), 8, seed, hflip=True) for seed in (0, 0, 1))
@@ -146,16 +168,24 @@ def test_fit_trains_the_two_groups_and_the_loss_falls(bench):
     head_lr) learns it, the frozen backbone does not move, the memory probe counts."""
     training = bench.training
     model = training.Model('cls', 'linear_probe', 10, seed=0)
-    x = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8,
-                      generator=torch.Generator().manual_seed(0))
+    x = torch.randint(
+        0, 256, (8, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     y = torch.arange(8) % 10
     before = [p.clone() for p in model.backbone.parameters()]
     groups = training.param_groups(model, None, head_lr=1e-1)
     assert len(groups) == 1 and len(groups[0]['params']) == 2  # the head's weight and bias
     with pytest.raises(ValueError, match='its lr must be None'):
         training.param_groups(model, 1e-3, 1e-1)
-    result = training.fit(model, groups, lambda: model.loss(x, y), lambda: 0.0, steps=12,
-                          eval_at=(0.5, 1.0), device=torch.device('cpu'))
+    result = training.fit(
+        model,
+        groups,
+        lambda: model.loss(x, y),
+        lambda: 0.0,
+        steps=12,
+        eval_at=(0.5, 1.0),
+        device=torch.device('cpu'),
+    )
     (s1, first), (s2, last) = result['loss_curve']
     assert (s1, s2) == (6, 12) and last < 0.85 * first
     assert all(torch.equal(a, b) for a, b in zip(before, model.backbone.parameters()))

@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/cost.py on a tiny ResNet: every column is filled and the
 memory accounting sees what it should."""
+
 import json
 
 import torch
@@ -10,7 +11,7 @@ from mmslora_testing import load_tool
 
 def test_step_peak_bytes_sees_a_large_temporary():
     cost = load_tool('benchmarks/cost.py')
-    size = 4 * 2 ** 20  # floats: 16 MiB
+    size = 4 * 2**20  # floats: 16 MiB
 
     def step():
         big = torch.ones(size)
@@ -19,17 +20,19 @@ def test_step_peak_bytes_sees_a_large_temporary():
 
     step()
     peak = cost.step_peak_bytes(step)
-    assert 16 * 2 ** 20 <= peak < 20 * 2 ** 20
+    assert 16 * 2**20 <= peak < 20 * 2**20
 
 
 def test_cost_table_on_a_tiny_backbone(tmp_path):
     cost = load_tool('benchmarks/cost.py')
-    cfg = dict(type='mmdet.ResNet', depth=18, out_indices=(3, ), init_cfg=None)
-    methods = cost.with_fast_path_rows(['full', 'linear_probe', 'lora', 'mslora', 'mslora_cp'],
-                                       'both')
+    cfg = dict(type='mmdet.ResNet', depth=18, out_indices=(3,), init_cfg=None)
+    methods = cost.with_fast_path_rows(
+        ['full', 'linear_probe', 'lora', 'mslora', 'mslora_cp'], 'both'
+    )
     assert methods[:4] == ['full', 'linear_probe', 'linear_probe/off', 'lora']
-    result = cost.measure_backbone('R-18', 'mmdet', cfg, methods, batch=1, img=32, rounds=2,
-                                   warmup=1, log=lambda message: None)
+    result = cost.measure_backbone(
+        'R-18', 'mmdet', cfg, methods, batch=1, img=32, rounds=2, warmup=1, log=lambda message: None
+    )
     rows = result['rows']
     assert list(rows) == methods
     assert rows['full']['train_ratio'] == 1.0 and rows['full']['memory_ratio'] == 1.0
@@ -43,9 +46,22 @@ def test_cost_table_on_a_tiny_backbone(tmp_path):
     # the fast path keeps no frozen-layer inputs for backward; off, they are kept
     assert rows['mslora']['saved_mib'] < 0.9 * rows['mslora/off']['saved_mib']
     assert rows['mslora']['trainable'] == rows['mslora/off']['trainable']
-    meta = dict(command='test', batch=1, img=32, rounds=2, infer_rounds=2, warmup=1, threads=1, torch='x',
-                cpu='cpu', cpus=2, loadavg='0', loadavg_end='0', date='today',
-                others_cpus={'R-18': 0.0})
+    meta = dict(
+        command='test',
+        batch=1,
+        img=32,
+        rounds=2,
+        infer_rounds=2,
+        warmup=1,
+        threads=1,
+        torch='x',
+        cpu='cpu',
+        cpus=2,
+        loadavg='0',
+        loadavg_end='0',
+        date='today',
+        others_cpus={'R-18': 0.0},
+    )
     text = cost.markdown({'R-18': result}, meta)
     assert '| mslora |' in text and 'mslora_cp: train' in text and '| mslora/off |' in text
     cost.plot({'R-18': result}, str(tmp_path / 'cost.png'))
@@ -67,7 +83,6 @@ def test_event_start_on_a_torch_without_nanosecond_times():
     cost = load_tool('benchmarks/cost.py')
 
     class Torch21Event:
-
         def start_us(self):
             return 7
 

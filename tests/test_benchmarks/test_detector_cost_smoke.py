@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/detector_cost.py: the demo's Mask R-CNN on real nuclei
 images, two methods, one round at 128 px; and the per-block profile at 64 px."""
+
 import json
 
 from mmslora_testing import load_tool
@@ -7,9 +8,26 @@ from mmslora_testing import load_tool
 
 def test_detector_table(tmp_path):
     bench = load_tool('benchmarks/detector_cost.py')
-    result = bench.main(['--methods', 'full', 'mslora', '--rounds', '1', '--warmup', '0',
-                         '--img', '128', '--batch', '1', '--no-blocks', '--clock', 'cpu',
-                         '--out', str(tmp_path)])
+    result = bench.main(
+        [
+            '--methods',
+            'full',
+            'mslora',
+            '--rounds',
+            '1',
+            '--warmup',
+            '0',
+            '--img',
+            '128',
+            '--batch',
+            '1',
+            '--no-blocks',
+            '--clock',
+            'cpu',
+            '--out',
+            str(tmp_path),
+        ]
+    )
     rows = result['rows']
     assert list(rows) == ['full', 'mslora']
     assert rows['full']['time_ratio'] == 1.0 and rows['full']['peak_ratio'] == 1.0

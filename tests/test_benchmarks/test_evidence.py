@@ -1,6 +1,7 @@
 """benchmarks/evidence.py end to end on its --quick profile: the adaptive grid, the
 run file, the report and --resume, on Fashion-MNIST and on nuclei detection; and the
 detection task's ground truth and COCO scores."""
+
 import json
 import subprocess
 
@@ -29,15 +30,34 @@ def _lines(path):
 
 
 def test_quick_grid_fashion_and_resume(evidence, tmp_path, cache):
-    args = ['--quick', '--tasks', 'fashion', '--rows', 'linear_probe', 'mslora', '--lrs',
-            '1e-2', '--max-extend', '1', '--out', str(tmp_path), '--name', 'q',
-            '--cache-dir', cache]
+    args = [
+        '--quick',
+        '--tasks',
+        'fashion',
+        '--rows',
+        'linear_probe',
+        'mslora',
+        '--lrs',
+        '1e-2',
+        '--max-extend',
+        '1',
+        '--out',
+        str(tmp_path),
+        '--name',
+        'q',
+        '--cache-dir',
+        cache,
+    ]
     out = evidence.main(args)
     records = _lines(tmp_path / 'q.jsonl')
     # probe: 1 run; MSLoRA: 1e-2, then one lr out (an edge either way); then seed 1 of both
     assert [(r['row'], r['seed'], r['phase']) for r in records] == [
-        ('linear_probe', 0, 'select'), ('mslora', 0, 'select'), ('mslora', 0, 'extend'),
-        ('linear_probe', 1, 'test'), ('mslora', 1, 'test')]
+        ('linear_probe', 0, 'select'),
+        ('mslora', 0, 'select'),
+        ('mslora', 0, 'extend'),
+        ('linear_probe', 1, 'test'),
+        ('mslora', 1, 'test'),
+    ]
     assert records[2]['lr'] in (3e-3, 3e-2)
     rows = out['summary']['tasks']['fashion']['rows']
     mslora, probe = rows['mslora'], rows['linear_probe']
@@ -52,8 +72,7 @@ def test_quick_grid_fashion_and_resume(evidence, tmp_path, cache):
     assert 'Runs done: 5; complete.' in md and '| Linear probe | **-: ' in md
     assert (tmp_path / 'q_curves.png').stat().st_size > 1000
     # a sitting cut short: the last run is lost; --resume runs exactly that one again
-    (tmp_path / 'q.jsonl').write_text(
-        ''.join(json.dumps(r) + '\n' for r in records[:-1]))
+    (tmp_path / 'q.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records[:-1]))
     evidence.main(args + ['--resume'])
     again = _lines(tmp_path / 'q.jsonl')
     assert [r['key'] for r in again] == [r['key'] for r in records]
@@ -68,17 +87,41 @@ def test_quick_detection_committing_each_run(evidence, tmp_path, cache):
     subprocess.run(git + ['init', '-q'], check=True)
     subprocess.run(git + ['config', 'user.email', 't@t'], check=True)
     subprocess.run(git + ['config', 'user.name', 't'], check=True)
-    out = evidence.main(['--quick', '--tasks', 'det', '--rows', 'linear_probe', 'mslora',
-                         '--lrs', '1e-2', '--max-extend', '0', '--seeds', '0', '--commit',
-                         '--out', str(tmp_path), '--name', 'd',
-                         '--cache-dir', cache])
-    log = subprocess.run(git + ['log', '--format=%s', '--name-only'], check=True,
-                         capture_output=True, text=True).stdout
+    out = evidence.main(
+        [
+            '--quick',
+            '--tasks',
+            'det',
+            '--rows',
+            'linear_probe',
+            'mslora',
+            '--lrs',
+            '1e-2',
+            '--max-extend',
+            '0',
+            '--seeds',
+            '0',
+            '--commit',
+            '--out',
+            str(tmp_path),
+            '--name',
+            'd',
+            '--cache-dir',
+            cache,
+        ]
+    )
+    log = subprocess.run(
+        git + ['log', '--format=%s', '--name-only'], check=True, capture_output=True, text=True
+    ).stdout
     assert log.count('evidence: det/') == 2 and 'det/mslora/lr0.01/s0 (d.jsonl)' in log
     assert {'d.jsonl', 'd.json', 'd.md', 'd_curves.png'} <= set(log.split())
     probe, mslora = out['records']
     assert (probe['row'], probe['lr'], mslora['row'], mslora['lr']) == (
-        'linear_probe', None, 'mslora', 1e-2)
+        'linear_probe',
+        None,
+        'mslora',
+        1e-2,
+    )
     for r in (probe, mslora):
         assert set(r['test_metrics']) == {'bbox_mAP', 'bbox_mAP_50'}  # Faster R-CNN
         assert r['test'] == r['test_metrics']['bbox_mAP'] and r['peak_mib'] > 0
@@ -94,6 +137,7 @@ def test_quick_detection_committing_each_run(evidence, tmp_path, cache):
 
 def test_detection_ground_truth_and_coco_scores(evidence):
     from bench import detection
+
     labels = torch.zeros(8, 8, dtype=torch.int32)
     labels[1:3, 1:4] = 5  # 6 px: dropped at min_area 8... kept at 4
     labels[4:8, 4:6] = 7  # 8 px, at the border
@@ -105,22 +149,51 @@ def test_detection_ground_truth_and_coco_scores(evidence):
     _, sample, coco = detection.sample(image, labels, scale=1, min_area=4)
     assert sample.gt_instances.bboxes.tolist() == [[1.0, 1.0, 4.0, 3.0], [4.0, 4.0, 6.0, 8.0]]
     gt = sample.gt_instances
-    perfect = dict(img_id=0, ori_shape=(8, 8), pred_instances=dict(
-        bboxes=gt.bboxes, scores=torch.ones(2), labels=gt.labels,
-        masks=torch.from_numpy(gt.masks.masks.astype(bool))))
+    perfect = dict(
+        img_id=0,
+        ori_shape=(8, 8),
+        pred_instances=dict(
+            bboxes=gt.bboxes,
+            scores=torch.ones(2),
+            labels=gt.labels,
+            masks=torch.from_numpy(gt.masks.masks.astype(bool)),
+        ),
+    )
     assert detection.coco_ap(perfect, coco, ['bbox', 'segm']) == {
-        'bbox_mAP': 100.0, 'segm_mAP': 100.0, 'bbox_mAP_50': 100.0}
-    nothing = dict(perfect, pred_instances=dict(
-        bboxes=torch.zeros(0, 4), scores=torch.zeros(0), labels=torch.zeros(0, dtype=torch.long),
-        masks=torch.zeros(0, 8, 8, dtype=torch.bool)))
+        'bbox_mAP': 100.0,
+        'segm_mAP': 100.0,
+        'bbox_mAP_50': 100.0,
+    }
+    nothing = dict(
+        perfect,
+        pred_instances=dict(
+            bboxes=torch.zeros(0, 4),
+            scores=torch.zeros(0),
+            labels=torch.zeros(0, dtype=torch.long),
+            masks=torch.zeros(0, 8, 8, dtype=torch.bool),
+        ),
+    )
     assert detection.coco_ap(nothing, coco, ['bbox']) == {'bbox_mAP': 0.0, 'bbox_mAP_50': 0.0}
     assert np.array_equal(coco[0]['bbox'], [1, 1, 4, 3])
 
 
 def test_estimate_projects_the_grid(evidence, tmp_path, cache):
-    out = evidence.main(['--quick', '--tasks', 'fashion', '--rows', 'linear_probe', 'mslora',
-                         '--estimate', '2', '--out', str(tmp_path),
-                         '--cache-dir', cache])
+    out = evidence.main(
+        [
+            '--quick',
+            '--tasks',
+            'fashion',
+            '--rows',
+            'linear_probe',
+            'mslora',
+            '--estimate',
+            '2',
+            '--out',
+            str(tmp_path),
+            '--cache-dir',
+            cache,
+        ]
+    )
     probe, mslora = out[('fashion', 'linear_probe')], out[('fashion', 'mslora')]
     # probe: 1 selection run + 1 more seed; MSLoRA: 3 lrs + 1 extension + 1 more seed
     assert (probe['runs'], mslora['runs']) == (2, 5)

@@ -1,17 +1,16 @@
 """mmslora.cli.config: the switches of tools/train.py and tools/test.py applied to a
 config."""
+
 import argparse
 
 import pytest
 import torch
 from mmengine.config import Config
 
-from mmslora.cli import add_common_args, load_cli_config, prepare_test_config, \
-    prepare_train_config
+from mmslora.cli import add_common_args, load_cli_config, prepare_test_config, prepare_train_config
 from mmslora_testing import CLS, DET
 
-HOOKS = ['mmslora.ParameterReportHook', 'mmslora.RandomStateHook',
-         'mmslora.CheckpointFitHook']
+HOOKS = ['mmslora.ParameterReportHook', 'mmslora.RandomStateHook', 'mmslora.CheckpointFitHook']
 
 
 def hook_types(cfg):

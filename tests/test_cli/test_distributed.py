@@ -1,4 +1,5 @@
 """mmslora.cli.distributed: CPU-only DDP for --launcher pytorch."""
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -19,6 +20,9 @@ def test_cpu_ddp_config(monkeypatch):
     cfg = Config(dict(launcher='pytorch', env_cfg=dict(dist_cfg=dict(backend='nccl'))))
     assert init_cpu_distributed(cfg) is True
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
-    assert cfg.model_wrapper_cfg == dict(type='MMDistributedDataParallel', device_ids=None,
-                                         broadcast_buffers=False,
-                                         find_unused_parameters=False)
+    assert cfg.model_wrapper_cfg == dict(
+        type='MMDistributedDataParallel',
+        device_ids=None,
+        broadcast_buffers=False,
+        find_unused_parameters=False,
+    )

@@ -1,4 +1,5 @@
 """mmslora.compat.mmcv: mmpretrain's NumPy drop-path rates become Python floats."""
+
 import numpy as np
 
 from mmslora.compat.mmcv import python_drop_probs

@@ -1,5 +1,6 @@
 """mmslora.compat.mmengine: every private mmengine attribute mmslora uses is there,
 and an accessor whose attribute is gone says so instead of turning a feature off."""
+
 import types
 
 import mmengine
@@ -16,7 +17,8 @@ def test_every_private_attribute_is_there():
     assert not missing, (
         f'mmengine {mmengine.__version__} lacks private attributes mmslora uses: '
         f'{missing}; update mmslora/compat/mmengine.py (written for mmengine '
-        f'{compat.WRITTEN_FOR}, tested with {compat.TESTED_WITH})')
+        f'{compat.WRITTEN_FOR}, tested with {compat.TESTED_WITH})'
+    )
 
 
 def test_the_installed_mmengine_is_of_the_series_written_for():
@@ -27,14 +29,20 @@ def test_the_list_names_every_attribute_once():
     paths = [a.path for a in compat.PRIVATE_API]
     assert len(paths) == len(set(paths))
     assert set(compat.PRIVATE_ATTRIBUTE_NAMES) == {
-        '_schemes', '_get_mmengine_home', '_process_mmcls_checkpoint', '_resume',
-        '_load_from', '_randomness_cfg', 'dataloader_iterator', '_get_cfg_path'}
+        '_schemes',
+        '_get_mmengine_home',
+        '_process_mmcls_checkpoint',
+        '_resume',
+        '_load_from',
+        '_randomness_cfg',
+        'dataloader_iterator',
+        '_get_cfg_path',
+    }
 
 
 def test_a_missing_attribute_is_named(monkeypatch):
     monkeypatch.delattr(CheckpointLoader, '_schemes')
-    assert compat.check_private_api() == [
-        'mmengine.runner.checkpoint.CheckpointLoader._schemes']
+    assert compat.check_private_api() == ['mmengine.runner.checkpoint.CheckpointLoader._schemes']
     with pytest.raises(compat.PrivateAPIError) as info:
         compat.checkpoint_schemes()
     assert info.value.attribute == 'mmengine.runner.checkpoint.CheckpointLoader._schemes'
@@ -51,8 +59,7 @@ def test_an_instance_attribute_mmengine_no_longer_sets_is_named(monkeypatch):
 
 
 def test_runner_accessors():
-    runner = types.SimpleNamespace(_resume='auto', _load_from='a.pth',
-                                   _randomness_cfg=dict(seed=0))
+    runner = types.SimpleNamespace(_resume='auto', _load_from='a.pth', _randomness_cfg=dict(seed=0))
     assert compat.runner_is_resuming(runner) is True
     assert compat.runner_load_from(runner) == 'a.pth'
     assert compat.runner_randomness_cfg(runner) == dict(seed=0)
@@ -78,7 +85,8 @@ def test_checkpoint_helpers(tmp_path, monkeypatch):
     assert compat.mmengine_home() == str(tmp_path / 'home')
     assert (tmp_path / 'home').is_dir()
     converted = compat.process_mmcls_checkpoint(
-        {'state_dict': {'backbone.conv.weight': 1, 'head.fc.weight': 2}})
+        {'state_dict': {'backbone.conv.weight': 1, 'head.fc.weight': 2}}
+    )
     assert dict(converted['state_dict']) == {'conv.weight': 1}
 
 

@@ -1,4 +1,5 @@
 """tools/dataset_converters/nuclei.py on the real stardist demo image (CPU, ~2 s)."""
+
 import importlib.util
 import json
 import os
@@ -71,15 +72,14 @@ def test_plan_stride_and_disjoint_split(nuclei):
     assert plan['val'] == [(256, 256)]
     assert plan['train'] == [(0, 0), (0, 128), (0, 256), (128, 0), (256, 0)]
     # stride = tile: the three other quadrants
-    assert nuclei.plan_tiles(512, 512, 256, 256, 1, 0)['train'] == [(0, 0), (0, 256),
-                                                                      (256, 0)]
+    assert nuclei.plan_tiles(512, 512, 256, 256, 1, 0)['train'] == [(0, 0), (0, 256), (256, 0)]
     # other seeds pick other quadrants, always disjoint from train
     picked = set()
     for seed in range(20):
         plan = nuclei.plan_tiles(512, 512, 256, 128, 1, seed)
         picked.add(plan['val'][0])
         assert plan == nuclei.plan_tiles(512, 512, 256, 128, 1, seed)
-        (vy, vx), = plan['val']
+        ((vy, vx),) = plan['val']
         for y, x in plan['train']:
             assert not (y < vy + 256 and vy < y + 256 and x < vx + 256 and vx < x + 256)
         assert len(plan['train']) == 5
@@ -97,11 +97,14 @@ def test_files_and_summary(converted):
         assert len(image_stems) == n
         assert stems(osp.join(out, 'seg_maps', split)) == image_stems
         coco = load_coco(out, split)
-        assert sorted(osp.splitext(im['file_name'])[0]
-                      for im in coco.dataset['images']) == image_stems
+        assert (
+            sorted(osp.splitext(im['file_name'])[0] for im in coco.dataset['images']) == image_stems
+        )
         assert len(coco.dataset['annotations']) == summary[f'{split}_instances']
     assert sorted(os.listdir(osp.join(out, 'annotations'))) == [
-        'instances_train.json', 'instances_val.json']
+        'instances_train.json',
+        'instances_val.json',
+    ]
     readme = open(osp.join(out, 'README.txt')).read()
     for phrase in ('stardist', 'Data Science Bowl', 'BSD-3', 'Caicedo'):
         assert phrase in readme
@@ -114,8 +117,7 @@ def test_coco_annotations(converted, source):
     ious = []
     for split in ('train', 'val'):
         coco = load_coco(out, split)
-        assert coco.dataset['categories'] == [
-            dict(id=1, name='nucleus', supercategory='nucleus')]
+        assert coco.dataset['categories'] == [dict(id=1, name='nucleus', supercategory='nucleus')]
         ann_ids = [a['id'] for a in coco.dataset['annotations']]
         assert ann_ids == list(range(1, len(ann_ids) + 1))
         for img in coco.dataset['images']:
@@ -124,8 +126,8 @@ def test_coco_annotations(converted, source):
             assert img['file_name'] == f'nuclei_y{y:03d}_x{x:03d}.png'
             # the PNG is the normalised source at that place (BGR on disk = gray)
             png = cv2.imread(osp.join(out, 'images', split, img['file_name']))
-            np.testing.assert_array_equal(png, rgb[y:y + TILE, x:x + TILE])
-            crop = labels[y:y + TILE, x:x + TILE]
+            np.testing.assert_array_equal(png, rgb[y : y + TILE, x : x + TILE])
+            crop = labels[y : y + TILE, x : x + TILE]
             anns = coco.loadAnns(coco.getAnnIds(imgIds=img['id']))
             per_tile[(split, y, x)] = len(anns)
             assert len({a['source_label'] for a in anns}) == len(anns)
@@ -137,8 +139,12 @@ def test_coco_annotations(converted, source):
                 ious.append((mask & truth).sum() / (mask | truth).sum())
                 assert ann['area'] == truth.sum() >= 8
                 ys, xs = np.nonzero(truth)
-                assert ann['bbox'] == [xs.min(), ys.min(), xs.max() - xs.min() + 1,
-                                       ys.max() - ys.min() + 1]
+                assert ann['bbox'] == [
+                    xs.min(),
+                    ys.min(),
+                    xs.max() - xs.min() + 1,
+                    ys.max() - ys.min() + 1,
+                ]
                 bx, by, bw, bh = ann['bbox']
                 assert bx >= 0 and by >= 0 and bx + bw <= TILE and by + bh <= TILE
             # every nucleus of the tile is kept except a few clipped slivers
@@ -160,7 +166,9 @@ def test_val_and_train_regions_are_disjoint(converted):
     for split in ('train', 'val'):
         region = np.zeros((512, 512), bool)
         for img in load_coco(out, split).dataset['images']:
-            region[img['tile_y']:img['tile_y'] + TILE, img['tile_x']:img['tile_x'] + TILE] = True
+            region[img['tile_y'] : img['tile_y'] + TILE, img['tile_x'] : img['tile_x'] + TILE] = (
+                True
+            )
         cover[split] = region
     assert not (cover['train'] & cover['val']).any()
     assert (cover['train'] | cover['val']).all()
@@ -178,7 +186,7 @@ def test_semantic_maps_match_instances(converted, source):
             assert sem.dtype == np.uint8 and sem.shape == (TILE, TILE)
             assert set(np.unique(sem).tolist()) == {0, 1}
             y, x = img['tile_y'], img['tile_x']
-            crop = labels[y:y + TILE, x:x + TILE]
+            crop = labels[y : y + TILE, x : x + TILE]
             # nucleus pixels == union of all instances' pixels within the tile
             np.testing.assert_array_equal(sem == 1, crop > 0)
             union = np.zeros((TILE, TILE), bool)
@@ -198,8 +206,9 @@ def test_idempotent_and_force(nuclei, tmp_path, capsys):
 
     again = nuclei.convert_nuclei(out)
     assert again['skipped'] is True and 'skipping' in capsys.readouterr().out
-    assert {k: v for k, v in again.items() if k != 'skipped'} == \
-        {k: v for k, v in first.items() if k != 'skipped'}
+    assert {k: v for k, v in again.items() if k != 'skipped'} == {
+        k: v for k, v in first.items() if k != 'skipped'
+    }
     assert {f: os.stat(f).st_mtime_ns for f in files} == mtimes
 
     # an incomplete output is rebuilt
@@ -231,13 +240,18 @@ def test_cli(nuclei, tmp_path, capsys):
 def test_mmdet_reads_the_annotations(converted):
     pytest.importorskip('mmcv.ops')
     from mmdet.datasets import CocoDataset
+
     out, summary = converted
-    ds = CocoDataset(data_root=out, ann_file='annotations/instances_train.json',
-                     data_prefix=dict(img='images/train/'),
-                     metainfo=dict(classes=('nucleus', )), pipeline=[], test_mode=False)
+    ds = CocoDataset(
+        data_root=out,
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='images/train/'),
+        metainfo=dict(classes=('nucleus',)),
+        pipeline=[],
+        test_mode=False,
+    )
     assert len(ds) == summary['train_tiles']
     assert sum(len(ds[i]['instances']) for i in range(len(ds))) == summary['train_instances']
     first = ds[0]
     assert first['img_path'].startswith(osp.join(out, 'images', 'train'))
-    assert all(inst['bbox_label'] == 0 and inst['ignore_flag'] == 0
-               for inst in first['instances'])
+    assert all(inst['bbox_label'] == 0 and inst['ignore_flag'] == 0 for inst in first['instances'])

@@ -1,6 +1,7 @@
 """tools/deployment/export_onnx.py (``mmslora-export-onnx``) end to end: a config and a
 checkpoint in, ONNX files out, checked in onnxruntime; and the reasons it gives for
 what it cannot export."""
+
 import os
 import os.path as osp
 import subprocess
@@ -52,17 +53,37 @@ def test_tool_exports_every_part_and_verifies(trained, tmp_path):
     out = tmp_path / 'onnx'
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     proc = subprocess.run(
-        [sys.executable, 'tools/deployment/export_onnx.py', *trained, str(out),
-         '--shape', '64', '64', '--torchscript', '--opset', '17', '--verify'],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            'tools/deployment/export_onnx.py',
+            *trained,
+            str(out),
+            '--shape',
+            '64',
+            '64',
+            '--torchscript',
+            '--opset',
+            '17',
+            '--verify',
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for part in ('backbone', 'features', 'model'):
         path = out / f'{part}.onnx'
         assert f'{part}: wrote {path}' in proc.stdout and 'within --rtol' in proc.stdout
         graph = onnx.load(str(path))
         assert graph.opset_import[0].version == 17
-        assert [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim] == \
-            [1, 3, 64, 64]
+        assert [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim] == [
+            1,
+            3,
+            64,
+            64,
+        ]
     # the classifier's 'tensor' mode: its 5 logits
     logits = onnx.load(str(out / 'model.onnx')).graph.output
     assert [d.dim_value for d in logits[0].type.tensor_type.shape.dim] == [1, 5]
@@ -70,6 +91,7 @@ def test_tool_exports_every_part_and_verifies(trained, tmp_path):
 
 def test_bad_requests_are_refused_with_the_fix(trained, tmp_path, capsys):
     from mmslora.cli.export_onnx import main
+
     with pytest.raises(SystemExit):
         main([*trained, str(tmp_path), '--shape', '0', '64'])
     assert '--shape and --batch must be positive' in capsys.readouterr().err
@@ -85,10 +107,16 @@ class _TwoStage(torch.nn.Module):
 def test_reasons_name_the_cause_and_what_to_do():
     two_stage = why_not_exportable(_TwoStage(), 'model', TypeError('x'))
     assert 'region proposals' in two_stage and "Export 'features'" in two_stage
-    needs_samples = why_not_exportable(torch.nn.Module(), 'model', TypeError(
-        "'NoneType' object is not iterable"))
+    needs_samples = why_not_exportable(
+        torch.nn.Module(), 'model', TypeError("'NoneType' object is not iterable")
+    )
     assert 'needs data samples' in needs_samples and 'NoneType' in needs_samples
-    pooling = why_not_exportable(torch.nn.Module(), 'model', RuntimeError(
-        'Unsupported: ONNX export of operator adaptive_avg_pool2d, output size that are '
-        'not factor of input size'))
+    pooling = why_not_exportable(
+        torch.nn.Module(),
+        'model',
+        RuntimeError(
+            'Unsupported: ONNX export of operator adaptive_avg_pool2d, output size that are '
+            'not factor of input size'
+        ),
+    )
     assert '--dynamo' in pooling and 'multiple of every pooling scale' in pooling

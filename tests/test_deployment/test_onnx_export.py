@@ -7,6 +7,7 @@ ResNet, a Swin and a ViT (about a second each); the torch.export-based one (``dy
 MSLoRA on Swin. The adapters are moved away from their zero start, so an adapter that
 the graph lost would show.
 """
+
 import warnings
 
 import pytest
@@ -21,28 +22,50 @@ from mmslora_testing import TINY_SWIN, TINY_VIT_MMPRETRAIN, build_method
 pytest.importorskip('onnxruntime', reason='ONNX export is checked in onnxruntime')
 
 BACKBONES = {
-    'mmdet-resnet18': ('mmdet', dict(type='mmdet.ResNet', depth=18, base_channels=16,
-                                     stem_channels=16, out_indices=(1, 3), init_cfg=None)),
+    'mmdet-resnet18': (
+        'mmdet',
+        dict(
+            type='mmdet.ResNet',
+            depth=18,
+            base_channels=16,
+            stem_channels=16,
+            out_indices=(1, 3),
+            init_cfg=None,
+        ),
+    ),
     'mmdet-swin': ('mmdet', dict(type='mmdet.SwinTransformer', **TINY_SWIN)),
-    'mmpretrain-vit': ('mmpretrain', dict(type='mmpretrain.VisionTransformer',
-                                          **TINY_VIT_MMPRETRAIN)),
+    'mmpretrain-vit': (
+        'mmpretrain',
+        dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN),
+    ),
 }
-ADAPTERS = dict(mslora=dict(hidden_dim=8, groups=4), adapter=dict(hidden_dim=8),
-                mona=dict(hidden_dim=8), lora=dict(rank=2))
+ADAPTERS = dict(
+    mslora=dict(hidden_dim=8, groups=4),
+    adapter=dict(hidden_dim=8),
+    mona=dict(hidden_dim=8),
+    lora=dict(rank=2),
+)
 RTOL = 1e-4
 # dynamo: MSLoRA, LoRA and Mona on the CNN and on ViT, MSLoRA on Swin (its export is
 # the slowest, 20-30 s a model)
-CASES = [(m, b, 'torchscript') for b in BACKBONES for m in METHODS] + \
-    [(m, b, 'dynamo') for b in ('mmdet-resnet18', 'mmpretrain-vit')
-     for m in ('mslora', 'lora', 'mona')] + [('mslora', 'mmdet-swin', 'dynamo')]
+CASES = (
+    [(m, b, 'torchscript') for b in BACKBONES for m in METHODS]
+    + [
+        (m, b, 'dynamo')
+        for b in ('mmdet-resnet18', 'mmpretrain-vit')
+        for m in ('mslora', 'lora', 'mona')
+    ]
+    + [('mslora', 'mmdet-swin', 'dynamo')]
+)
 
 
 def _model(method: str, backbone: str) -> nn.Module:
     """The wrapped backbone in eval mode (fast path on, where the method freezes), with
     random BN statistics and adapters away from their zero start."""
     scope, cfg = BACKBONES[backbone]
-    model = build_method(method, scope, cfg,
-                         **(dict(adapter=ADAPTERS[method]) if method in ADAPTERS else {}))
+    model = build_method(
+        method, scope, cfg, **(dict(adapter=ADAPTERS[method]) if method in ADAPTERS else {})
+    )
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in model.backbone.modules():
@@ -67,8 +90,8 @@ def test_export_equals_onnxruntime(method, backbone, exporter, tmp_path, one_thr
         want = flat(x)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the tracer's warnings on shape arithmetic
-        path = export_onnx(flat, (x, ), str(tmp_path / 'm.onnx'), exporter)
-    abs_diff, rel_diff = max_differences(onnxruntime_outputs(path, (x, )), want)
+        path = export_onnx(flat, (x,), str(tmp_path / 'm.onnx'), exporter)
+    abs_diff, rel_diff = max_differences(onnxruntime_outputs(path, (x,)), want)
     assert rel_diff <= RTOL, (abs_diff, rel_diff)
     assert model.training is False
 
@@ -80,7 +103,7 @@ def test_export_leaves_training_unchanged(tmp_path, one_thread):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        export_onnx(FlatOutputs(exported), (x[:1], ), str(tmp_path / 'm.onnx'), 'torchscript')
+        export_onnx(FlatOutputs(exported), (x[:1],), str(tmp_path / 'm.onnx'), 'torchscript')
     for m in (model, exported):
         m.train()
         sum(o.square().mean() for o in m(x)).backward()

@@ -2,6 +2,7 @@
 defaults) trains a Mask R-CNN whose backbone is wrapped in ``MSLoRABackbone``: two
 iterations of the Runner on the embedded nuclei tiles, on a GPU (MMEngine refuses AMP
 without one; the GPU leg, ``make test-gpu``)."""
+
 import pytest
 import torch
 from mmengine.config import Config
@@ -12,8 +13,15 @@ import mmslora  # noqa: F401  (registers the mmslora:: configs and the safe load
 from mmslora_testing import DET
 
 #: a narrow ResNet-18 (16 to 128 channels) in place of the demo's EfficientNet-Lite0
-BACKBONE = dict(type='mmdet.ResNet', depth=18, base_channels=16, stem_channels=16,
-                out_indices=(0, 1, 2, 3), zero_init_residual=False, init_cfg=None)
+BACKBONE = dict(
+    type='mmdet.ResNet',
+    depth=18,
+    base_channels=16,
+    stem_channels=16,
+    out_indices=(0, 1, 2, 3),
+    zero_init_residual=False,
+    init_cfg=None,
+)
 
 
 class _Record(Hook):
@@ -43,8 +51,14 @@ def tiny_mask_rcnn_cfg(nuclei_root: str, work_dir: str, optim_type: str) -> Conf
         cfg[loader].dataset.data_root = nuclei_root
     cfg.train_dataloader.update(num_workers=0, persistent_workers=False)
     cfg.train_cfg.update(max_iters=2, val_interval=100)
-    for key in ('val_dataloader', 'val_cfg', 'val_evaluator', 'test_dataloader', 'test_cfg',
-                'test_evaluator'):
+    for key in (
+        'val_dataloader',
+        'val_cfg',
+        'val_evaluator',
+        'test_dataloader',
+        'test_cfg',
+        'test_evaluator',
+    ):
         cfg[key] = None
     cfg.optim_wrapper.type = optim_type
     cfg.default_hooks.checkpoint = None
@@ -57,8 +71,10 @@ def tiny_mask_rcnn_cfg(nuclei_root: str, work_dir: str, optim_type: str) -> Conf
 def _states(model):
     backbone = model.backbone.backbone.state_dict()
     adapters = model.backbone.adapters.state_dict()
-    return ({k: v.detach().clone() for k, v in backbone.items()},
-            {k: v.detach().clone() for k, v in adapters.items()})
+    return (
+        {k: v.detach().clone() for k, v in backbone.items()},
+        {k: v.detach().clone() for k, v in adapters.items()},
+    )
 
 
 @pytest.mark.cuda
@@ -67,6 +83,7 @@ def test_amp_optim_wrapper_trains_mask_rcnn_with_mslora(nuclei_root, tmp_path):
     start (so a step was taken); every adapter's zero-started up-projection moved; the
     frozen backbone (weights and BN statistics) bitwise unchanged; float32 weights."""
     from mmengine.optim import AmpOptimWrapper
+
     runner = Runner.from_cfg(tiny_mask_rcnn_cfg(nuclei_root, str(tmp_path), 'AmpOptimWrapper'))
     record = _Record()
     runner.register_hook(record)

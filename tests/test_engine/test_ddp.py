@@ -18,6 +18,7 @@ Checked against a single-process run of the same seed with the same total batch:
   tolerance is over 100 times smaller than what training changed. The frozen backbone is
   bitwise equal.
 """
+
 import json
 import os
 import os.path as osp
@@ -98,15 +99,24 @@ def free_port():
 
 
 def options(root, batch_size):
-    return ['--cfg-options', f'train_dataloader.dataset.data_root={root}',
-            f'val_dataloader.dataset.data_root={root}',
-            f'test_dataloader.dataset.data_root={root}',
-            'train_dataloader.dataset.indices=32', 'val_dataloader.dataset.indices=16',
-            f'train_dataloader.batch_size={batch_size}', 'train_dataloader.num_workers=0',
-            'val_dataloader.num_workers=0', f'train_cfg.max_iters={ITERS}',
-            f'train_cfg.val_interval={ITERS}', f'default_hooks.checkpoint.interval={ITERS}',
-            'default_hooks.logger.interval=1', 'randomness.seed=0',
-            'randomness.deterministic=True', 'env_cfg.dist_cfg.backend=gloo']
+    return [
+        '--cfg-options',
+        f'train_dataloader.dataset.data_root={root}',
+        f'val_dataloader.dataset.data_root={root}',
+        f'test_dataloader.dataset.data_root={root}',
+        'train_dataloader.dataset.indices=32',
+        'val_dataloader.dataset.indices=16',
+        f'train_dataloader.batch_size={batch_size}',
+        'train_dataloader.num_workers=0',
+        'val_dataloader.num_workers=0',
+        f'train_cfg.max_iters={ITERS}',
+        f'train_cfg.val_interval={ITERS}',
+        f'default_hooks.checkpoint.interval={ITERS}',
+        'default_hooks.logger.interval=1',
+        'randomness.seed=0',
+        'randomness.deterministic=True',
+        'env_cfg.dist_cfg.backend=gloo',
+    ]
 
 
 def finish(proc, log):
@@ -123,17 +133,43 @@ def runs(fashion_root, tmp_path_factory):
     (tmp / 'ddp_probe.py').write_text(PROBE)
     config = tmp / 'cfg.py'
     config.write_text(CONFIG)
-    env = dict(os.environ, PYTHONPATH=f'{tmp}:{ROOT}', OMP_NUM_THREADS='1',
-               PYTHON=sys.executable, PORT=str(free_port()))
+    env = dict(
+        os.environ,
+        PYTHONPATH=f'{tmp}:{ROOT}',
+        OMP_NUM_THREADS='1',
+        PYTHON=sys.executable,
+        PORT=str(free_port()),
+    )
     ddp_dir, single_dir = tmp / 'ddp', tmp / 'single'
     ddp = subprocess.Popen(
-        ['bash', osp.join(ROOT, 'tools/dist_train.sh'), str(config), '2', '--work-dir',
-         str(ddp_dir), *options(fashion_root, 4)], env=env, cwd=str(tmp),
-        stdout=open(tmp / 'ddp.log', 'w'), stderr=subprocess.STDOUT)
+        [
+            'bash',
+            osp.join(ROOT, 'tools/dist_train.sh'),
+            str(config),
+            '2',
+            '--work-dir',
+            str(ddp_dir),
+            *options(fashion_root, 4),
+        ],
+        env=env,
+        cwd=str(tmp),
+        stdout=open(tmp / 'ddp.log', 'w'),
+        stderr=subprocess.STDOUT,
+    )
     single = subprocess.Popen(
-        [sys.executable, osp.join(ROOT, 'tools/train.py'), str(config), '--work-dir',
-         str(single_dir), *options(fashion_root, 8)], env=env, cwd=ROOT,
-        stdout=open(tmp / 'single.log', 'w'), stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            osp.join(ROOT, 'tools/train.py'),
+            str(config),
+            '--work-dir',
+            str(single_dir),
+            *options(fashion_root, 8),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=open(tmp / 'single.log', 'w'),
+        stderr=subprocess.STDOUT,
+    )
     log = finish(ddp, tmp / 'ddp.log')
     finish(single, tmp / 'single.log')
 
@@ -142,14 +178,16 @@ def runs(fashion_root, tmp_path_factory):
             info = json.load(f)
         return info, torch.load(work / f'probe_rank{rank}.pth', weights_only=True)
 
-    return dict(log=log, ranks=[load(ddp_dir, 0), load(ddp_dir, 1)],
-                single=load(single_dir, 0))
+    return dict(log=log, ranks=[load(ddp_dir, 0), load(ddp_dir, 1)], single=load(single_dir, 0))
 
 
 def test_dist_train_runs_two_cpu_processes(runs):
     for rank, (info, _) in enumerate(runs['ranks']):
-        assert (info['wrapper'], info['rank'], info['world_size']) == \
-            ('MMDistributedDataParallel', rank, 2)
+        assert (info['wrapper'], info['rank'], info['world_size']) == (
+            'MMDistributedDataParallel',
+            rank,
+            2,
+        )
         assert len(info['losses']) == ITERS
     assert runs['single'][0]['wrapper'] != 'MMDistributedDataParallel'
 
@@ -157,8 +195,7 @@ def test_dist_train_runs_two_cpu_processes(runs):
 def test_only_adapters_and_head_are_synchronised(runs):
     for info, _ in runs['ranks']:
         trainable = info['trainable']
-        assert trainable and all(n.startswith(('backbone.adapters.', 'head.'))
-                                 for n in trainable)
+        assert trainable and all(n.startswith(('backbone.adapters.', 'head.')) for n in trainable)
         assert any(n.startswith('head.') for n in trainable)
         # DDP's reducer buckets hold exactly these tensors, nothing of the backbone
         reducer = info['reducer']

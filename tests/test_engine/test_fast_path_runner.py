@@ -1,5 +1,6 @@
 """``load_from`` and resume through MMEngine's Runner give the same model with the frozen
 fast path on as with it off (BN folds are recomputed from the loaded weights)."""
+
 import torch
 import torch.nn as nn
 from mmengine.runner import Runner
@@ -9,7 +10,7 @@ import mmslora  # noqa: F401
 from mmslora.models import MSLoRABackbone
 from mmslora_testing import ToyRegressor, build_in_scope, wrap
 
-RESNET = dict(type='mmdet.ResNet', depth=18, out_indices=(3, ), init_cfg=None)
+RESNET = dict(type='mmdet.ResNet', depth=18, out_indices=(3,), init_cfg=None)
 
 
 class _Images(Dataset):
@@ -31,9 +32,14 @@ class _Head(nn.Module):
     def __init__(self, fast_path):
         super().__init__()
         torch.manual_seed(0)
-        self.backbone = build_in_scope('mmdet', wrap(
-            RESNET, adapter=dict(type='mmslora.MSLoRAAdapter', hidden_dim=8, groups=4),
-            fast_path=fast_path))
+        self.backbone = build_in_scope(
+            'mmdet',
+            wrap(
+                RESNET,
+                adapter=dict(type='mmslora.MSLoRAAdapter', hidden_dim=8, groups=4),
+                fast_path=fast_path,
+            ),
+        )
         self.fc = nn.Linear(512, 1)
 
     def forward(self, x):
@@ -42,14 +48,21 @@ class _Head(nn.Module):
 
 def _runner(work_dir, fast_path, max_iters, **kwargs):
     return Runner(
-        model=ToyRegressor(_Head(fast_path)), work_dir=str(work_dir),
-        train_dataloader=dict(dataset=_Images(), batch_size=4, num_workers=0,
-                              sampler=dict(type='DefaultSampler', shuffle=True)),
+        model=ToyRegressor(_Head(fast_path)),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=_Images(),
+            batch_size=4,
+            num_workers=0,
+            sampler=dict(type='DefaultSampler', shuffle=True),
+        ),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=1e-3, momentum=0.9)),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2,
-                                           by_epoch=False)),
-        randomness=dict(seed=0), log_level='WARNING', **kwargs)
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)),
+        randomness=dict(seed=0),
+        log_level='WARNING',
+        **kwargs,
+    )
 
 
 def _outputs(runner):
@@ -91,8 +104,7 @@ def test_load_from_and_resume_agree_with_the_fast_path_off(tmp_path):
 
     resumed = {}
     for fast in (True, False):
-        other = _runner(tmp_path / f'resume_{fast}', fast, 4, load_from=str(ckpt),
-                        resume=True)
+        other = _runner(tmp_path / f'resume_{fast}', fast, 4, load_from=str(ckpt), resume=True)
         other.train()
         assert other.iter == 4
         resumed[fast] = {k: v.clone() for k, v in other.model.state_dict().items()}
@@ -100,5 +112,4 @@ def test_load_from_and_resume_agree_with_the_fast_path_off(tmp_path):
     assert adapters and all(resumed[True][k].isfinite().all() for k in adapters)
     assert any(not torch.equal(resumed[True][k], trained_state[k]) for k in adapters)
     for key in resumed[True]:
-        torch.testing.assert_close(resumed[True][key], resumed[False][key], rtol=1e-4,
-                                   atol=1e-6)
+        torch.testing.assert_close(resumed[True][key], resumed[False][key], rtol=1e-4, atol=1e-6)

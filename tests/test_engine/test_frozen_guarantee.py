@@ -12,6 +12,7 @@ gradient checkpointing (``with_cp=True`` on an mmdet ResNet-18 inside
 * no backbone parameter requires or holds a gradient;
 * every adapter tensor received a non-zero gradient, and the adapters moved.
 """
+
 import copy
 
 import pytest
@@ -44,15 +45,15 @@ class FrozenProbe(Hook):
         self.wrapper = wrappers[0]
         self.prefix = next(n for n, m in model.named_modules() if m is self.wrapper) + '.'
         self.frozen = {k: v.clone() for k, v in self.wrapper.backbone.state_dict().items()}
-        self.adapters = {k: v.detach().clone()
-                         for k, v in self.wrapper.adapters.named_parameters()}
-        self.grad_sums = {k: 0. for k in self.adapters}
+        self.adapters = {k: v.detach().clone() for k, v in self.wrapper.adapters.named_parameters()}
+        self.grad_sums = {k: 0.0 for k in self.adapters}
         for name, param in self.wrapper.adapters.named_parameters():
             param.register_hook(self._recorder(name))
 
     def _recorder(self, name):
         def record(grad):
             self.grad_sums[name] += float(grad.abs().sum())
+
         return record
 
 
@@ -60,10 +61,16 @@ def train(cfg, tmp_path, probe, ema=True):
     cfg.work_dir = str(tmp_path)
     cfg.experiment_name = f'frozen_{tmp_path.name}'
     cfg.log_level = 'WARNING'
-    cfg.merge_from_dict({
-        'train_dataloader.num_workers': 0, 'train_dataloader.persistent_workers': False,
-        'train_cfg.max_iters': ITERS, 'train_cfg.val_interval': ITERS,
-        'default_hooks.checkpoint.interval': ITERS, 'randomness.seed': 0})
+    cfg.merge_from_dict(
+        {
+            'train_dataloader.num_workers': 0,
+            'train_dataloader.persistent_workers': False,
+            'train_cfg.max_iters': ITERS,
+            'train_cfg.val_interval': ITERS,
+            'default_hooks.checkpoint.interval': ITERS,
+            'randomness.seed': 0,
+        }
+    )
     cfg = prepare_train_config(cfg)
     if ema:
         cfg.custom_hooks = [dict(type='EMAHook')] + list(cfg.custom_hooks)
@@ -85,16 +92,16 @@ def assert_frozen_and_trained(runner, probe, checkpoint):
     assert state.keys() == probe.frozen.keys()
     changed = [k for k, v in probe.frozen.items() if not torch.equal(v, state[k])]
     assert not changed, f'frozen backbone changed: {changed[:5]}'
-    assert not any(p.requires_grad or p.grad is not None
-                   for p in wrapper.backbone.parameters())
+    assert not any(p.requires_grad or p.grad is not None for p in wrapper.backbone.parameters())
     # the adapters trained
     no_grad = [k for k, v in probe.grad_sums.items() if not v > 0]
     assert not no_grad, f'adapter tensors without gradient: {no_grad[:5]}'
     now = dict(wrapper.adapters.named_parameters())
     assert any(not torch.equal(now[k], v) for k, v in probe.adapters.items())
     for name, adapter in wrapper.adapters.items():
-        assert any(not torch.equal(p, probe.adapters[f'{name}.{k}'])
-                   for k, p in adapter.named_parameters()), f'adapter {name} did not move'
+        assert any(
+            not torch.equal(p, probe.adapters[f'{name}.{k}']) for k, p in adapter.named_parameters()
+        ), f'adapter {name} did not move'
     # the saved checkpoint (EMAHook swaps its averages into `state_dict`)
     saved = safe_torch_load(checkpoint, map_location='cpu')
     for key, value in probe.frozen.items():
@@ -111,8 +118,9 @@ def assert_frozen_and_trained(runner, probe, checkpoint):
 
 def test_detection_with_ema(nuclei_root, tmp_path):
     cfg = Config.fromfile(DET)
-    cfg.merge_from_dict({'train_dataloader.dataset.data_root': nuclei_root,
-                         'train_dataloader.batch_size': 1})
+    cfg.merge_from_dict(
+        {'train_dataloader.dataset.data_root': nuclei_root, 'train_dataloader.batch_size': 1}
+    )
     probe = FrozenProbe()
     runner = train(no_validation(cfg), tmp_path, probe)
     assert_frozen_and_trained(runner, probe, str(tmp_path / f'iter_{ITERS}.pth'))
@@ -120,8 +128,9 @@ def test_detection_with_ema(nuclei_root, tmp_path):
 
 def test_segmentation_with_ema(nuclei_root, tmp_path):
     cfg = Config.fromfile(SEG)
-    cfg.merge_from_dict({'train_dataloader.dataset.data_root': nuclei_root,
-                         'train_dataloader.batch_size': 2})
+    cfg.merge_from_dict(
+        {'train_dataloader.dataset.data_root': nuclei_root, 'train_dataloader.batch_size': 2}
+    )
     probe = FrozenProbe()
     runner = train(no_validation(cfg), tmp_path, probe)
     assert_frozen_and_trained(runner, probe, str(tmp_path / f'iter_{ITERS}.pth'))
@@ -129,12 +138,17 @@ def test_segmentation_with_ema(nuclei_root, tmp_path):
 
 def cls_cfg(fashion_root):
     cfg = Config.fromfile(CLS)
-    cfg.merge_from_dict({
-        'train_dataloader.dataset.data_root': fashion_root,
-        'val_dataloader.dataset.data_root': fashion_root,
-        'test_dataloader.dataset.data_root': fashion_root,
-        'train_dataloader.dataset.indices': 16, 'val_dataloader.dataset.indices': 8,
-        'train_dataloader.batch_size': 4, 'val_dataloader.num_workers': 0})
+    cfg.merge_from_dict(
+        {
+            'train_dataloader.dataset.data_root': fashion_root,
+            'val_dataloader.dataset.data_root': fashion_root,
+            'test_dataloader.dataset.data_root': fashion_root,
+            'train_dataloader.dataset.indices': 16,
+            'val_dataloader.dataset.indices': 8,
+            'train_dataloader.batch_size': 4,
+            'val_dataloader.num_workers': 0,
+        }
+    )
     return cfg
 
 
@@ -160,8 +174,9 @@ def test_gradient_checkpointing_with_ema(fashion_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.utils.checkpoint, 'checkpoint', counting_checkpoint)
     cfg = cls_cfg(fashion_root)
-    cfg.model.backbone.backbone = dict(type='mmdet.ResNet', depth=18, with_cp=True,
-                                       out_indices=(3, ), init_cfg=None)
+    cfg.model.backbone.backbone = dict(
+        type='mmdet.ResNet', depth=18, with_cp=True, out_indices=(3,), init_cfg=None
+    )
     cfg.model.backbone.adapter.hidden_dim = 16
     cfg.model.head.in_channels = 512
     probe = FrozenProbe()
@@ -173,9 +188,10 @@ def test_gradient_checkpointing_with_ema(fashion_root, tmp_path, monkeypatch):
 
 def test_deep_copied_wrapper_runs_its_own_adapters():
     torch.manual_seed(0)
-    model = MSLoRABackbone(backbone=dict(type='mmdet.ResNet', depth=18, init_cfg=None),
-                           adapter=dict(type='mmslora.MSLoRAAdapter', hidden_dim=8,
-                                        groups=4)).eval()
+    model = MSLoRABackbone(
+        backbone=dict(type='mmdet.ResNet', depth=18, init_cfg=None),
+        adapter=dict(type='mmslora.MSLoRAAdapter', hidden_dim=8, groups=4),
+    ).eval()
     for adapter in model.adapters.values():
         torch.nn.init.normal_(adapter.proj.up.weight, std=0.1)
     twin = copy.deepcopy(model)

@@ -17,6 +17,7 @@ Both runs are single-process on CPU with ``deterministic=True`` and the same thr
 count, so every floating-point operation happens in the same order: the tolerance is
 zero (``torch.equal``), for every tensor of the model and of the optimizer state.
 """
+
 import io
 import os
 import os.path as osp
@@ -48,22 +49,38 @@ def cls_options(root):
     # 32 images, batch 8: 4 iterations per epoch, so the run crosses an epoch and the
     # resume replays across the epoch boundary; validation at the checkpoint iteration.
     return [
-        f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
-        f'test_dataloader.dataset.data_root={root}', 'train_dataloader.dataset.indices=32',
-        'val_dataloader.dataset.indices=64', 'train_dataloader.batch_size=8',
-        'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
-        'test_dataloader.num_workers=0', f'train_cfg.max_iters={MAX_ITERS}',
-        f'train_cfg.val_interval={CKPT_AT}', f'default_hooks.checkpoint.interval={CKPT_AT}',
-        'default_hooks.checkpoint.max_keep_ckpts=3', 'default_hooks.logger.interval=1',
-        'randomness.seed=0', 'randomness.deterministic=True',
+        f'train_dataloader.dataset.data_root={root}',
+        f'val_dataloader.dataset.data_root={root}',
+        f'test_dataloader.dataset.data_root={root}',
+        'train_dataloader.dataset.indices=32',
+        'val_dataloader.dataset.indices=64',
+        'train_dataloader.batch_size=8',
+        'train_dataloader.num_workers=0',
+        'val_dataloader.num_workers=0',
+        'test_dataloader.num_workers=0',
+        f'train_cfg.max_iters={MAX_ITERS}',
+        f'train_cfg.val_interval={CKPT_AT}',
+        f'default_hooks.checkpoint.interval={CKPT_AT}',
+        'default_hooks.checkpoint.max_keep_ckpts=3',
+        'default_hooks.logger.interval=1',
+        'randomness.seed=0',
+        'randomness.deterministic=True',
         # stochastic depth in the frozen backbone: the forward draws from torch's RNG
         'model.backbone.backbone.drop_path_rate=0.2',
     ]
 
 
 def train_cmd(work, root, *extra):
-    return [sys.executable, 'tools/train.py', CLS, '--work-dir', work, *extra,
-            '--cfg-options', *cls_options(root)]
+    return [
+        sys.executable,
+        'tools/train.py',
+        CLS,
+        '--work-dir',
+        work,
+        *extra,
+        '--cfg-options',
+        *cls_options(root),
+    ]
 
 
 def tool_env():
@@ -84,11 +101,21 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(fashion_root, tmp_path)
     ref, work = str(tmp_path / 'reference'), str(tmp_path / 'killed')
     env = tool_env()
     ref_log = str(tmp_path / 'reference.log')
-    reference = subprocess.Popen(train_cmd(ref, fashion_root), cwd=ROOT, env=env,
-                                 stdout=open(ref_log, 'w'), stderr=subprocess.STDOUT)
+    reference = subprocess.Popen(
+        train_cmd(ref, fashion_root),
+        cwd=ROOT,
+        env=env,
+        stdout=open(ref_log, 'w'),
+        stderr=subprocess.STDOUT,
+    )
     victim_log = str(tmp_path / 'killed.log')
-    victim = subprocess.Popen(train_cmd(work, fashion_root), cwd=ROOT, env=env,
-                              stdout=open(victim_log, 'w'), stderr=subprocess.STDOUT)
+    victim = subprocess.Popen(
+        train_cmd(work, fashion_root),
+        cwd=ROOT,
+        env=env,
+        stdout=open(victim_log, 'w'),
+        stderr=subprocess.STDOUT,
+    )
     # CheckpointHook writes `last_checkpoint` after the checkpoint file is complete
     last = osp.join(work, 'last_checkpoint')
     deadline = time.time() + 300
@@ -103,8 +130,13 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(fashion_root, tmp_path)
     assert not osp.exists(osp.join(work, f'iter_{MAX_ITERS}.pth'))
 
     resumed_log = str(tmp_path / 'resumed.log')
-    resumed = subprocess.Popen(train_cmd(work, fashion_root, '--resume'), cwd=ROOT, env=env,
-                               stdout=open(resumed_log, 'w'), stderr=subprocess.STDOUT)
+    resumed = subprocess.Popen(
+        train_cmd(work, fashion_root, '--resume'),
+        cwd=ROOT,
+        env=env,
+        stdout=open(resumed_log, 'w'),
+        stderr=subprocess.STDOUT,
+    )
     log = wait_ok(resumed, resumed_log)
     wait_ok(reference, ref_log)
     assert f'resumed epoch: 0, iter: {CKPT_AT}' in log
@@ -114,13 +146,15 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(fashion_root, tmp_path)
     theirs = safe_torch_load(osp.join(ref, f'iter_{MAX_ITERS}.pth'), map_location='cpu')
     assert mine['meta']['iter'] == theirs['meta']['iter'] == MAX_ITERS
     assert mine['state_dict'].keys() == theirs['state_dict'].keys()
-    different = [k for k, v in mine['state_dict'].items()
-                 if not torch.equal(v, theirs['state_dict'][k])]
+    different = [
+        k for k, v in mine['state_dict'].items() if not torch.equal(v, theirs['state_dict'][k])
+    ]
     assert not different, f'{len(different)} tensors differ, e.g. {different[:5]}'
     # the adapters and the head trained (the comparison is not of untouched tensors)
     start = safe_torch_load(osp.join(work, f'iter_{CKPT_AT}.pth'), map_location='cpu')
-    assert not torch.equal(start['state_dict']['head.fc.weight'],
-                           mine['state_dict']['head.fc.weight'])
+    assert not torch.equal(
+        start['state_dict']['head.fc.weight'], mine['state_dict']['head.fc.weight']
+    )
     state_a, state_b = mine['optimizer']['state'], theirs['optimizer']['state']
     assert state_a.keys() == state_b.keys() and state_a
     for idx, slots in state_a.items():
@@ -135,8 +169,9 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(fashion_root, tmp_path)
 # --------------------------------------------------------------------------
 def dropout_model() -> ToyRegressor:
     """Draws from torch's RNG in the forward (dropout)."""
-    return ToyRegressor(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5),
-                                      nn.Linear(16, 1)))
+    return ToyRegressor(
+        nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 1))
+    )
 
 
 class NoisyDataset(Dataset):
@@ -151,6 +186,7 @@ class NoisyDataset(Dataset):
 
     def __getitem__(self, idx):
         import random
+
         noise = float(np.random.randn()) * 0.1 + random.random() * 0.1
         return dict(inputs=self.x[idx] + noise, labels=self.y[idx])
 
@@ -159,8 +195,9 @@ class MAE(BaseMetric):
     default_prefix = 'toy'
 
     def process(self, data_batch, data_samples):
-        self.results.append(float((torch.stack(data_samples) -
-                                   torch.stack(data_batch['labels'])).abs().mean()))
+        self.results.append(
+            float((torch.stack(data_samples) - torch.stack(data_batch['labels'])).abs().mean())
+        )
 
     def compute_metrics(self, results):
         return dict(mae=float(np.mean(results)))
@@ -170,24 +207,36 @@ def toy_runner(work_dir, name, hook, by_epoch=False, **kwargs):
     # InfiniteSampler for the iteration-based loop (the subprocess test above covers
     # DefaultSampler, whose epoch restarts each cost MMEngine a 2 s sleep)
     sampler = 'DefaultSampler' if by_epoch else 'InfiniteSampler'
-    loader = dict(dataset=NoisyDataset(), sampler=dict(type=sampler, shuffle=True),
-                  batch_size=4, num_workers=0)
+    loader = dict(
+        dataset=NoisyDataset(),
+        sampler=dict(type=sampler, shuffle=True),
+        batch_size=4,
+        num_workers=0,
+    )
     if by_epoch:  # 3 iterations per epoch, checkpoint and validation every epoch
         train_cfg = dict(by_epoch=True, max_epochs=3, val_interval=1)
         checkpoint = dict(type='CheckpointHook', interval=1)
     else:  # checkpoint and validation every 3 iterations, save_best inside validation
         train_cfg = dict(by_epoch=False, max_iters=8, val_interval=3)
-        checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=3,
-                          save_best='toy/mae', rule='less')
+        checkpoint = dict(
+            type='CheckpointHook', by_epoch=False, interval=3, save_best='toy/mae', rule='less'
+        )
     return Runner(
-        model=dropout_model(), work_dir=str(work_dir), experiment_name=name,
+        model=dropout_model(),
+        work_dir=str(work_dir),
+        experiment_name=name,
         train_dataloader=loader,
         val_dataloader=dict(loader, sampler=dict(type='DefaultSampler', shuffle=False)),
-        val_evaluator=dict(type=MAE), val_cfg=dict(), train_cfg=train_cfg,
+        val_evaluator=dict(type=MAE),
+        val_cfg=dict(),
+        train_cfg=train_cfg,
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9)),
         default_hooks=dict(checkpoint=checkpoint),
         custom_hooks=[dict(type='mmslora.RandomStateHook')] if hook else None,
-        randomness=dict(seed=0), log_level='WARNING', **kwargs)
+        randomness=dict(seed=0),
+        log_level='WARNING',
+        **kwargs,
+    )
 
 
 def toy_resume(tmp_path, hook, by_epoch=False):
@@ -197,8 +246,9 @@ def toy_resume(tmp_path, hook, by_epoch=False):
     full = toy_runner(tmp_path / 'full', 'full', hook, by_epoch)
     full.train()
     ckpt = tmp_path / 'full' / ('epoch_1.pth' if by_epoch else 'iter_3.pth')
-    resumed = toy_runner(tmp_path / 'resumed', 'resumed', hook, by_epoch, resume=True,
-                         load_from=str(ckpt))
+    resumed = toy_runner(
+        tmp_path / 'resumed', 'resumed', hook, by_epoch, resume=True, load_from=str(ckpt)
+    )
     resumed.train()
     assert resumed.iter == full.iter
     return full.model.state_dict(), resumed.model.state_dict()
@@ -230,8 +280,10 @@ def test_hook_leaves_a_plain_load_from_alone(tmp_path):
     the checkpoint's."""
     toy_runner(tmp_path / 'full', 'full', True).train()
     first = {}
-    for name, kwargs in [('fresh', {}),
-                         ('loaded', dict(load_from=str(tmp_path / 'full' / 'iter_3.pth')))]:
+    for name, kwargs in [
+        ('fresh', {}),
+        ('loaded', dict(load_from=str(tmp_path / 'full' / 'iter_3.pth'))),
+    ]:
         runner = toy_runner(tmp_path / name, name, True, **kwargs)
         runner.register_hook(FirstRandomState(first, name))
         runner.train()

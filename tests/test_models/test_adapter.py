@@ -1,5 +1,3 @@
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,8 +31,15 @@ def test_parameter_count_matches_formula():
     c, d, g = 64, 32, 8
     adapter = MSLoRAAdapter(channels=c, hidden_dim=d, groups=g, kernel_sizes=(3, 5), reduction=4)
     proj = 2 * c * d // g
-    trans = (c * d // g + 2 * d + (9 + 1 + 25 + 1) * d + (d * 8 + 8) + (8 * d + d)
-             + (2 * 49 + 1) + (d * c // g + c))
+    trans = (
+        c * d // g
+        + 2 * d
+        + (9 + 1 + 25 + 1) * d
+        + (d * 8 + 8)
+        + (8 * d + d)
+        + (2 * 49 + 1)
+        + (d * c // g + c)
+    )
     assert sum(p.numel() for p in adapter.parameters()) == proj + trans
 
 
@@ -55,24 +60,35 @@ def test_gradients_reach_both_branches_after_two_steps():
     assert grads[1] > 0.0
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(channels=30, groups=8, strict_groups=True), 'channels=30 is not divisible by groups=8'),
-    (dict(channels=32, hidden_dim=20, groups=8, strict_groups=True),
-     'hidden_dim=20 is not divisible by groups=8'),
-    (dict(channels=32, kernel_sizes=(3, 4)), 'kernel size 4 must be odd'),
-    (dict(channels=32, spatial_kernel=6), 'kernel size 6 must be odd'),
-    (dict(channels=32, kernel_sizes=()), 'kernel_sizes is empty'),
-    (dict(channels=0), 'channels must be a positive int'),
-])
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (
+            dict(channels=30, groups=8, strict_groups=True),
+            'channels=30 is not divisible by groups=8',
+        ),
+        (
+            dict(channels=32, hidden_dim=20, groups=8, strict_groups=True),
+            'hidden_dim=20 is not divisible by groups=8',
+        ),
+        (dict(channels=32, kernel_sizes=(3, 4)), 'kernel size 4 must be odd'),
+        (dict(channels=32, spatial_kernel=6), 'kernel size 6 must be odd'),
+        (dict(channels=32, kernel_sizes=()), 'kernel_sizes is empty'),
+        (dict(channels=0), 'channels must be a positive int'),
+    ],
+)
 def test_invalid_sizes_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MSLoRAAdapter(**kwargs)
 
 
-@pytest.mark.parametrize('channels, hidden_dim, groups, fitted', [
-    (26, 64, 8, 2), (18, 64, 8, 2), (24, 64, 8, 8), (30, 20, 8, 5), (7, 64, 8, 1)])
-def test_groups_that_do_not_divide_become_the_largest_that_does(channels, hidden_dim,
-                                                                groups, fitted):
+@pytest.mark.parametrize(
+    'channels, hidden_dim, groups, fitted',
+    [(26, 64, 8, 2), (18, 64, 8, 2), (24, 64, 8, 8), (30, 20, 8, 5), (7, 64, 8, 1)],
+)
+def test_groups_that_do_not_divide_become_the_largest_that_does(
+    channels, hidden_dim, groups, fitted
+):
     adapter = MSLoRAAdapter(channels=channels, hidden_dim=hidden_dim, groups=groups)
     assert adapter.groups == fitted
     assert (adapter.adjustment is None) == (fitted == groups)
@@ -89,7 +105,7 @@ def test_wrong_input_channels_named():
 
 
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels-last'])
-@pytest.mark.parametrize('kernel_sizes', [(3, 5, 7), (1, 5), (3, )])
+@pytest.mark.parametrize('kernel_sizes', [(3, 5, 7), (1, 5), (3,)])
 def test_fused_forward_equals_layer_by_layer(kernel_sizes, channels_last, device):
     """``forward`` (fused_mslora) computes ``F + Proj(F) * Trans(F)`` of the modules,
     values and gradients, with and without autograd."""
@@ -128,26 +144,47 @@ def test_dropout_in_training_uses_layer_by_layer_path():
 # today's keys and shapes (C=32, D=16, G=4): the switches' defaults must keep them, so
 # existing checkpoints load
 DEFAULT_STATE = [
-    ('proj.down.weight', (16, 8, 1, 1)), ('proj.up.weight', (32, 4, 1, 1)),
-    ('trans.reduce.weight', (16, 8, 1, 1)), ('trans.norm.weight', (16, )),
-    ('trans.norm.bias', (16, )), ('trans.multi_scale.0.weight', (16, 1, 3, 3)),
-    ('trans.multi_scale.0.bias', (16, )), ('trans.multi_scale.1.weight', (16, 1, 5, 5)),
-    ('trans.multi_scale.1.bias', (16, )), ('trans.multi_scale.2.weight', (16, 1, 7, 7)),
-    ('trans.multi_scale.2.bias', (16, )), ('trans.channel_attn.1.weight', (4, 16, 1, 1)),
-    ('trans.channel_attn.1.bias', (4, )), ('trans.channel_attn.3.weight', (16, 4, 1, 1)),
-    ('trans.channel_attn.3.bias', (16, )), ('trans.spatial_attn.weight', (1, 2, 7, 7)),
-    ('trans.spatial_attn.bias', (1, )), ('trans.expand.weight', (32, 4, 1, 1)),
-    ('trans.expand.bias', (32, ))]
+    ('proj.down.weight', (16, 8, 1, 1)),
+    ('proj.up.weight', (32, 4, 1, 1)),
+    ('trans.reduce.weight', (16, 8, 1, 1)),
+    ('trans.norm.weight', (16,)),
+    ('trans.norm.bias', (16,)),
+    ('trans.multi_scale.0.weight', (16, 1, 3, 3)),
+    ('trans.multi_scale.0.bias', (16,)),
+    ('trans.multi_scale.1.weight', (16, 1, 5, 5)),
+    ('trans.multi_scale.1.bias', (16,)),
+    ('trans.multi_scale.2.weight', (16, 1, 7, 7)),
+    ('trans.multi_scale.2.bias', (16,)),
+    ('trans.channel_attn.1.weight', (4, 16, 1, 1)),
+    ('trans.channel_attn.1.bias', (4,)),
+    ('trans.channel_attn.3.weight', (16, 4, 1, 1)),
+    ('trans.channel_attn.3.bias', (16,)),
+    ('trans.spatial_attn.weight', (1, 2, 7, 7)),
+    ('trans.spatial_attn.bias', (1,)),
+    ('trans.expand.weight', (32, 4, 1, 1)),
+    ('trans.expand.bias', (32,)),
+]
 
 
-@pytest.mark.parametrize('kwargs', [{}, dict(combine='product', channel_attention=True,
-                                             spatial_attention=True, init='zero_up',
-                                             trans_stride=1)], ids=['implicit', 'explicit'])
+@pytest.mark.parametrize(
+    'kwargs',
+    [
+        {},
+        dict(
+            combine='product',
+            channel_attention=True,
+            spatial_attention=True,
+            init='zero_up',
+            trans_stride=1,
+        ),
+    ],
+    ids=['implicit', 'explicit'],
+)
 def test_defaults_keep_the_state_dict_keys(kwargs):
     adapter = MSLoRAAdapter(channels=32, hidden_dim=16, groups=4, **kwargs)
     assert [(k, tuple(v.shape)) for k, v in adapter.state_dict().items()] == DEFAULT_STATE
     assert sum(p.numel() for p in adapter.parameters()) == 2199
-    assert adapter.zero_init == ('proj.up.weight', )
+    assert adapter.zero_init == ('proj.up.weight',)
     assert adapter.scale is None and adapter.combine == 'product'
 
 
@@ -174,12 +211,15 @@ def test_autocast_forward_then_backward_outside_it(dtype, device):
         assert (got - want).norm() <= 0.05 * want.norm() + 1e-6
 
 
-@pytest.mark.parametrize('channels, ratio, width, adjusted', [
-    (16, 0.5, 8, True),     # a narrow block: D = C / 2
-    (24, 0.5, 8, True),     # C / 2 = 12, down to a multiple of G = 8
-    (40, 0.25, 8, True),    # at least G
-    (256, 0.5, 32, False),  # wide enough: D as given
-])
+@pytest.mark.parametrize(
+    'channels, ratio, width, adjusted',
+    [
+        (16, 0.5, 8, True),  # a narrow block: D = C / 2
+        (24, 0.5, 8, True),  # C / 2 = 12, down to a multiple of G = 8
+        (40, 0.25, 8, True),  # at least G
+        (256, 0.5, 32, False),  # wide enough: D as given
+    ],
+)
 def test_max_hidden_ratio_narrows_the_width(channels, ratio, width, adjusted):
     """The width rule caps D at ratio x C in multiples of the groups; the groups stay,
     the zero start holds, and the adjustment is recorded."""
@@ -205,6 +245,7 @@ def test_channel_attention_equals_its_layers():
     """The squeeze-excite gate's linear maps compute what its 1x1 convolution layers do,
     values and gradients (the fused and the layer-by-layer paths share it)."""
     from mmslora.models.adapter import ChannelAttention
+
     torch.manual_seed(0)
     attention = ChannelAttention(16, 4)
     t = torch.randn(2, 16, 5, 7, requires_grad=True)
@@ -212,13 +253,15 @@ def test_channel_attention_equals_its_layers():
     got = attention(t)
     torch.testing.assert_close(got, want)
     params = [t] + list(attention.parameters())
-    for g, w in zip(torch.autograd.grad(got.pow(2).sum(), params),
-                    torch.autograd.grad(want.pow(2).sum(), params)):
+    for g, w in zip(
+        torch.autograd.grad(got.pow(2).sum(), params),
+        torch.autograd.grad(want.pow(2).sum(), params),
+    ):
         torch.testing.assert_close(g, w)
     assert [k for k in attention.state_dict()] == ['1.weight', '1.bias', '3.weight', '3.bias']
 
 
-@pytest.mark.parametrize('kernel_sizes', [(3, 5, 7), (1, 5), (3, )])
+@pytest.mark.parametrize('kernel_sizes', [(3, 5, 7), (1, 5), (3,)])
 def test_multi_scale_kernel_is_the_padded_kernels_averaged_plus_the_residual(kernel_sizes):
     """The one depthwise kernel (built by identity products, which the TorchScript ONNX
     exporter can size) holds the zero-padded kernels' values bitwise, and its

@@ -1,6 +1,7 @@
 """Adapter files (mmslora/models/adapter_io.py): safetensors + JSON written and read back
 to equal outputs, in a fresh process too; one named set per file; the earlier .pth
 format still loads; files for another model are refused before anything is copied."""
+
 import json
 import os.path as osp
 import subprocess
@@ -21,8 +22,10 @@ SMALL = dict(type='mmslora.MSLoRAAdapter', hidden_dim=8, groups=4)
 
 def resnet_wrapper(depth=18, seed=0, **adapter):
     torch.manual_seed(seed)
-    return MSLoRABackbone(backbone=dict(type='mmdet.ResNet', depth=depth, init_cfg=None),
-                          adapter=dict(SMALL, **adapter))
+    return MSLoRABackbone(
+        backbone=dict(type='mmdet.ResNet', depth=depth, init_cfg=None),
+        adapter=dict(SMALL, **adapter),
+    )
 
 
 def moved(model, set_name=None, by=0.5):
@@ -41,8 +44,11 @@ def adapter_dir(tmp_path_factory):
 
 
 def test_writes_safetensors_and_a_json_config(adapter_dir):
-    assert sorted(p for p in ('adapter_model.safetensors', 'adapter_config.json')
-                  if osp.isfile(osp.join(adapter_dir, p))) == sorted([WEIGHTS_NAME, CONFIG_NAME])
+    assert sorted(
+        p
+        for p in ('adapter_model.safetensors', 'adapter_config.json')
+        if osp.isfile(osp.join(adapter_dir, p))
+    ) == sorted([WEIGHTS_NAME, CONFIG_NAME])
     with open(osp.join(adapter_dir, WEIGHTS_NAME), 'rb') as f:
         header_size = int.from_bytes(f.read(8), 'little')
         header = json.loads(f.read(header_size))  # safetensors: a JSON header, raw tensors
@@ -83,8 +89,9 @@ def test_a_fresh_process_loads_the_files_to_equal_outputs(adapter_dir, tmp_path)
             'outputs differ'
         print('EQUAL', len(want))
     ''')
-    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                            cwd=ROOT, timeout=300)
+    result = subprocess.run(
+        [sys.executable, '-c', script], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'EQUAL 4' in result.stdout
 
@@ -140,8 +147,9 @@ def test_file_for_another_adapter_config(adapter_dir):
     with pytest.raises(CheckpointMismatchError) as info:
         load_adapter(model, adapter_dir)
     assert info.value.missing == [] and info.value.unexpected == []
-    assert ('adapters.layer1_0.proj.down.weight: file (8, 16, 1, 1) vs model '
-            '(16, 16, 1, 1)') in info.value.shapes
+    assert (
+        'adapters.layer1_0.proj.down.weight: file (8, 16, 1, 1) vs model (16, 16, 1, 1)'
+    ) in info.value.shapes
     assert 'Build the model from the config the adapters were trained with' in str(info.value)
     assert_unchanged(model, before)
 
@@ -162,7 +170,7 @@ def test_damaged_files_leave_the_model_alone(adapter_dir, tmp_path, damage):
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         data = open(osp.join(adapter_dir, name), 'rb').read()
         if (name == WEIGHTS_NAME) == (damage == 'truncated weights'):
-            data = data[:len(data) // 2]
+            data = data[: len(data) // 2]
         (broken / name).write_bytes(data)
     model = resnet_wrapper()
     before = snapshot(model)
@@ -178,7 +186,7 @@ def test_damaged_pth_file_leaves_the_model_alone(tmp_path):
     with pytest.warns(DeprecationWarning):
         save_adapter(model, str(path))
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     before = snapshot(model)
     with pytest.raises(DamagedCheckpointError) as info:
         load_adapter(model, str(path))
@@ -192,8 +200,11 @@ def test_missing_files_and_other_checkpoints_are_named(tmp_path):
         load_adapter(model, str(tmp_path))
     path = str(tmp_path / 'full.pth')
     torch.save(dict(state_dict=model.state_dict()), path)
-    with pytest.raises(ValueError, match=r'not an mmslora adapter file.*'
-                                         r'tools/export_adapter\.py'):
+    with pytest.raises(
+        ValueError,
+        match=r'not an mmslora adapter file.*'
+        r'tools/export_adapter\.py',
+    ):
         load_adapter(model, path)
 
 
@@ -229,7 +240,9 @@ def test_a_set_file_rebuilds_the_width_it_was_trained_with(tmp_path):
     fresh = wrapper()
     for name, built in (('fitted', width), ('earlier', 64)):
         load_adapter(fresh, str(tmp_path / name))
-        assert all(a.proj.down.out_channels == built for a in fresh.adapter_set(name).modules.values())
+        assert all(
+            a.proj.down.out_channels == built for a in fresh.adapter_set(name).modules.values()
+        )
         fresh.set_adapter(name)
         model.set_adapter(name)
         assert_same_outputs(fresh, model, torch.randn(1, 3, 64, 64))

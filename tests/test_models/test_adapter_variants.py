@@ -2,6 +2,7 @@
 spatial_attention, kernel_sizes, init, trans_stride): each starts at F_hat = F
 exactly, its forward (fused or layer by layer) equals F + residual(F) in values and
 gradients, it builds only its modules, and the zero start survives an init_cfg."""
+
 import copy
 import math
 
@@ -21,23 +22,27 @@ VARIANTS = {
     'trans': dict(combine='trans'),
     'no-channel-attn': dict(channel_attention=False),
     'no-spatial-attn': dict(spatial_attention=False),
-    'single-kernel': dict(kernel_sizes=(3, )),
+    'single-kernel': dict(kernel_sizes=(3,)),
     'zero-scale': dict(init='zero_scale'),
     'gate-bias': dict(init='gate_bias'),
     'stride-2': dict(trans_stride=2),
     'stride-3': dict(trans_stride=3),
-    'no-attn-single-kernel-stride-2': dict(channel_attention=False, spatial_attention=False,
-                                           kernel_sizes=(3, ), trans_stride=2),
-    'zero-scale-stride-2-no-spatial-attn': dict(init='zero_scale', trans_stride=2,
-                                               spatial_attention=False),
+    'no-attn-single-kernel-stride-2': dict(
+        channel_attention=False, spatial_attention=False, kernel_sizes=(3,), trans_stride=2
+    ),
+    'zero-scale-stride-2-no-spatial-attn': dict(
+        init='zero_scale', trans_stride=2, spatial_attention=False
+    ),
     'sum-zero-scale-stride-2': dict(combine='sum', init='zero_scale', trans_stride=2),
-    'trans-no-channel-attn-stride-2': dict(combine='trans', channel_attention=False,
-                                           trans_stride=2),
+    'trans-no-channel-attn-stride-2': dict(
+        combine='trans', channel_attention=False, trans_stride=2
+    ),
     'trans-zero-scale': dict(combine='trans', init='zero_scale'),
     'proj-zero-scale': dict(combine='proj', init='zero_scale'),
 }
-parametrize_variants = pytest.mark.parametrize('kwargs', list(VARIANTS.values()),
-                                               ids=list(VARIANTS))
+parametrize_variants = pytest.mark.parametrize(
+    'kwargs', list(VARIANTS.values()), ids=list(VARIANTS)
+)
 
 
 def build(kwargs, seed=0, **extra):
@@ -102,16 +107,26 @@ def test_forward_equals_layer_by_layer(kwargs, channels_last, device):
                 torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
 
 
-def expected_parameters(combine='product', channel_attention=True, spatial_attention=True,
-                        kernel_sizes=(3, 5, 7), init='zero_up', trans_stride=1):
+def expected_parameters(
+    combine='product',
+    channel_attention=True,
+    spatial_attention=True,
+    kernel_sizes=(3, 5, 7),
+    init='zero_up',
+    trans_stride=1,
+):
     """Parameter count (C, D, G as above, reduction 4, spatial kernel 7) and the
     top-level module names built."""
     proj = 2 * C * D // G
     squeezed = D // 4
-    trans = (C * D // G + 2 * D + sum(k * k + 1 for k in kernel_sizes) * D
-             + (D * C // G + C)
-             + channel_attention * (2 * D * squeezed + squeezed + D)
-             + spatial_attention * (2 * 49 + 1))
+    trans = (
+        C * D // G
+        + 2 * D
+        + sum(k * k + 1 for k in kernel_sizes) * D
+        + (D * C // G + C)
+        + channel_attention * (2 * D * squeezed + squeezed + D)
+        + spatial_attention * (2 * 49 + 1)
+    )
     count = (proj if combine != 'trans' else 0) + (trans if combine != 'proj' else 0)
     count += C if init == 'zero_scale' else 0
     return count
@@ -130,18 +145,21 @@ def test_parameters_are_those_of_the_modules_built(kwargs):
         assert any('channel_attn' in n for n in names) == kwargs.get('channel_attention', True)
         assert any('spatial_attn' in n for n in names) == kwargs.get('spatial_attention', True)
     assert set(adapter.zero_init) <= set(names)
-    assert type(adapter).zero_init == ('proj.up.weight', )  # the class keeps the defaults'
+    assert type(adapter).zero_init == ('proj.up.weight',)  # the class keeps the defaults'
 
 
-@pytest.mark.parametrize('kwargs, zero_init', [
-    ({}, ('proj.up.weight', )),
-    (dict(combine='sum'), ('proj.up.weight', 'trans.expand.weight', 'trans.expand.bias')),
-    (dict(combine='proj'), ('proj.up.weight', )),
-    (dict(combine='trans'), ('trans.expand.weight', 'trans.expand.bias')),
-    (dict(init='zero_scale'), ('scale', )),
-    (dict(combine='trans', init='zero_scale'), ('scale', )),
-    (dict(init='gate_bias'), ('proj.up.weight', )),
-])
+@pytest.mark.parametrize(
+    'kwargs, zero_init',
+    [
+        ({}, ('proj.up.weight',)),
+        (dict(combine='sum'), ('proj.up.weight', 'trans.expand.weight', 'trans.expand.bias')),
+        (dict(combine='proj'), ('proj.up.weight',)),
+        (dict(combine='trans'), ('trans.expand.weight', 'trans.expand.bias')),
+        (dict(init='zero_scale'), ('scale',)),
+        (dict(combine='trans', init='zero_scale'), ('scale',)),
+        (dict(init='gate_bias'), ('proj.up.weight',)),
+    ],
+)
 def test_zero_init_names_per_instance(kwargs, zero_init):
     adapter = build(kwargs)
     assert adapter.zero_init == zero_init
@@ -151,9 +169,14 @@ def test_zero_init_names_per_instance(kwargs, zero_init):
         assert adapter.proj.up.weight.abs().sum() > 0  # random, as the down-projection
 
 
-@pytest.mark.parametrize('init_cfg', [dict(type='Kaiming', layer='Conv2d'),
-                                      dict(type='Normal', layer=['Conv2d'], std=0.5, bias=0.3)],
-                         ids=['kaiming', 'normal'])
+@pytest.mark.parametrize(
+    'init_cfg',
+    [
+        dict(type='Kaiming', layer='Conv2d'),
+        dict(type='Normal', layer=['Conv2d'], std=0.5, bias=0.3),
+    ],
+    ids=['kaiming', 'normal'],
+)
 @parametrize_variants
 def test_init_cfg_keeps_the_zero_start(kwargs, init_cfg):
     adapter = build(kwargs, init_cfg=init_cfg)
@@ -176,8 +199,9 @@ def test_with_cp_and_dropout(kwargs, dropout):
     for module in (adapter, checkpointed):
         torch.manual_seed(2)  # the same dropout mask
         out = module(x)
-        results.append([out] + list(torch.autograd.grad(
-            out.pow(2).sum(), [x] + list(module.parameters()))))
+        results.append(
+            [out] + list(torch.autograd.grad(out.pow(2).sum(), [x] + list(module.parameters())))
+        )
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
     if dropout:
@@ -260,19 +284,26 @@ def test_gate_bias_opens_the_gate_and_speeds_up_proj():
     assert first_grads['gate_bias'] > 1.4 * first_grads['zero_up']
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(combine='prod'), "combine must be one of 'product', 'sum', 'proj', 'trans', "
-                           "got 'prod'"),
-    (dict(combine=None), "combine must be one of .*, got None"),
-    (dict(init='zero'), "init must be one of 'zero_up', 'zero_scale', 'gate_bias', got 'zero'"),
-    (dict(channel_attention='no'), "channel_attention must be True or False, got 'no'"),
-    (dict(spatial_attention=0), 'spatial_attention must be True or False, got 0'),
-    (dict(trans_stride=0), 'trans_stride must be a positive int, got 0'),
-    (dict(trans_stride=1.5), 'trans_stride must be a positive int, got 1.5'),
-    (dict(combine='sum', init='gate_bias'),
-     "init='gate_bias' opens the sigmoid gate on Proj, which only combine='product' has, "
-     "got combine='sum'"),
-])
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (
+            dict(combine='prod'),
+            "combine must be one of 'product', 'sum', 'proj', 'trans', got 'prod'",
+        ),
+        (dict(combine=None), "combine must be one of .*, got None"),
+        (dict(init='zero'), "init must be one of 'zero_up', 'zero_scale', 'gate_bias', got 'zero'"),
+        (dict(channel_attention='no'), "channel_attention must be True or False, got 'no'"),
+        (dict(spatial_attention=0), 'spatial_attention must be True or False, got 0'),
+        (dict(trans_stride=0), 'trans_stride must be a positive int, got 0'),
+        (dict(trans_stride=1.5), 'trans_stride must be a positive int, got 1.5'),
+        (
+            dict(combine='sum', init='gate_bias'),
+            "init='gate_bias' opens the sigmoid gate on Proj, which only combine='product' has, "
+            "got combine='sum'",
+        ),
+    ],
+)
 def test_bad_switches_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=f'MSLoRAAdapter: {message}'):
         MSLoRAAdapter(channels=C, **kwargs)
@@ -281,8 +312,10 @@ def test_bad_switches_raise_clear_errors(kwargs, message):
 @pytest.mark.parametrize('combine', ['proj', 'sum', 'trans'])
 def test_reweighting_records_variants(combine):
     torch.manual_seed(0)
-    model = MSLoRABackbone(backbone=RESNET18, adapter=dict(
-        type='mmslora.MSLoRAAdapter', hidden_dim=8, groups=4, combine=combine))
+    model = MSLoRABackbone(
+        backbone=RESNET18,
+        adapter=dict(type='mmslora.MSLoRAAdapter', hidden_dim=8, groups=4, combine=combine),
+    )
     model.eval()
     with torch.no_grad(), record_reweighting(model) as records:
         model(torch.randn(1, 3, 32, 32))

@@ -6,22 +6,40 @@ On the default device this is CPU autocast; with ``--device cuda`` the same step
 under CUDA autocast (the GPU leg, ``make test-gpu``, docs/gpu.md). The test marked
 ``cuda`` compiles an AMP step with inductor, which on CPU would take minutes.
 """
+
 import copy
 
 import pytest
 import torch
 
 from mmslora.models.peers import METHODS
-from mmslora_testing import (TINY_VIT_MMPRETRAIN, build_in_scope, build_method, flat,
-                             skip_unless_autocast)
+from mmslora_testing import (
+    TINY_VIT_MMPRETRAIN,
+    build_in_scope,
+    build_method,
+    flat,
+    skip_unless_autocast,
+)
 
 BACKBONES = [
     # a narrow ResNet-18 (16 to 128 channels): float16 convolutions are slow on CPU
-    ('mmdet-resnet18', 'mmdet', dict(type='mmdet.ResNet', depth=18, base_channels=16,
-                                     stem_channels=16, zero_init_residual=False,
-                                     init_cfg=None)),
-    ('mmpretrain-vit', 'mmpretrain',
-     dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN)),
+    (
+        'mmdet-resnet18',
+        'mmdet',
+        dict(
+            type='mmdet.ResNet',
+            depth=18,
+            base_channels=16,
+            stem_channels=16,
+            zero_init_residual=False,
+            init_cfg=None,
+        ),
+    ),
+    (
+        'mmpretrain-vit',
+        'mmpretrain',
+        dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN),
+    ),
 ]
 DTYPES = dict(fp16=torch.float16, bf16=torch.bfloat16)
 #: relative error (in norm) of all AMP gradients together against float32's (10 and 7
@@ -67,7 +85,9 @@ def _grad_scaler(device, dtype):
 def _assert_near(got, want, rtol, name):
     assert got.dtype == want.dtype and torch.isfinite(got).all(), name
     assert (got - want).norm() <= rtol * want.norm() + 1e-12, (
-        name, float((got - want).norm() / want.norm()))
+        name,
+        float((got - want).norm() / want.norm()),
+    )
 
 
 @pytest.mark.parametrize('dtype', list(DTYPES.values()), ids=list(DTYPES))
@@ -94,8 +114,12 @@ def test_amp_step_of_every_method(name, scope, cfg, method, dtype, device):
     frozen = {k: v.clone() for k, v in model.state_dict().items() if k not in params}
     before = {k: p.detach().clone() for k, p in params.items()}
     grads = _amp_step(model, x, dtype, params)
-    _assert_near(torch.cat([g.flatten() for g in grads.values()]),
-                 torch.cat([g.flatten() for g in want.values()]), GRAD_RTOL[dtype], 'all')
+    _assert_near(
+        torch.cat([g.flatten() for g in grads.values()]),
+        torch.cat([g.flatten() for g in want.values()]),
+        GRAD_RTOL[dtype],
+        'all',
+    )
     # (each parameter alone is not compared: a small gradient, such as that of a
     # spatial-attention bias, is a sum that cancels to a tenth of its terms' size, and
     # the low-precision roundings of those terms move it by more than itself)

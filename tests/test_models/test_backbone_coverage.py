@@ -3,6 +3,7 @@ argument and the recipe's adapter without a width (one table, as timm tests ever
 model): adapters inserted by a preset or the block finder within 5% of the backbone,
 equal to the plain backbone at init, backbone bitwise frozen after two training steps,
 adapters trained (tools/analysis_tools/backbone_coverage.py)."""
+
 import pytest
 
 from mmslora.models.wrapper import DEFAULT_BUDGET
@@ -32,8 +33,9 @@ def test_wraps_by_itself(name, one_thread):
         assert result.status == 'wrapped', result.detail
         assert result.blocks > 0
         if name in coverage.OVER_BUDGET:
-            assert result.share > DEFAULT_BUDGET and result.width == 1, \
+            assert result.share > DEFAULT_BUDGET and result.width == 1, (
                 f'{name} fits {DEFAULT_BUDGET:.0%} now: drop it from OVER_BUDGET'
+            )
         else:
             assert 0 < result.share <= DEFAULT_BUDGET, (result.share, result.width)
 

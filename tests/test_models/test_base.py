@@ -1,12 +1,12 @@
 """The adapter contract (mmslora/models/base.py): a user's own adapter works in the
 wrapper with no other code, a class that implements neither base is refused, and the
 zero start survives any init_cfg."""
+
 import pytest
 import torch
 import torch.nn as nn
 
-from mmslora.models import (BlockAdapter, LayerAdapter, MSLoRAAdapter, MSLoRABackbone,
-                            find_wrappers)
+from mmslora.models import BlockAdapter, LayerAdapter, MSLoRAAdapter, MSLoRABackbone, find_wrappers
 from mmslora.models.peers import BottleneckAdapter, MonaAdapter
 from mmslora.registry import MODELS
 from mmslora_testing import RESNET18, TINY_VIT_MMPRETRAIN, assert_same_outputs, flat, wrap
@@ -16,7 +16,7 @@ from mmslora_testing import RESNET18, TINY_VIT_MMPRETRAIN, assert_same_outputs, 
 class ScaledChannelAdapter(BlockAdapter):
     """The README's example of a user's own adapter: ``F + s * Conv1x1(F)``."""
 
-    zero_init = ('scale', )
+    zero_init = ('scale',)
 
     def __init__(self, channels, init_cfg=None):
         super().__init__(channels, init_cfg=init_cfg)
@@ -31,8 +31,8 @@ class ScaledChannelAdapter(BlockAdapter):
 class BiasShift(LayerAdapter):
     """A layer adapter: a learned shift of a Linear layer's output."""
 
-    layer_types = (nn.Linear, )
-    zero_init = ('shift', )
+    layer_types = (nn.Linear,)
+    zero_init = ('shift',)
 
     def __init__(self, out_features, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
@@ -67,10 +67,14 @@ def train_steps(model, x, steps=2):
         opt.step()
 
 
-@pytest.mark.parametrize('adapter, backbone', [
-    (dict(type='ScaledChannelAdapter'), RESNET18),
-    (dict(type='BiasShift'), dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN)),
-], ids=['block', 'layer'])
+@pytest.mark.parametrize(
+    'adapter, backbone',
+    [
+        (dict(type='ScaledChannelAdapter'), RESNET18),
+        (dict(type='BiasShift'), dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN)),
+    ],
+    ids=['block', 'layer'],
+)
 def test_user_adapter_registered_in_models_works_in_the_wrapper(adapter, backbone):
     torch.manual_seed(0)
     model = MODELS.build(wrap(backbone, adapter=dict(adapter, type=f"mmslora.{adapter['type']}")))
@@ -114,12 +118,16 @@ def test_layer_adapter_without_a_linear_update_says_it_cannot_merge():
         BiasShift(4).delta_weight()
 
 
-METHOD_ADAPTERS = [dict(type='mmslora.MSLoRAAdapter', hidden_dim=16),
-                   dict(type='mmslora.BottleneckAdapter', hidden_dim=16),
-                   dict(type='mmslora.MonaAdapter', hidden_dim=16, dropout=0.),
-                   dict(type='mmslora.LoRA', rank=4)]
-INIT_CFGS = [dict(type='Kaiming', layer='Conv2d'),
-             dict(type='Normal', layer=['Conv2d', 'Linear'], std=0.5, bias=0.3)]
+METHOD_ADAPTERS = [
+    dict(type='mmslora.MSLoRAAdapter', hidden_dim=16),
+    dict(type='mmslora.BottleneckAdapter', hidden_dim=16),
+    dict(type='mmslora.MonaAdapter', hidden_dim=16, dropout=0.0),
+    dict(type='mmslora.LoRA', rank=4),
+]
+INIT_CFGS = [
+    dict(type='Kaiming', layer='Conv2d'),
+    dict(type='Normal', layer=['Conv2d', 'Linear'], std=0.5, bias=0.3),
+]
 
 
 @pytest.mark.parametrize('init_cfg', INIT_CFGS, ids=['kaiming', 'normal'])

@@ -7,6 +7,7 @@ backward graph, decomposed and split as inductor splits it, without inductor's c
 generation, which takes about a minute a model on CPU). Inductor itself compiles
 MSLoRA on a ResNet, in training and inference.
 """
+
 import copy
 
 import pytest
@@ -21,22 +22,37 @@ from mmslora_testing import TINY_SWIN, TINY_VIT_MMPRETRAIN, build_method, flat
 pytestmark = pytest.mark.skipif(
     digit_version(torch.__version__) < digit_version('2.4.0'),
     reason='torch.compile of autograd functions with mark_dirty and of hooks with '
-           'kwargs needs torch >= 2.4; eager mode is tested on every torch')
+    'kwargs needs torch >= 2.4; eager mode is tested on every torch',
+)
 
 BACKBONES = {
-    'mmdet-resnet': ('mmdet', dict(type='mmdet.ResNet', depth=18, base_channels=16,
-                                   stem_channels=16, out_indices=(1, 3), init_cfg=None)),
+    'mmdet-resnet': (
+        'mmdet',
+        dict(
+            type='mmdet.ResNet',
+            depth=18,
+            base_channels=16,
+            stem_channels=16,
+            out_indices=(1, 3),
+            init_cfg=None,
+        ),
+    ),
     # no stochastic depth: eager and compiled draw their random numbers differently
-    'mmdet-swin': ('mmdet', dict(type='mmdet.SwinTransformer', drop_path_rate=0.0,
-                                 **TINY_SWIN)),
+    'mmdet-swin': ('mmdet', dict(type='mmdet.SwinTransformer', drop_path_rate=0.0, **TINY_SWIN)),
     # mmpretrain's drop-path rates are NumPy values, a graph break per block unless the
     # wrapper makes them floats
-    'mmpretrain-vit': ('mmpretrain', dict(type='mmpretrain.VisionTransformer',
-                                          **TINY_VIT_MMPRETRAIN)),
+    'mmpretrain-vit': (
+        'mmpretrain',
+        dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN),
+    ),
 }
 # no dropout (Mona's default is 0.1): eager and compiled draw random numbers differently
-ADAPTERS = dict(mslora=dict(hidden_dim=8, groups=4), adapter=dict(hidden_dim=8),
-                mona=dict(hidden_dim=8, dropout=0.0), lora=dict(rank=2))
+ADAPTERS = dict(
+    mslora=dict(hidden_dim=8, groups=4),
+    adapter=dict(hidden_dim=8),
+    mona=dict(hidden_dim=8, dropout=0.0),
+    lora=dict(rank=2),
+)
 SIZE = 64
 
 
@@ -106,8 +122,7 @@ def test_one_graph_and_eager_values(method, backbone, one_thread, device):
     x = torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64).to(device)
     eager = _model(method, backbone).double().to(device)
     compiled_model = copy.deepcopy(eager)
-    compiled = torch.compile(compiled_model, backend='aot_eager_decomp_partition',
-                             fullgraph=True)
+    compiled = torch.compile(compiled_model, backend='aot_eager_decomp_partition', fullgraph=True)
     _assert_same_steps(_train_steps(compiled, x), _train_steps(eager, x), tol=1e-9)
 
 
@@ -141,9 +156,11 @@ def test_dynamic_shapes_train_equal_to_eager(one_thread, device):
     each step equals eager's."""
     torch._dynamo.reset()
     eager = _model('mslora', 'mmdet-resnet').double().to(device)
-    compiled = torch.compile(copy.deepcopy(eager), backend='aot_eager_decomp_partition',
-                             dynamic=True, fullgraph=True)
+    compiled = torch.compile(
+        copy.deepcopy(eager), backend='aot_eager_decomp_partition', dynamic=True, fullgraph=True
+    )
     for size in ((64, 96), (96, 64)):
         x = torch.randn(2, 3, *size, dtype=torch.float64).to(device)
-        _assert_same_steps(_train_steps(compiled, x, steps=1), _train_steps(eager, x, steps=1),
-                           tol=1e-9)
+        _assert_same_steps(
+            _train_steps(compiled, x, steps=1), _train_steps(eager, x, steps=1), tol=1e-9
+        )

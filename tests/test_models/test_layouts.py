@@ -1,4 +1,5 @@
 """Feature layouts (mmslora/models/layouts.py): tokens to (B, C, H, W) and back."""
+
 import pytest
 import torch
 
@@ -21,6 +22,7 @@ def test_tokens_layout_keeps_extra_tokens():
 
 def test_patch_grid_of_a_patch_embedding_output():
     from mmslora.models.layouts import patch_grid
+
     tokens = torch.zeros(2, 12, 8)
     assert patch_grid((tokens, (3, 4))) == (3, 4)  # mm*'s PatchEmbed: (tokens, (H, W))
     assert patch_grid(torch.zeros(2, 8, 3, 4)) == (3, 4)  # a (B, C, H, W) map

@@ -1,5 +1,6 @@
 """Merging layer adapters into the backbone's weights (mmslora/models/merging.py, the
 wrapper's merge_adapters / unmerge_adapters) and the plain upstream state dict."""
+
 import copy
 
 import pytest
@@ -9,15 +10,13 @@ from mmengine.config import Config
 
 from mmslora.models import AdapterSet, LayerAdapter, merging
 from mmslora.models.frozen_path.folding import folds_in
-from mmslora_testing import (PEER_BACKBONES, TINY_VIT_MMSEG, build_in_scope, build_method,
-                             flat, wrap)
+from mmslora_testing import PEER_BACKBONES, TINY_VIT_MMSEG, build_in_scope, build_method, flat, wrap
 
 MMSEG_VIT = dict(type='mmseg.VisionTransformer', **TINY_VIT_MMSEG)
 RESNET18_NARROW = dict(PEER_BACKBONES[0][2], base_channels=16)  # 1/16 of the weights
 # conv layers (ResNet-18), linear layers (mmpretrain ViT), nn.MultiheadAttention (mmseg
 # ViT: its projections are skipped, the FFN linears are adapted)
-CASES = [('mmdet', RESNET18_NARROW), ('mmpretrain', PEER_BACKBONES[1][2]),
-         ('mmseg', MMSEG_VIT)]
+CASES = [('mmdet', RESNET18_NARROW), ('mmpretrain', PEER_BACKBONES[1][2]), ('mmseg', MMSEG_VIT)]
 
 
 def trained_lora(scope, cfg, **overrides):
@@ -91,8 +90,11 @@ def test_merge_refusals_and_guards():
     with pytest.raises(RuntimeError, match="set 'default' is merged already"):
         model.merge_adapters()
     for action in (lambda: model.set_adapter('b'), model.disable_adapters().__enter__):
-        with pytest.raises(RuntimeError, match=r"adapter set 'default' is merged .* "
-                                               r'unmerge_adapters\(\) first'):
+        with pytest.raises(
+            RuntimeError,
+            match=r"adapter set 'default' is merged .* "
+            r'unmerge_adapters\(\) first',
+        ):
             action()
     model.set_adapter('default')  # the merged set itself: nothing changes
     model.unmerge_adapters()
@@ -102,13 +104,18 @@ def test_merge_refusals_and_guards():
         model.delete_adapter('b')
 
 
-@pytest.mark.parametrize('method,cls', [('mslora', 'MSLoRAAdapter'), ('mona', 'MonaAdapter'),
-                                        ('adapter', 'BottleneckAdapter')])
+@pytest.mark.parametrize(
+    'method,cls',
+    [('mslora', 'MSLoRAAdapter'), ('mona', 'MonaAdapter'), ('adapter', 'BottleneckAdapter')],
+)
 def test_block_adapters_stay_modules(method, cls):
     model = build_method(method, *CASES[0])
-    with pytest.raises(ValueError, match=f"holds {cls} block adapters: MSLoRA/Mona/Adapter "
-                                         "reweight a block's output nonlinearly and stay "
-                                         'modules; export them with mmslora-export-adapter'):
+    with pytest.raises(
+        ValueError,
+        match=f"holds {cls} block adapters: MSLoRA/Mona/Adapter "
+        "reweight a block's output nonlinearly and stay "
+        'modules; export them with mmslora-export-adapter',
+    ):
         model.merge_adapters()
     with pytest.raises(ValueError, match='stay modules'):
         merging.upstream_state_dict(model)
@@ -191,13 +198,18 @@ def test_merged_wrapper_deep_copies_with_its_own_record():
 
 
 def test_upstream_config_replaces_the_wrapper():
-    cfg = Config(dict(
-        model=dict(type='RetinaNet', backbone=wrap(dict(type='ResNet', depth=18),
-                                                   adapter=dict(type='mmslora.LoRA'))),
-        custom_imports=dict(imports=['mmslora', 'my_pkg']),
-        optim_wrapper=dict(constructor='mmslora.TrainableOptimWrapperConstructor'),
-        custom_hooks=[dict(type='mmslora.TrainableParamsReportHook'), dict(type='EMAHook')],
-        mslora_backbone=wrap(dict(type='ResNet'))))
+    cfg = Config(
+        dict(
+            model=dict(
+                type='RetinaNet',
+                backbone=wrap(dict(type='ResNet', depth=18), adapter=dict(type='mmslora.LoRA')),
+            ),
+            custom_imports=dict(imports=['mmslora', 'my_pkg']),
+            optim_wrapper=dict(constructor='mmslora.TrainableOptimWrapperConstructor'),
+            custom_hooks=[dict(type='mmslora.TrainableParamsReportHook'), dict(type='EMAHook')],
+            mslora_backbone=wrap(dict(type='ResNet')),
+        )
+    )
     plain, leftovers = merging.upstream_config(cfg)
     assert plain.model.backbone == dict(type='ResNet', depth=18)
     assert plain.custom_imports.imports == ['my_pkg'] and 'constructor' not in plain.optim_wrapper
@@ -220,9 +232,12 @@ class _NonlinearUpdate(LayerAdapter):
 
 def test_layer_adapters_without_delta_weight_cannot_merge():
     from mmslora.models.peers import LoRA
+
     assert LoRA.can_merge() and not _NonlinearUpdate.can_merge()
-    adapter_set = AdapterSet('tanh', None, nn.ModuleDict(dict(fc=_NonlinearUpdate())),
-                             layers=['fc'])
+    adapter_set = AdapterSet(
+        'tanh', None, nn.ModuleDict(dict(fc=_NonlinearUpdate())), layers=['fc']
+    )
     assert merging.unmergeable_reason(adapter_set) == (
         "adapter set 'tanh' holds _NonlinearUpdate layer adapters, which have no "
-        'delta_weight(): their update is not a weight to add')
+        'delta_weight(): their update is not a weight to add'
+    )

@@ -1,4 +1,5 @@
 """Parameter counting by module ownership (mmslora/models/params.py)."""
+
 import torch.nn as nn
 
 from mmslora.models import MSLoRABackbone, count_parameters

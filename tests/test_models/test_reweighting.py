@@ -1,4 +1,5 @@
 """What each adapter does to its block's map (mmslora/models/reweighting.py)."""
+
 import pytest
 import torch
 
@@ -9,8 +10,9 @@ from mmslora_testing import RESNET18
 
 def test_records_norms_and_the_gate_of_the_active_set():
     torch.manual_seed(0)
-    model = MSLoRABackbone(backbone=RESNET18, adapter=dict(type='mmslora.MSLoRAAdapter',
-                                                           hidden_dim=8, groups=4))
+    model = MSLoRABackbone(
+        backbone=RESNET18, adapter=dict(type='mmslora.MSLoRAAdapter', hidden_dim=8, groups=4)
+    )
     model.add_adapter('plain', dict(type='mmslora.BottleneckAdapter', hidden_dim=8))
     model.eval()
     x = torch.randn(2, 3, 32, 32)

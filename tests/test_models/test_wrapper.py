@@ -10,8 +10,17 @@ import torch
 from mmengine.registry import DefaultScope
 
 from mmslora.models import MSLoRABackbone, count_parameters
-from mmslora_testing import (HRNET_W18_TINY, RESNET18, TINY_SWIN, TINY_VIT_MMPRETRAIN, TINY_VIT_MMSEG,
-                             assert_same_outputs, build_in_scope, flat, wrap)
+from mmslora_testing import (
+    HRNET_W18_TINY,
+    RESNET18,
+    TINY_SWIN,
+    TINY_VIT_MMPRETRAIN,
+    TINY_VIT_MMSEG,
+    assert_same_outputs,
+    build_in_scope,
+    flat,
+    wrap,
+)
 
 # (id, toolbox scope, backbone config, number of blocks adapted)
 CASES = [
@@ -21,13 +30,31 @@ CASES = [
     ('mmseg-resnetv1c', 'mmseg', dict(type='mmseg.ResNetV1c', depth=18, init_cfg=None), 8),
     ('mmseg-swin', 'mmseg', dict(type='mmseg.SwinTransformer', **TINY_SWIN), 4),
     ('mmseg-vit', 'mmseg', dict(type='mmseg.VisionTransformer', **TINY_VIT_MMSEG), 2),
-    ('mmpretrain-resnet18', 'mmpretrain',
-     dict(type='mmpretrain.ResNet', depth=18, init_cfg=None), 8),
-    ('mmpretrain-swin', 'mmpretrain',
-     dict(type='mmpretrain.SwinTransformer', img_size=64, window_size=4, out_indices=(1, ),
-          arch=dict(embed_dims=32, depths=(2, 2), num_heads=(1, 2)), init_cfg=None), 4),
-    ('mmpretrain-vit', 'mmpretrain',
-     dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN), 2),
+    (
+        'mmpretrain-resnet18',
+        'mmpretrain',
+        dict(type='mmpretrain.ResNet', depth=18, init_cfg=None),
+        8,
+    ),
+    (
+        'mmpretrain-swin',
+        'mmpretrain',
+        dict(
+            type='mmpretrain.SwinTransformer',
+            img_size=64,
+            window_size=4,
+            out_indices=(1,),
+            arch=dict(embed_dims=32, depths=(2, 2), num_heads=(1, 2)),
+            init_cfg=None,
+        ),
+        4,
+    ),
+    (
+        'mmpretrain-vit',
+        'mmpretrain',
+        dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN),
+        2,
+    ),
 ]
 IDS = [case[0] for case in CASES]
 
@@ -55,10 +82,12 @@ def test_state_dict_keys_load_into_plain_backbone_and_outputs_equal(case):
     model = build_in_scope(scope, wrap(cfg))
     model.init_weights()
     plain = build_in_scope(scope, cfg)
-    backbone_keys = {k[len('backbone.'):]: v for k, v in model.state_dict().items()
-                     if k.startswith('backbone.')}
+    backbone_keys = {
+        k[len('backbone.') :]: v for k, v in model.state_dict().items() if k.startswith('backbone.')
+    }
     assert set(model.state_dict()) == {f'backbone.{k}' for k in backbone_keys} | {
-        k for k in model.state_dict() if k.startswith('adapters.')}
+        k for k in model.state_dict() if k.startswith('adapters.')
+    }
     plain.load_state_dict(backbone_keys, strict=True)
     # frozen like the wrapped one: torch's MultiheadAttention takes its fused fast path
     # only when no parameter requires grad, which changes the last bits of the output
@@ -105,38 +134,66 @@ def test_only_adapters_train_and_backbone_state_is_unchanged(case):
 
 
 def test_norms_stay_in_eval_mode_even_if_backbone_asks_otherwise():
-    model = build_in_scope('mmseg', wrap(dict(type='mmseg.ResNetV1c', depth=18,
-                                              norm_eval=False, init_cfg=None)))
+    model = build_in_scope(
+        'mmseg', wrap(dict(type='mmseg.ResNetV1c', depth=18, norm_eval=False, init_cfg=None))
+    )
     model.train()
     bns = [m for m in model.backbone.modules() if hasattr(m, 'running_mean')]
     assert bns and not any(m.training for m in bns)
     assert all(a.training for a in model.adapters.values())
-    unfrozen = build_in_scope('mmseg', wrap(dict(type='mmseg.ResNetV1c', depth=18,
-                                                 init_cfg=None), norm_eval=False))
+    unfrozen = build_in_scope(
+        'mmseg', wrap(dict(type='mmseg.ResNetV1c', depth=18, init_cfg=None), norm_eval=False)
+    )
     unfrozen.train()
     assert all(m.training for m in unfrozen.backbone.modules() if hasattr(m, 'running_mean'))
 
 
-@pytest.mark.parametrize('trainable, suffixes', [
-    (('bias', ), ('bias', )),
-    (('norm', ), ('bn1.weight', 'bn1.bias', 'bn2.weight', 'bn2.bias', 'downsample.1.weight',
-                  'downsample.1.bias')),
-])
+@pytest.mark.parametrize(
+    'trainable, suffixes',
+    [
+        (('bias',), ('bias',)),
+        (
+            ('norm',),
+            (
+                'bn1.weight',
+                'bn1.bias',
+                'bn2.weight',
+                'bn2.bias',
+                'downsample.1.weight',
+                'downsample.1.bias',
+            ),
+        ),
+    ],
+)
 def test_trainable_options(trainable, suffixes):
-    model = build_in_scope('mmpretrain', wrap(dict(type='mmpretrain.ResNet', depth=18,
-                                                   init_cfg=None), trainable=trainable))
+    model = build_in_scope(
+        'mmpretrain',
+        wrap(dict(type='mmpretrain.ResNet', depth=18, init_cfg=None), trainable=trainable),
+    )
     model.init_weights()
     names = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
     assert names and all(n.endswith(suffixes) for n in names)
     assert not any('conv' in n and n.endswith('weight') for n in names)
 
 
-@pytest.mark.parametrize('scope, cfg', [
-    ('mmdet', dict(type='mmdet.ResNet', depth=50, init_cfg=None)),
-    ('mmdet', dict(type='mmdet.SwinTransformer', init_cfg=None)),  # Swin-T defaults
-    ('mmpretrain', dict(type='mmpretrain.VisionTransformer', arch='b', img_size=224,
-                        patch_size=16, init_cfg=None)),
-], ids=['mmdet-R50', 'mmdet-Swin-T', 'mmpretrain-ViT-B'])
+@pytest.mark.parametrize(
+    'scope, cfg',
+    [
+        ('mmdet', dict(type='mmdet.ResNet', depth=50, init_cfg=None)),
+        ('mmdet', dict(type='mmdet.SwinTransformer', init_cfg=None)),  # Swin-T defaults
+        (
+            'mmpretrain',
+            dict(
+                type='mmpretrain.VisionTransformer',
+                arch='b',
+                img_size=224,
+                patch_size=16,
+                init_cfg=None,
+            ),
+        ),
+    ],
+    ids=['mmdet-R50', 'mmdet-Swin-T', 'mmpretrain-ViT-B'],
+)
 def test_default_adapters_train_under_five_percent(scope, cfg):
     report = count_parameters(build_in_scope(scope, wrap(cfg)))
     assert report.adapter == report.backbone_trainable == report.trainable > 0
@@ -144,8 +201,9 @@ def test_default_adapters_train_under_five_percent(scope, cfg):
 
 
 def test_gradient_checkpointing_blocks_still_train_adapters():
-    model = build_in_scope('mmdet', wrap(dict(type='mmdet.ResNet', depth=18, with_cp=True,
-                                              init_cfg=None)))
+    model = build_in_scope(
+        'mmdet', wrap(dict(type='mmdet.ResNet', depth=18, with_cp=True, init_cfg=None))
+    )
     model.train()
     for adapter in model.adapters.values():
         torch.nn.init.normal_(adapter.proj.up.weight, std=0.01)
@@ -178,6 +236,7 @@ def test_misspelled_scoped_backbone_names_the_type():
 def test_unscoped_backbone_builds_in_the_toolbox_default_scope():
     """`type='ResNet'` is fine where the toolbox is the default scope (its configs)."""
     from mmdet.models.backbones import ResNet
+
     with DefaultScope.overwrite_default_scope('mmdet'):
         model = MSLoRABackbone(backbone=dict(type='ResNet', depth=18, init_cfg=None))
     assert type(model.backbone) is ResNet
@@ -190,13 +249,20 @@ def test_unknown_backbone_type_says_how_to_fix():
 
 def test_groups_not_dividing_channels():
     with pytest.raises(ValueError, match='channels=32 is not divisible by groups=3'):
-        build_in_scope('mmdet', wrap(dict(type='mmdet.SwinTransformer', **TINY_SWIN),
-                                     adapter=dict(type='mmslora.MSLoRAAdapter', groups=3,
-                                                  hidden_dim=63, strict_groups=True)))
+        build_in_scope(
+            'mmdet',
+            wrap(
+                dict(type='mmdet.SwinTransformer', **TINY_SWIN),
+                adapter=dict(
+                    type='mmslora.MSLoRAAdapter', groups=3, hidden_dim=63, strict_groups=True
+                ),
+            ),
+        )
     # not strict: fewer groups where they do not divide, listed in the parameter report
     hrnet = dict(type='mmdet.HRNet', extra=HRNET_W18_TINY, init_cfg=None)
-    model = build_in_scope('mmdet', wrap(hrnet, adapter=dict(type='mmslora.MSLoRAAdapter',
-                                                             hidden_dim=64)))
+    model = build_in_scope(
+        'mmdet', wrap(hrnet, adapter=dict(type='mmslora.MSLoRAAdapter', hidden_dim=64))
+    )
     report = count_parameters(model)
     assert 'MSLoRAAdapter groups 8 -> 2 (C=18, D=64): 3 adapters' in report.notes
     assert 'groups 8 -> 2' in report.table()
@@ -294,8 +360,7 @@ def test_two_named_sets_switch_outputs_without_rebuilding():
     model.set_adapter('task_b')
     assert not differ(outputs(model, x), out_b)
     assert list(model.modules()) == modules_before  # switching builds nothing
-    assert {k.split('.')[0] for k in model.state_dict()} == {'backbone', 'adapters',
-                                                              'adapter_sets'}
+    assert {k.split('.')[0] for k in model.state_dict()} == {'backbone', 'adapters', 'adapter_sets'}
     assert 'adapter_sets.task_b.layer1_0.proj.up.weight' in model.state_dict()
 
 
@@ -308,12 +373,14 @@ def test_named_set_of_another_method_and_its_errors():
         model.add_adapter('lora', dict(type='mmslora.LoRA'))
     with pytest.raises(ValueError, match='must be a Python identifier'):
         model.add_adapter('task.b', dict(type='mmslora.LoRA'))
-    with pytest.raises(KeyError, match=r"no adapter set 'nope'; the sets are \['default', "
-                                       r"'lora'\]"):
+    with pytest.raises(
+        KeyError,
+        match=r"no adapter set 'nope'; the sets are \['default', "
+        r"'lora'\]",
+    ):
         model.set_adapter('nope')
     with pytest.raises(ValueError, match='no block of ResNet matched'):
-        model.add_adapter('bad', dict(type='mmslora.MSLoRAAdapter'),
-                          blocks=dict(pattern='nothing'))
+        model.add_adapter('bad', dict(type='mmslora.MSLoRAAdapter'), blocks=dict(pattern='nothing'))
     assert model.adapter_names == ['default', 'lora'] and 'bad' not in model.adapter_sets
     model.delete_adapter('lora')
     assert model.adapter_names == ['default'] and model.active_adapter == 'default'
@@ -334,14 +401,20 @@ def test_sets_train_separately():
         sum(t.pow(2).mean() for t in flat(model(x))).backward()
         opt.step()
     assert all(torch.equal(v, model.adapters.state_dict()[k]) for k, v in default_before.items())
-    assert any(p.abs().sum() > 0 for n, p in model.adapter_set('task_b').modules.named_parameters()
-               if n.endswith('proj.up.weight'))
+    assert any(
+        p.abs().sum() > 0
+        for n, p in model.adapter_set('task_b').modules.named_parameters()
+        if n.endswith('proj.up.weight')
+    )
 
 
-@pytest.mark.parametrize('adapter, arg', [(dict(type='mmslora.MSLoRAAdapter'), 'hidden_dim'),
-                                          (dict(type='mmslora.LoRA'), 'rank')])
+@pytest.mark.parametrize(
+    'adapter, arg',
+    [(dict(type='mmslora.MSLoRAAdapter'), 'hidden_dim'), (dict(type='mmslora.LoRA'), 'rank')],
+)
 def test_a_parameter_budget_sets_the_widest_adapter_that_meets_it(adapter, arg):
     from mmslora.models.wrapper import BUDGET_WIDTHS
+
     model = MSLoRABackbone(backbone=RESNET18, adapter=adapter, budget=0.02)
     report = count_parameters(model)
     assert report.adapter <= 0.02 * report.backbone
@@ -364,6 +437,7 @@ MOBILENET_V3_SMALL = dict(type='mmpretrain.MobileNetV3', arch='small', init_cfg=
 def logged():
     """The messages mmengine's current logger emits inside the context."""
     from mmengine.logging import MMLogger
+
     records = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())
@@ -380,6 +454,7 @@ def test_without_a_width_the_adapters_stay_within_five_percent():
     does where it does not (MobileNetV3-small: 64 would be about 11%); the width built
     is recorded in the set's config."""
     from mmslora.models.wrapper import DEFAULT_BUDGET
+
     wide = MSLoRABackbone(backbone=RESNET18, adapter=dict(type='mmslora.MSLoRAAdapter'))
     assert wide.adapter_cfg == dict(type='mmslora.MSLoRAAdapter', hidden_dim=64)
     assert not wide.notes and count_parameters(wide).backbone_share <= DEFAULT_BUDGET
@@ -389,8 +464,10 @@ def test_without_a_width_the_adapters_stay_within_five_percent():
     report = count_parameters(small)
     width = small.adapter_cfg['hidden_dim']
     assert width < 64 and 0 < report.backbone_share <= DEFAULT_BUDGET
-    assert any(f'the default hidden_dim=64 would be' in n and 'fitting the width to 5%' in n
-               for n in report.notes), report.notes
+    assert any(
+        'the default hidden_dim=64 would be' in n and 'fitting the width to 5%' in n
+        for n in report.notes
+    ), report.notes
     assert any(f'budget 5.00% of the backbone: hidden_dim={width}' in n for n in report.notes)
     assert any('fitting the width' in m for m in messages)
     assert all(a.proj.down.out_channels == width for a in small.adapters.values())
@@ -406,45 +483,64 @@ def test_a_given_width_is_kept_with_a_warning_above_five_percent():
     assert all(a.proj.down.out_channels == 64 for a in model.adapters.values())
     share = count_parameters(model).backbone_share
     assert share > 0.05
-    warning = (f"MSLoRAAdapter (set 'default') with hidden_dim=64 as given is {share:.3%} "
-               f'of the backbone, above 5%; kept (drop hidden_dim to fit the width, or set '
-               f'budget=0.05)')
+    warning = (
+        f"MSLoRAAdapter (set 'default') with hidden_dim=64 as given is {share:.3%} "
+        f'of the backbone, above 5%; kept (drop hidden_dim to fit the width, or set '
+        f'budget=0.05)'
+    )
     assert warning in model.notes
     assert any(warning in m for m in messages)
-    fitted = build_in_scope('mmpretrain', wrap(MOBILENET_V3_SMALL, adapter=dict(
-        type='mmslora.MSLoRAAdapter', groups=8)))
+    fitted = build_in_scope(
+        'mmpretrain', wrap(MOBILENET_V3_SMALL, adapter=dict(type='mmslora.MSLoRAAdapter', groups=8))
+    )
     assert set(fitted.state_dict()) == set(model.state_dict())  # same keys, narrower
 
 
 def test_a_declared_layout_that_contradicts_the_block_is_refused():
-    with pytest.raises(ValueError, match=r"blocks declares 'layer1.0' as 'nhwc', but its "
-                       r"output in a dry forward at \(128, 96\) has shape "
-                       r"\(2, 64, 32, 24\), which is 'nchw' \(the channels are dim 1\); "
-                       r"use layout='nchw'"):
+    with pytest.raises(
+        ValueError,
+        match=r"blocks declares 'layer1.0' as 'nhwc', but its "
+        r"output in a dry forward at \(128, 96\) has shape "
+        r"\(2, 64, 32, 24\), which is 'nchw' \(the channels are dim 1\); "
+        r"use layout='nchw'",
+    ):
         MSLoRABackbone(backbone=RESNET18, blocks=dict(pattern=r'layer1\.0', layout='nhwc'))
-    with pytest.raises(ValueError, match=r"declares 'layer1.0' as 'nlc', but its output .* "
-                       r"has shape \(2, 64, 32, 24\); use layout='nchw'"):
+    with pytest.raises(
+        ValueError,
+        match=r"declares 'layer1.0' as 'nlc', but its output .* "
+        r"has shape \(2, 64, 32, 24\); use layout='nchw'",
+    ):
         MSLoRABackbone(backbone=RESNET18, blocks=dict(pattern=r'layer1\.0', layout='nlc'))
-    with pytest.raises(ValueError, match=r"declares 'layer1.0' with channels=32, but .* 64 "
-                       r"channels in layout 'nchw'; give channels=64 or leave channels out"):
-        MSLoRABackbone(backbone=RESNET18,
-                       blocks=dict(pattern=r'layer1\.0', layout='nchw', channels=32))
+    with pytest.raises(
+        ValueError,
+        match=r"declares 'layer1.0' with channels=32, but .* 64 "
+        r"channels in layout 'nchw'; give channels=64 or leave channels out",
+    ):
+        MSLoRABackbone(
+            backbone=RESNET18, blocks=dict(pattern=r'layer1\.0', layout='nchw', channels=32)
+        )
     # what fits is accepted as before
-    model = MSLoRABackbone(backbone=RESNET18,
-                           blocks=dict(pattern=r'layer1\.0', layout='nchw', channels=64))
+    model = MSLoRABackbone(
+        backbone=RESNET18, blocks=dict(pattern=r'layer1\.0', layout='nchw', channels=64)
+    )
     assert model.block_layouts == {'layer1.0': 'nchw'}
 
 
 def test_grid_from_must_name_a_module_and_be_used():
     vit = dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN)
-    with pytest.raises(ValueError, match=r"grid_from='no_such_module' names no module of "
-                       r"VisionTransformer; give the module whose output is the patch "
-                       r"grid of 'tokens' blocks \(candidates: \['patch_embed', "):
+    with pytest.raises(
+        ValueError,
+        match=r"grid_from='no_such_module' names no module of "
+        r"VisionTransformer; give the module whose output is the patch "
+        r"grid of 'tokens' blocks \(candidates: \['patch_embed', ",
+    ):
         MSLoRABackbone(backbone=vit, grid_from='no_such_module')
     with logged() as messages:
         MSLoRABackbone(backbone=RESNET18, grid_from='conv1')
-    assert ("MSLoRABackbone: grid_from='conv1' is not used: no adapted block has the layout "
-            "'tokens' (layouts: ['nchw']); drop grid_from.") in messages
+    assert (
+        "MSLoRABackbone: grid_from='conv1' is not used: no adapted block has the layout "
+        "'tokens' (layouts: ['nchw']); drop grid_from."
+    ) in messages
     with logged() as messages:
         MSLoRABackbone(backbone=vit, grid_from='patch_embed.projection')
     assert not any('grid_from' in m for m in messages)
@@ -454,25 +550,32 @@ def test_without_a_width_a_backbone_too_small_for_any_width_gets_the_narrowest()
     """ShuffleNetV1's 16 blocks of up to 960 channels hold more than 5% of its
     parameters in adapters even at hidden_dim=1: built there, with a warning."""
     with logged() as messages:
-        model = MSLoRABackbone(backbone=dict(type='mmpretrain.ShuffleNetV1', widen_factor=0.5,
-                                             init_cfg=None))
+        model = MSLoRABackbone(
+            backbone=dict(type='mmpretrain.ShuffleNetV1', widen_factor=0.5, init_cfg=None)
+        )
     assert model.adapter_cfg['hidden_dim'] == 1
     assert count_parameters(model).backbone_share > 0.05
     warning = next(n for n in model.notes if n.startswith('even hidden_dim=1 gives'))
     assert 'built at hidden_dim=1 (adapt fewer blocks with blocks=dict(' in warning
     assert any(warning in m for m in messages)
-    with pytest.raises(ValueError, match=r'even hidden_dim=1 .*; raise the budget, or adapt '
-                       r'fewer blocks'):
-        MSLoRABackbone(backbone=dict(type='mmpretrain.ShuffleNetV1', widen_factor=0.5,
-                                     init_cfg=None), budget=0.05)
+    with pytest.raises(
+        ValueError,
+        match=r'even hidden_dim=1 .*; raise the budget, or adapt '
+        r'fewer blocks',
+    ):
+        MSLoRABackbone(
+            backbone=dict(type='mmpretrain.ShuffleNetV1', widen_factor=0.5, init_cfg=None),
+            budget=0.05,
+        )
 
 
 def test_a_set_named_grid_leaves_the_patch_grid_hook_alone():
     """The patch grid's hook is no adapter set: a set called 'grid' neither replaces nor
     keeps it, and removing the adapters removes it too."""
     torch.manual_seed(0)
-    model = MSLoRABackbone(backbone=dict(type='mmpretrain.VisionTransformer',
-                                         **TINY_VIT_MMPRETRAIN))
+    model = MSLoRABackbone(
+        backbone=dict(type='mmpretrain.VisionTransformer', **TINY_VIT_MMPRETRAIN)
+    )
     perturb(model.adapters)
     x = torch.randn(1, 3, 64, 64)
     adapted = outputs(model, x)
@@ -489,8 +592,11 @@ def test_a_set_named_grid_leaves_the_patch_grid_hook_alone():
 
 def test_adapters_of_is_a_deprecated_alias_of_adapter_set_modules():
     model = trained_resnet()
-    with pytest.warns(DeprecationWarning, match=r'^MSLoRABackbone.adapters_of\(name\) moved to '
-                      r'MSLoRABackbone.adapter_set\(name\).modules; ') as record:
+    with pytest.warns(
+        DeprecationWarning,
+        match=r'^MSLoRABackbone.adapters_of\(name\) moved to '
+        r'MSLoRABackbone.adapter_set\(name\).modules; ',
+    ) as record:
         modules = model.adapters_of('default')
     assert modules is model.adapter_set('default').modules is model.adapters
     assert record[0].filename == __file__  # the warning points at the caller
@@ -500,8 +606,9 @@ def test_a_merged_layer_adapter_is_skipped_by_its_hook():
     """A LayerAdapter whose ``merged`` is True is folded into its layer: the hook adds
     nothing (the layer's own output already holds the update)."""
     torch.manual_seed(0)
-    model = MSLoRABackbone(backbone=RESNET18, adapter=dict(type='mmslora.LoRA', rank=2,
-                                                           targets=r'layer1\.0\.conv1'))
+    model = MSLoRABackbone(
+        backbone=RESNET18, adapter=dict(type='mmslora.LoRA', rank=2, targets=r'layer1\.0\.conv1')
+    )
     with torch.no_grad():
         for param in model.adapters.parameters():
             param.normal_()

@@ -2,6 +2,7 @@
 by tests/data/make_wrapper_fixtures.py on torch 2.14.1) load into today's wrapper with the
 same keys and tensors and give the same outputs (up to the float rounding of another
 torch version)."""
+
 import importlib.util
 import os.path as osp
 
@@ -14,7 +15,8 @@ from mmslora.models import MSLoRABackbone, load_adapter
 DATA = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'data')
 FIXTURES = osp.join(DATA, 'wrapper_0.1.0')
 _spec = importlib.util.spec_from_file_location(
-    'make_wrapper_fixtures', osp.join(DATA, 'make_wrapper_fixtures.py'))
+    'make_wrapper_fixtures', osp.join(DATA, 'make_wrapper_fixtures.py')
+)
 make = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make)
 
@@ -27,8 +29,13 @@ def assert_outputs(model, io):
     with torch.no_grad():
         for set_name in ('default', 'task_b'):
             model.set_adapter(set_name)
-            torch.testing.assert_close(model(io['x'])[0], io[set_name], rtol=1e-5, atol=1e-6,
-                                       msg=lambda m: f'set {set_name}: {m}')
+            torch.testing.assert_close(
+                model(io['x'])[0],
+                io[set_name],
+                rtol=1e-5,
+                atol=1e-6,
+                msg=lambda m: f'set {set_name}: {m}',
+            )
 
 
 @pytest.mark.parametrize('name', sorted(make.MODELS))
@@ -43,8 +50,10 @@ def test_an_old_checkpoint_loads_with_the_same_keys_and_outputs(name):
 
 def with_old_backbone(model, name):
     state = fixture(f'{name}_checkpoint.safetensors')
-    model.backbone.load_state_dict({k[len('backbone.'):]: v for k, v in state.items()
-                                    if k.startswith('backbone.')}, strict=True)
+    model.backbone.load_state_dict(
+        {k[len('backbone.') :]: v for k, v in state.items() if k.startswith('backbone.')},
+        strict=True,
+    )
     return model
 
 

@@ -2,6 +2,7 @@
 new module cannot slip out of the documentation, and the reference names no module that
 is gone. Package ``__init__`` files (they re-export their modules' names), private
 modules and ``mmslora.version`` are not required."""
+
 import glob
 import os.path as osp
 import pkgutil
@@ -29,12 +30,18 @@ def _documented_modules() -> set:
 
 
 def test_every_module_is_in_the_api_reference():
-    required = {name for name, is_package in _all_modules().items()
-                if not is_package and not name.rsplit('.', 1)[-1].startswith('_')
-                and name != 'mmslora.version'}
+    required = {
+        name
+        for name, is_package in _all_modules().items()
+        if not is_package
+        and not name.rsplit('.', 1)[-1].startswith('_')
+        and name != 'mmslora.version'
+    }
     missing = sorted(required - _documented_modules())
-    assert not missing, (f'modules missing from docs/api/*.md (add an `.. automodule::` '
-                         f'line to the page of their subpackage): {missing}')
+    assert not missing, (
+        f'modules missing from docs/api/*.md (add an `.. automodule::` '
+        f'line to the page of their subpackage): {missing}'
+    )
 
 
 def test_the_api_reference_names_only_modules_that_exist():

@@ -1,5 +1,6 @@
 """One job per class, small functions: no class over 300 lines and no function over 60
 lines anywhere in ``mmslora/`` (a definition's lines, decorators and docstring included)."""
+
 import ast
 import pathlib
 
@@ -28,10 +29,14 @@ def test_the_limits_are_checked_on_a_real_offender(tmp_path):
     assert list(oversized(path)) == [('FunctionDef', 'big', 1, 61)]
 
 
-@pytest.mark.parametrize('path', sorted(PACKAGE.rglob('*.py')),
-                         ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+@pytest.mark.parametrize(
+    'path', sorted(PACKAGE.rglob('*.py')), ids=lambda p: str(p.relative_to(PACKAGE.parent))
+)
 def test_no_class_over_300_lines_and_no_function_over_60(path):
-    found = [f'{kind} {name} (line {line}): {lines} lines'
-             for kind, name, line, lines in oversized(path)]
-    assert not found, (f'{path.relative_to(PACKAGE.parent)}: {"; ".join(found)}; split it '
-                       f'(classes up to 300 lines, functions up to 60)')
+    found = [
+        f'{kind} {name} (line {line}): {lines} lines' for kind, name, line, lines in oversized(path)
+    ]
+    assert not found, (
+        f'{path.relative_to(PACKAGE.parent)}: {"; ".join(found)}; split it '
+        f'(classes up to 300 lines, functions up to 60)'
+    )

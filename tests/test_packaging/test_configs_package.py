@@ -1,6 +1,7 @@
 """mmslora's configs by name: ``_base_ = 'mmslora::...'`` after ``import mmslora``, from
 a folder that is not the repository, read exactly as the same file given by its path;
 the package's OpenMMLab layout (``mmslora/.mim``); ``python -m mmslora SCRIPT``."""
+
 import glob
 import os.path as osp
 import sys
@@ -11,8 +12,13 @@ from mmengine.config import Config
 
 import mmslora
 from mmslora.cli import run_script
-from mmslora.utils.config import (CONFIG_ROOT, build_model_from_config, resolve_config,
-                                  shipped_config, shipped_configs)
+from mmslora.utils.config import (
+    CONFIG_ROOT,
+    build_model_from_config,
+    resolve_config,
+    shipped_config,
+    shipped_configs,
+)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 MASK_RCNN = 'mmdet/mask-rcnn_r50-mslora_fpn_1x_coco.py'
@@ -44,10 +50,14 @@ def test_the_package_sees_the_repository_configs():
 
 def test_the_model_index_lists_every_shipped_config():
     index = mmengine.load(osp.join(ROOT, 'model-index.yml'))
-    listed = [m['Config'] for path in index['Import']
-              for m in mmengine.load(osp.join(ROOT, path))['Models']]
-    assert sorted(listed) == sorted('configs/' + c for c in shipped_configs()
-                                    if not c.startswith('_base_/'))
+    listed = [
+        m['Config']
+        for path in index['Import']
+        for m in mmengine.load(osp.join(ROOT, path))['Models']
+    ]
+    assert sorted(listed) == sorted(
+        'configs/' + c for c in shipped_configs() if not c.startswith('_base_/')
+    )
 
 
 def test_the_base_by_name_is_the_base_by_path(tmp_path, monkeypatch):
@@ -99,9 +109,11 @@ def test_python_m_mmslora_runs_a_script_after_import(tmp_path, monkeypatch):
         'import sys\nfrom mmengine.config import Config\n'
         'if __name__ == "__main__":\n'
         '    cfg = Config.fromfile(sys.argv[1])\n'
-        '    open(sys.argv[2], "w").write(cfg.model.backbone.type)\n')
-    (tmp_path / 'cfg.py').write_text("_base_ = 'mmslora::_base_/mslora.py'\n"
-                                     'model = dict(backbone=_base_.mslora_backbone)\n')
+        '    open(sys.argv[2], "w").write(cfg.model.backbone.type)\n'
+    )
+    (tmp_path / 'cfg.py').write_text(
+        "_base_ = 'mmslora::_base_/mslora.py'\nmodel = dict(backbone=_base_.mslora_backbone)\n"
+    )
     monkeypatch.setattr(sys, 'argv', list(sys.argv))
     monkeypatch.setattr(sys, 'path', list(sys.path))
     monkeypatch.chdir(tmp_path)

@@ -2,6 +2,7 @@
 process) turns a LoRA-tuned RetinaNet R-18's checkpoint into an upstream one, and a
 clean virtual environment with the stack but without mmslora loads it with mmdet's
 ``init_detector`` and gives the adapted model's outputs. CPU, 64 px, seconds."""
+
 import os.path as osp
 
 import numpy as np
@@ -65,8 +66,11 @@ def test_merged_lora_checkpoint_runs_in_plain_mmdet(tmp_path, restore_default_sc
     assert (outputs[0] - plain_outputs[0]).abs().max() > 1e-3  # the LoRA matters
     torch.save(dict(x=x, outputs=outputs), tmp_path / 'reference.pth')
     ckpt = tmp_path / 'trained.pth'
-    meta = dict(dataset_meta=dict(classes=('cell', )), epoch=np.int64(3),
-                hook_msgs=dict(best_score=np.float64(0.5), curve=np.zeros(3)))
+    meta = dict(
+        dataset_meta=dict(classes=('cell',)),
+        epoch=np.int64(3),
+        hook_msgs=dict(best_score=np.float64(0.5), curve=np.zeros(3)),
+    )
     torch.save(dict(meta=meta, state_dict=model.state_dict()), ckpt)
 
     out = str(tmp_path / 'export' / 'retinanet_r18_merged.pth')
@@ -74,8 +78,9 @@ def test_merged_lora_checkpoint_runs_in_plain_mmdet(tmp_path, restore_default_sc
     written = torch.load(out, weights_only=True)  # plain types only, as plain mmdet loads
     assert written['meta']['epoch'] == 3 and 'hook_msgs' not in written['meta']
     assert written['meta']['mmslora_merge']['merged'] == ['backbone: default']
-    assert not any('adapters' in k or k.startswith('backbone.backbone.')
-                   for k in written['state_dict'])
+    assert not any(
+        'adapters' in k or k.startswith('backbone.backbone.') for k in written['state_dict']
+    )
     assert 'backbone.layer1.0.conv1.weight' in written['state_dict']
     plain_cfg = Config.fromfile(out[:-4] + '.py')
     assert plain_cfg.model.backbone.type == 'ResNet' and 'mmslora' not in plain_cfg.text
@@ -83,19 +88,25 @@ def test_merged_lora_checkpoint_runs_in_plain_mmdet(tmp_path, restore_default_sc
     python, _ = stack_venv(tmp_path / 'venv', with_pip=False)
     script = tmp_path / 'plain_check.py'
     script.write_text(PLAIN_CHECK)
-    log = run_clean([python, str(script), out[:-4] + '.py', out,
-                     str(tmp_path / 'reference.pth')], cwd=str(tmp_path))
+    log = run_clean(
+        [python, str(script), out[:-4] + '.py', out, str(tmp_path / 'reference.pth')],
+        cwd=str(tmp_path),
+    )
     assert f'MATCH {len(outputs)}' in log and "CLASSES ('cell',)" in log
 
 
 def test_merge_cli_names_the_block_adapter_set(tmp_path, restore_default_scope):
     config = tmp_path / 'retinanet_r18_mslora.py'
-    config.write_text(USER_CONFIG.replace(
-        "adapter=dict(type='mmslora.LoRA', rank=4),", ''))  # MSLoRA, the default
+    config.write_text(
+        USER_CONFIG.replace("adapter=dict(type='mmslora.LoRA', rank=4),", '')
+    )  # MSLoRA, the default
     model = build_model_from_config(Config.fromfile(str(config)))
     torch.save(dict(meta={}, state_dict=model.state_dict()), tmp_path / 'trained.pth')
-    with pytest.raises(ValueError, match="adapter set 'default' holds MSLoRAAdapter block "
-                       "adapters: MSLoRA/Mona/Adapter .* stay modules; export them with "
-                       "mmslora-export-adapter"):
+    with pytest.raises(
+        ValueError,
+        match="adapter set 'default' holds MSLoRAAdapter block "
+        "adapters: MSLoRA/Mona/Adapter .* stay modules; export them with "
+        "mmslora-export-adapter",
+    ):
         merge_main([str(config), str(tmp_path / 'trained.pth'), str(tmp_path / 'out.pth')])
     assert not osp.exists(tmp_path / 'out.pth')

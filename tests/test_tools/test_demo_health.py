@@ -10,6 +10,7 @@ on its schedule: what benchmarks/results/demo_health.md measured, kept checked.
   xfail: mmdet's ``FCNMaskHead.init_weights`` draws ``conv_logits`` with std sqrt(2)
   when ``num_classes=1``; the fix needs a package-side head, see demo_health.md).
 """
+
 import copy
 import math
 import os.path as osp
@@ -27,6 +28,7 @@ def _demo_cfg(nuclei_root=None):
     from mmengine.registry import init_default_scope
 
     from mmslora.utils.config import load_config
+
     cfg = load_config(DET)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     if nuclei_root is not None:
@@ -44,17 +46,20 @@ def test_demo_adapters_get_ten_times_the_step_budget():
     from mmengine.registry import PARAM_SCHEDULERS
 
     from mmslora.utils.config import build_model_from_config
+
     cfg = _demo_cfg()
     model = build_model_from_config(cfg, init_weights=False)
     wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
     names = {id(p): n for n, p in model.named_parameters()}
     groups = wrapper.optimizer.param_groups
-    is_adapter = [all(names[id(p)].startswith('backbone.adapters.') for p in g['params'])
-                  for g in groups]
-    assert sum(len(g['params']) for g in groups) == sum(
-        p.requires_grad for p in model.parameters())
-    schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=wrapper))
-                  for s in copy.deepcopy(cfg.param_scheduler)]
+    is_adapter = [
+        all(names[id(p)].startswith('backbone.adapters.') for p in g['params']) for g in groups
+    ]
+    assert sum(len(g['params']) for g in groups) == sum(p.requires_grad for p in model.parameters())
+    schedulers = [
+        PARAM_SCHEDULERS.build(dict(s, optimizer=wrapper))
+        for s in copy.deepcopy(cfg.param_scheduler)
+    ]
     budget = np.zeros(len(groups))
     for _ in range(cfg.train_cfg.max_iters):
         budget += [g['lr'] for g in groups]
@@ -82,6 +87,7 @@ def first_batch(nuclei_root):
 
     from mmslora.models.base import find_wrappers
     from mmslora.utils.config import build_model_from_config
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -99,11 +105,15 @@ def first_batch(nuclei_root):
 
         head.get_targets = targets
         head.conv_logits.register_forward_hook(
-            lambda m, args, out: record.update(logits=out.detach()))
+            lambda m, args, out: record.update(logits=out.detach())
+        )
         for wrapper in find_wrappers(model).values():
             for adapter in wrapper.adapter_set().modules.values():
-                adapter.register_forward_hook(lambda m, args, out: record['residual'].append(
-                    float((out - args[0]).abs().max())))
+                adapter.register_forward_hook(
+                    lambda m, args, out: record['residual'].append(
+                        float((out - args[0]).abs().max())
+                    )
+                )
         model.train()
         data = model.data_preprocessor(batch, True)
         with torch.no_grad():
@@ -124,8 +134,12 @@ def test_demo_first_batch_masks_and_targets_are_binary(first_batch):
         boxes = sample.gt_instances.bboxes.tensor
         for mask, (x0, y0, x1, y1) in zip(masks, boxes.tolist()):
             ys, xs = np.nonzero(mask)
-            assert (xs.min() >= x0 - 1 and xs.max() < x1 + 1 and ys.min() >= y0 - 1
-                    and ys.max() < y1 + 1)
+            assert (
+                xs.min() >= x0 - 1
+                and xs.max() < x1 + 1
+                and ys.min() >= y0 - 1
+                and ys.max() < y1 + 1
+            )
     targets = record['targets']
     assert set(targets.unique().tolist()) <= {0.0, 1.0}
     assert len(targets) >= 20 and 0.3 < float(targets.mean()) < 0.9  # nuclei fill their RoIs
@@ -139,11 +153,15 @@ def test_demo_first_batch_starts_at_the_pretrained_model(first_batch):
     assert losses['loss_cls'] < 2.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mmdet's FCNMaskHead.init_weights draws conv_logits with kaiming fan_out: std "
-    "sqrt(2 / num_classes) = 1.41 for one class, so the first mask logits are 30-70 "
-    "in magnitude; a package-side mask head with a small predictor init fixes it "
-    "(benchmarks/results/demo_health.md); remove this mark when the config uses it"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "mmdet's FCNMaskHead.init_weights draws conv_logits with kaiming fan_out: std "
+        "sqrt(2 / num_classes) = 1.41 for one class, so the first mask logits are 30-70 "
+        "in magnitude; a package-side mask head with a small predictor init fixes it "
+        "(benchmarks/results/demo_health.md); remove this mark when the config uses it"
+    ),
+)
 def test_demo_first_loss_mask_is_a_bce_start(first_batch):
     _, _, record, losses = first_batch
     assert float(record['logits'].abs().mean()) < 5
@@ -160,6 +178,7 @@ def test_demo_classifier_loss_falls_on_one_batch(fashion_root, one_thread):
 
     from mmslora.registry import MODELS
     from mmslora.utils.config import load_config
+
     cfg = load_config(CLS)
     init_default_scope('mmpretrain')
     cfg.train_dataloader.update(batch_size=8, num_workers=0)

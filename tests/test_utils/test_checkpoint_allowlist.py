@@ -1,5 +1,6 @@
 """mmslora.utils.checkpoint.allowlist: what safe loading trusts, and the two opt-ins
 for trusted files."""
+
 import fractions
 import pickle
 import zipfile
@@ -11,8 +12,14 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner import checkpoint as mm_checkpoint
 
 import mmslora  # noqa: F401  (installs the safe loader)
-from mmslora.utils.checkpoint import (TRUST_ENV_VAR, UnsafeCheckpointError, allow_globals,
-                                      allowlist, loader, safe_torch_load)
+from mmslora.utils.checkpoint import (
+    TRUST_ENV_VAR,
+    UnsafeCheckpointError,
+    allow_globals,
+    allowlist,
+    loader,
+    safe_torch_load,
+)
 from mmslora_testing import toy_model
 
 
@@ -21,7 +28,6 @@ def test_non_allowlisted_getattr_target_is_refused(tmp_path):
     """builtins.getattr is only allowed for HistoryBuffer's statistics methods."""
 
     class Sneaky:
-
         def __init__(self, owner, name):
             self.owner, self.name = owner, name
 
@@ -52,8 +58,9 @@ def test_trusted_file_needs_an_opt_in(tmp_path, monkeypatch):
     assert safe_torch_load(path)['ratio'] == fractions.Fraction(3, 4)
     assert len(warnings) == 1 and str(path) in warnings[0]
     model_file = tmp_path / 'model.pth'  # also through mmengine
-    torch.save({'state_dict': toy_model().state_dict(), 'x': fractions.Fraction(1)},
-               str(model_file))
+    torch.save(
+        {'state_dict': toy_model().state_dict(), 'x': fractions.Fraction(1)}, str(model_file)
+    )
     mm_checkpoint.load_checkpoint(toy_model(), str(model_file))
 
     # opt-in 2: allowlist just that global, loading stays weights-only
@@ -69,8 +76,10 @@ def test_trusted_file_needs_an_opt_in(tmp_path, monkeypatch):
 def test_other_numpy_major_spelling_loads(trained, tmp_path):
     """numpy 2.x pickles its helpers as numpy._core.multiarray.*, numpy 1.x as
     numpy.core.multiarray.*: a file written under the other major version loads."""
-    spellings = {2: (b'numpy._core.multiarray', b'numpy.core.multiarray'),
-                 1: (b'numpy.core.multiarray', b'numpy._core.multiarray')}
+    spellings = {
+        2: (b'numpy._core.multiarray', b'numpy.core.multiarray'),
+        1: (b'numpy.core.multiarray', b'numpy._core.multiarray'),
+    }
     ours, other = spellings[int(np.__version__.split('.')[0])]
     src = trained[0] / 'iter_4.pth'
     dst = tmp_path / 'other_numpy.pth'

@@ -1,5 +1,6 @@
 """mmslora.utils.checkpoint.diagnosis: refused and damaged checkpoints raise errors
 that name the file and what is wrong, and a refused payload never runs."""
+
 import collections
 import fractions
 import io
@@ -13,8 +14,12 @@ import torch
 from mmengine.runner import checkpoint as mm_checkpoint
 
 import mmslora  # noqa: F401  (installs the safe loader)
-from mmslora.utils.checkpoint import (TRUST_ENV_VAR, DamagedCheckpointError,
-                                      UnsafeCheckpointError, safe_torch_load)
+from mmslora.utils.checkpoint import (
+    TRUST_ENV_VAR,
+    DamagedCheckpointError,
+    UnsafeCheckpointError,
+    safe_torch_load,
+)
 from mmslora.utils.checkpoint.diagnosis import globals_in_pickle
 from mmslora_testing import CLS, checkpointing_runner, evil_checkpoint, load_tool, toy_model
 
@@ -39,8 +44,7 @@ def test_malicious_checkpoint_is_refused(tmp_path, monkeypatch, via):
         elif via == 'load_checkpoint':
             mm_checkpoint.load_checkpoint(toy_model(), str(path))
         else:
-            checkpointing_runner(tmp_path / 'work', 'evil',
-                                 load_from=str(path)).load_or_resume()
+            checkpointing_runner(tmp_path / 'work', 'evil', load_from=str(path)).load_or_resume()
     assert info.value.filename == str(path)
     assert info.value.globals in SYSTEM
     message = str(info.value)  # names both opt-ins
@@ -53,9 +57,8 @@ def test_malicious_legacy_format_checkpoint_is_refused(tmp_path):
     marker = tmp_path / 'PAYLOAD_RAN'
 
     class Payload:
-
         def __reduce__(self):
-            return (os.system, (f'touch {marker}', ))
+            return (os.system, (f'touch {marker}',))
 
     path = tmp_path / 'evil_legacy.pth'
     torch.save({'x': Payload()}, str(path), _use_new_zipfile_serialization=False)
@@ -71,9 +74,8 @@ def test_refusal_lists_every_offending_global(tmp_path, monkeypatch):
     marker = tmp_path / 'PAYLOAD_RAN'
 
     class Payload:
-
         def __reduce__(self):
-            return (os.system, (f'touch {marker}', ))
+            return (os.system, (f'touch {marker}',))
 
     path = tmp_path / 'two.pth'
     torch.save({'ratio': fractions.Fraction(1, 3), 'meta': Payload()}, str(path))
@@ -82,7 +84,8 @@ def test_refusal_lists_every_offending_global(tmp_path, monkeypatch):
     assert info.value.globals == ['fractions.Fraction']  # the first one refused
     listed = str(info.value).split('All non-allowlisted globals in this file: ')[1]
     assert sorted(listed.split('.\n')[0].split(', ')) == sorted(
-        ['fractions.Fraction', f'{os.system.__module__}.system'])
+        ['fractions.Fraction', f'{os.system.__module__}.system']
+    )
     assert not marker.exists()
 
 
@@ -92,7 +95,10 @@ def test_globals_in_pickle_reads_the_opcodes(protocol):
     obj = {'a': (os.system, os.getcwd), 'b': collections.OrderedDict(), 'c': os.system}
     module = os.system.__module__
     assert globals_in_pickle(pickle.dumps(obj, protocol=protocol)) == [
-        f'{module}.system', f'{module}.getcwd', 'collections.OrderedDict']
+        f'{module}.system',
+        f'{module}.getcwd',
+        'collections.OrderedDict',
+    ]
 
 
 def test_trust_opt_in_does_not_hide_damage(tmp_path, monkeypatch):
@@ -107,15 +113,21 @@ def test_trust_opt_in_does_not_hide_damage(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------
 # damaged files
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize('damage, reason', [
-    ('half', 'truncated or corrupted'), ('head', 'truncated or corrupted'),
-    ('empty', 'the file is empty'), ('html', 'neither a zip-based nor a legacy'),
-    ('pkl_crc', 'fails its CRC check')])
+@pytest.mark.parametrize(
+    'damage, reason',
+    [
+        ('half', 'truncated or corrupted'),
+        ('head', 'truncated or corrupted'),
+        ('empty', 'the file is empty'),
+        ('html', 'neither a zip-based nor a legacy'),
+        ('pkl_crc', 'fails its CRC check'),
+    ],
+)
 def test_damaged_checkpoint_is_reported(trained, tmp_path, damage, reason):
     good = (trained[0] / 'iter_4.pth').read_bytes()
     path = tmp_path / f'{damage}.pth'
     if damage == 'half':
-        data = good[:len(good) // 2]
+        data = good[: len(good) // 2]
     elif damage == 'head':
         data = good[:10]
     elif damage == 'empty':
@@ -144,11 +156,12 @@ def test_damaged_checkpoint_is_reported(trained, tmp_path, damage, reason):
 @pytest.mark.usefixtures('loading_path')
 def test_truncated_legacy_format_is_reported(tmp_path):
     path = tmp_path / 'legacy.pth'
-    torch.save({'w': torch.ones(3), 'n': np.float64(1.5)}, str(path),
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {'w': torch.ones(3), 'n': np.float64(1.5)}, str(path), _use_new_zipfile_serialization=False
+    )
     assert safe_torch_load(path)['n'] == 1.5
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DamagedCheckpointError) as info:
         safe_torch_load(path)
     assert info.value.filename == str(path)
@@ -159,13 +172,25 @@ def test_truncated_legacy_format_is_reported(tmp_path):
 def test_damaged_checkpoint_through_the_train_tool(fashion_root, trained, tmp_path):
     damaged = tmp_path / 'iter_4.pth'
     data = (trained[0] / 'iter_4.pth').read_bytes()
-    damaged.write_bytes(data[:len(data) - 4096])
+    damaged.write_bytes(data[: len(data) - 4096])
     train = load_tool('tools/train.py')
     with pytest.raises(DamagedCheckpointError) as info:
-        train.main([CLS, '--work-dir', str(tmp_path / 'work'), '--resume', str(damaged),
-                    '--cfg-options', f'train_dataloader.dataset.data_root={fashion_root}',
-                    f'val_dataloader.dataset.data_root={fashion_root}',
-                    'train_dataloader.dataset.indices=8', 'val_dataloader.dataset.indices=8',
-                    'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
-                    'experiment_name=errors_damaged', 'log_level=WARNING'])
+        train.main(
+            [
+                CLS,
+                '--work-dir',
+                str(tmp_path / 'work'),
+                '--resume',
+                str(damaged),
+                '--cfg-options',
+                f'train_dataloader.dataset.data_root={fashion_root}',
+                f'val_dataloader.dataset.data_root={fashion_root}',
+                'train_dataloader.dataset.indices=8',
+                'val_dataloader.dataset.indices=8',
+                'train_dataloader.num_workers=0',
+                'val_dataloader.num_workers=0',
+                'experiment_name=errors_damaged',
+                'log_level=WARNING',
+            ]
+        )
     assert info.value.filename == str(damaged)

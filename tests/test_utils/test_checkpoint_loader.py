@@ -1,6 +1,7 @@
 """mmslora.utils.checkpoint.loader: safe_torch_load loads what Runner checkpoints
 hold, weights-only, on both paths (``loading_path``: torch's allowlist API, or the
 restricted unpickler of torch < 2.5)."""
+
 import io
 import pickle
 
@@ -33,7 +34,8 @@ def test_plain_weights_only_load_fails_on_runner_checkpoint(runner_checkpoint):
 @pytest.mark.skipif(
     TORCH_VERSION < (2, 6),
     reason=f'torch {torch.__version__} < 2.6 defaults to weights_only=False: there '
-    "mmengine's own loader unpickles anything (mmslora replaces it, test_checkpoint_schemes)")
+    "mmengine's own loader unpickles anything (mmslora replaces it, test_checkpoint_schemes)",
+)
 def test_mmengine_own_loader_fails_on_runner_checkpoint(runner_checkpoint):
     with pytest.raises(pickle.UnpicklingError):
         MMENGINE_LOAD_FROM_LOCAL(str(runner_checkpoint), 'cpu')
@@ -50,8 +52,9 @@ def test_missing_file(tmp_path):
 
 
 @pytest.mark.parametrize('loading_path', ['restricted-unpickler'], indirect=True)
-def test_forced_weights_only_is_named_on_the_restricted_path(runner_checkpoint, loading_path,
-                                                             monkeypatch):
+def test_forced_weights_only_is_named_on_the_restricted_path(
+    runner_checkpoint, loading_path, monkeypatch
+):
     """torch < 2.5 refuses any pickle_module under TORCH_FORCE_WEIGHTS_ONLY_LOAD."""
     monkeypatch.setenv('TORCH_FORCE_WEIGHTS_ONLY_LOAD', '1')
     with pytest.raises(RuntimeError, match='Unset TORCH_FORCE_WEIGHTS_ONLY_LOAD'):

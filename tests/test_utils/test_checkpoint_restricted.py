@@ -1,6 +1,7 @@
 """mmslora.utils.checkpoint.restricted: the pickle module of safe loading on a torch
 without ``torch.serialization.safe_globals`` resolves exactly the allowlisted globals
 and refuses any other before it runs."""
+
 import io
 import os
 import pickle
@@ -21,7 +22,7 @@ class Payload:
         self.marker = marker
 
     def __reduce__(self):
-        return (os.system, (f'touch {self.marker}', ))
+        return (os.system, (f'touch {self.marker}',))
 
 
 @pytest.mark.parametrize('protocol', [2, 4])
@@ -51,11 +52,16 @@ def test_allowlisted_globals_resolve_to_their_objects(monkeypatch):
 def test_torch_default_globals_cover_this_torch():
     """Everything this torch's own weights-only load allows, the mirror allows."""
     assert set(_weights_only_unpickler._get_allowed_globals()) <= set(
-        allowlist.torch_default_globals())
+        allowlist.torch_default_globals()
+    )
 
 
-@pytest.mark.skipif(TORCH_VERSION < (2, 6), reason=f'torch {torch.__version__} < 2.6 allows '
-                    'less by default than the torch 2.14 list mirrored')
+@pytest.mark.skipif(
+    TORCH_VERSION < (2, 6),
+    reason=f'torch {torch.__version__} < 2.6 allows '
+    'less by default than the torch 2.14 list mirrored',
+)
 def test_torch_default_globals_allow_nothing_torch_refuses():
     assert set(allowlist.torch_default_globals()) <= set(
-        _weights_only_unpickler._get_allowed_globals())
+        _weights_only_unpickler._get_allowed_globals()
+    )

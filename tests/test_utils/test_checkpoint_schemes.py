@@ -1,5 +1,6 @@
 """mmslora.utils.checkpoint.schemes: mmengine's CheckpointLoader, its Runner resume
 and load_from, and the model-zoo schemes all load through the safe loader."""
+
 import shutil
 
 import pytest
@@ -21,9 +22,13 @@ class RecordStartHook(Hook):
         self.state = snapshot(runner.model)
         self.momentum = {
             i: s['momentum_buffer'].clone()
-            for i, s in runner.optim_wrapper.optimizer.state_dict()['state'].items()}
-        self.loss_count = len(runner.message_hub.get_scalar('train/loss').data[0]) \
-            if 'train/loss' in runner.message_hub.log_scalars else 0
+            for i, s in runner.optim_wrapper.optimizer.state_dict()['state'].items()
+        }
+        self.loss_count = (
+            len(runner.message_hub.get_scalar('train/loss').data[0])
+            if 'train/loss' in runner.message_hub.log_scalars
+            else 0
+        )
 
 
 def test_safe_loader_is_registered_with_mmengine():
@@ -45,15 +50,15 @@ def test_runner_resume_restores_state(trained, tmp_path):
     resume_dir = tmp_path / 'resume'
     shutil.copytree(work_dir, resume_dir)  # resume=True finds last_checkpoint
     hook = RecordStartHook()
-    runner = checkpointing_runner(resume_dir, 'resumed', max_iters=6, resume=True,
-                                  custom_hooks=[hook])
+    runner = checkpointing_runner(
+        resume_dir, 'resumed', max_iters=6, resume=True, custom_hooks=[hook]
+    )
     runner.train()
     saved = safe_torch_load(resume_dir / 'iter_4.pth', map_location='cpu')
     assert hook.iter == 4  # the loop started where the first run stopped
     for key, value in final_state.items():
         torch.testing.assert_close(hook.state[key], value, rtol=0, atol=0)
-        torch.testing.assert_close(hook.state[key], saved['state_dict'][key],
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(hook.state[key], saved['state_dict'][key], rtol=0, atol=0)
     saved_momentum = saved['optimizer']['state']
     assert hook.momentum and set(hook.momentum) == set(saved_momentum)
     for idx, buf in hook.momentum.items():
@@ -63,14 +68,19 @@ def test_runner_resume_restores_state(trained, tmp_path):
 
 
 def test_runner_load_from_with_resume_epoch_based(tmp_path):
-    first = checkpointing_runner(tmp_path / 'a', 'epoch_first', by_epoch=True,
-                                 max_epochs=1)
+    first = checkpointing_runner(tmp_path / 'a', 'epoch_first', by_epoch=True, max_epochs=1)
     first.train()
     state = snapshot(first.model)
     hook = RecordStartHook()
-    second = checkpointing_runner(tmp_path / 'b', 'epoch_second', by_epoch=True,
-                                  max_epochs=2, load_from=str(tmp_path / 'a' / 'epoch_1.pth'),
-                                  resume=True, custom_hooks=[hook])
+    second = checkpointing_runner(
+        tmp_path / 'b',
+        'epoch_second',
+        by_epoch=True,
+        max_epochs=2,
+        load_from=str(tmp_path / 'a' / 'epoch_1.pth'),
+        resume=True,
+        custom_hooks=[hook],
+    )
     second.train()
     assert (hook.epoch, hook.iter) == (1, 4)
     for key, value in state.items():
@@ -98,8 +108,10 @@ def test_http_scheme(runner_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
     marker = tmp_path / 'PAYLOAD_RAN'
     evil_checkpoint(tmp_path / 'evil.pth', marker)
-    served = {'good.pth': runner_checkpoint.read_bytes(),
-              'evil.pth': (tmp_path / 'evil.pth').read_bytes()}
+    served = {
+        'good.pth': runner_checkpoint.read_bytes(),
+        'evil.pth': (tmp_path / 'evil.pth').read_bytes(),
+    }
 
     def fake_download(url, dst, hash_prefix=None, progress=True):
         with open(dst, 'wb') as f:
@@ -115,8 +127,9 @@ def test_http_scheme(runner_checkpoint, tmp_path, monkeypatch):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize('name', ['torchvision://resnet18', 'open-mmlab://resnet50_v1c',
-                                  'mmcls://resnet18'])
+@pytest.mark.parametrize(
+    'name', ['torchvision://resnet18', 'open-mmlab://resnet50_v1c', 'mmcls://resnet18']
+)
 def test_model_zoo_schemes_download_and_load_safely(tmp_path, monkeypatch, name):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
     weights = {'fc.weight': torch.ones(2, 2)}

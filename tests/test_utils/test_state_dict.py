@@ -1,4 +1,5 @@
 """mmslora.utils.state_dict: a checkpoint's keys and shapes against a model's."""
+
 import torch
 
 from mmslora.utils.state_dict import mismatch_summary, state_dict_mismatches
@@ -11,6 +12,8 @@ def test_mismatches_and_summary():
     assert (missing, unexpected, shapes) == (['c'], ['d'], ['b: file (4,) vs model (3,)'])
     assert mismatch_summary(missing, unexpected, shapes) == (
         "missing keys ['c'] (1 in all); unexpected keys ['d'] (1 in all); shape "
-        "mismatches ['b: file (4,) vs model (3,)'] (1 in all)")
+        "mismatches ['b: file (4,) vs model (3,)'] (1 in all)"
+    )
     assert mismatch_summary([str(i) for i in range(7)], [], []).startswith(
-        "missing keys ['0', '1', '2', '3', '4'] ... (7 in all)")
+        "missing keys ['0', '1', '2', '3', '4'] ... (7 in all)"
+    )

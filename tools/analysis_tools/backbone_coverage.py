@@ -14,6 +14,7 @@ autograd, for the backbones that run in float64), two SGD steps leave the backbo
 bitwise frozen, and the adapters train (their zero-initialised parameters move). It prints a markdown table;
 ``tests/test_models/test_backbone_coverage.py`` runs the same check per backbone.
 """
+
 import argparse
 import copy
 import inspect
@@ -33,18 +34,39 @@ ADAPTER = dict(type='mmslora.MSLoRAAdapter', groups=8)
 
 def _hrnet_extra(blocks: str) -> dict:
     def stage(n):
-        return dict(num_modules=1, num_branches=n, block=blocks, num_blocks=(1, ) * n,
-                    num_channels=(18, 36, 72, 144)[:n])
-    return dict(stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK',
-                            num_blocks=(1, ), num_channels=(16, )),
-                stage2=stage(2), stage3=stage(3), stage4=stage(4))
+        return dict(
+            num_modules=1,
+            num_branches=n,
+            block=blocks,
+            num_blocks=(1,) * n,
+            num_channels=(18, 36, 72, 144)[:n],
+        )
+
+    return dict(
+        stage1=dict(
+            num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1,), num_channels=(16,)
+        ),
+        stage2=stage(2),
+        stage3=stage(3),
+        stage4=stage(4),
+    )
 
 
-_STDC = dict(stdc_type='STDCNet1', in_channels=3, channels=(32, 64, 256, 512, 1024),
-             bottleneck_type='cat', num_convs=4, norm_cfg=dict(type='BN'),
-             act_cfg=dict(type='ReLU'), with_final_conv=False)
-_TINY_VIT = dict(arch=dict(embed_dims=64, num_layers=2, num_heads=2,
-                           feedforward_channels=128), img_size=64, patch_size=16)
+_STDC = dict(
+    stdc_type='STDCNet1',
+    in_channels=3,
+    channels=(32, 64, 256, 512, 1024),
+    bottleneck_type='cat',
+    num_convs=4,
+    norm_cfg=dict(type='BN'),
+    act_cfg=dict(type='ReLU'),
+    with_final_conv=False,
+)
+_TINY_VIT = dict(
+    arch=dict(embed_dims=64, num_layers=2, num_heads=2, feedforward_channels=128),
+    img_size=64,
+    patch_size=16,
+)
 _TINY_VIT_MMSEG = dict(img_size=64, patch_size=16, embed_dims=64, num_layers=2, num_heads=2)
 
 #: constructor arguments where the defaults are missing or large (scope.Class -> kwargs)
@@ -62,29 +84,47 @@ BUILD_ARGS: Dict[str, dict] = {
     'mmdet.SwinTransformer': dict(embed_dims=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
     # its default init_cfg (Kaiming on Conv2d) leaves TridentConv's weight as torch.empty
     # left it (NaN at times); initialise it like the other convolutions
-    'mmdet.TridentResNet': dict(depth=50, num_branch=3, test_branch_idx=1,
-                                trident_dilations=(1, 2, 3), out_indices=(2, ),
-                                strides=(1, 2, 2), dilations=(1, 1, 1), num_stages=3,
-                                init_cfg=[dict(type='Kaiming', layer=['Conv2d', 'TridentConv']),
-                                          dict(type='Constant', val=1,
-                                               layer=['_BatchNorm', 'GroupNorm'])]),
+    'mmdet.TridentResNet': dict(
+        depth=50,
+        num_branch=3,
+        test_branch_idx=1,
+        trident_dilations=(1, 2, 3),
+        out_indices=(2,),
+        strides=(1, 2, 2),
+        dilations=(1, 1, 1),
+        num_stages=3,
+        init_cfg=[
+            dict(type='Kaiming', layer=['Conv2d', 'TridentConv']),
+            dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm']),
+        ],
+    ),
     'mmseg.BEiT': dict(img_size=64, embed_dims=64, num_layers=2, num_heads=2),
     'mmseg.BiSeNetV1': dict(backbone_cfg=dict(type='ResNet', depth=18)),
     'mmseg.HRNet': dict(extra=_hrnet_extra('BASIC')),
-    'mmseg.ICNet': dict(backbone_cfg=dict(type='ResNetV1c', depth=18, in_channels=3,
-                                          num_stages=4, out_indices=(0, 1, 2, 3),
-                                          dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1)),
-                        in_channels=3, layer_channels=(128, 512)),
+    'mmseg.ICNet': dict(
+        backbone_cfg=dict(
+            type='ResNetV1c',
+            depth=18,
+            in_channels=3,
+            num_stages=4,
+            out_indices=(0, 1, 2, 3),
+            dilations=(1, 1, 2, 4),
+            strides=(1, 2, 1, 1),
+        ),
+        in_channels=3,
+        layer_channels=(128, 512),
+    ),
     'mmseg.MAE': dict(img_size=64, embed_dims=64, num_layers=2, num_heads=2),
     'mmseg.ResNeSt': dict(depth=50),
     'mmseg.ResNeXt': dict(depth=50),
     'mmseg.ResNet': dict(depth=18),
     'mmseg.ResNetV1c': dict(depth=18),
     'mmseg.ResNetV1d': dict(depth=18),
-    'mmseg.STDCContextPathNet': dict(backbone_cfg=dict(type='STDCNet', **_STDC),
-                                     last_in_channels=(1024, 512),
-                                     ffm_cfg=dict(in_channels=384, out_channels=256,
-                                                  scale_factor=4)),
+    'mmseg.STDCContextPathNet': dict(
+        backbone_cfg=dict(type='STDCNet', **_STDC),
+        last_in_channels=(1024, 512),
+        ffm_cfg=dict(in_channels=384, out_channels=256, scale_factor=4),
+    ),
     'mmseg.STDCNet': _STDC,
     'mmseg.SwinTransformer': dict(embed_dims=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
     'mmseg.UNet': dict(upsample_cfg=dict(type='mmseg.InterpConv'), base_channels=16),
@@ -116,8 +156,9 @@ BUILD_ARGS: Dict[str, dict] = {
     'mmpretrain.SEResNet': dict(depth=50),
     'mmpretrain.SVT': dict(arch='small'),
     'mmpretrain.SparseResNet': dict(depth=18),
-    'mmpretrain.SwinTransformer': dict(arch=dict(embed_dims=32, depths=(2, 2, 2, 2),
-                                                 num_heads=(1, 2, 4, 8))),
+    'mmpretrain.SwinTransformer': dict(
+        arch=dict(embed_dims=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+    ),
     'mmpretrain.VGG': dict(depth=11),
     'mmpretrain.Vig': dict(arch='tiny'),
     'mmpretrain.VisionTransformer': _TINY_VIT,
@@ -125,30 +166,27 @@ BUILD_ARGS: Dict[str, dict] = {
 
 #: classes registered among the backbones that MSLoRABackbone cannot wrap, with why
 EXCEPTIONS: Dict[str, str] = {
-    'mmpretrain.RevVisionTransformer':
-        'reversible layers recompute their activations in a custom backward that does '
-        'not run forward hooks, so no gradient reaches hooked adapters',
-    'mmpretrain.SparseConvNeXt':
-        'a SparK pre-training backbone: its forward needs the mask the SparK algorithm '
-        'sets, so it cannot run on an image alone',
-    'mmpretrain.SparseResNet':
-        'a SparK pre-training backbone: its forward needs the mask the SparK algorithm '
-        'sets, so it cannot run on an image alone',
+    'mmpretrain.RevVisionTransformer': 'reversible layers recompute their activations in a custom backward that does '
+    'not run forward hooks, so no gradient reaches hooked adapters',
+    'mmpretrain.SparseConvNeXt': 'a SparK pre-training backbone: its forward needs the mask the SparK algorithm '
+    'sets, so it cannot run on an image alone',
+    'mmpretrain.SparseResNet': 'a SparK pre-training backbone: its forward needs the mask the SparK algorithm '
+    'sets, so it cannot run on an image alone',
 }
 
 
 #: backbones whose adapters exceed 5% even at the narrowest width (the wrapper builds that
 #: width and warns), with why
 OVER_BUDGET: Dict[str, str] = {
-    'mmpretrain.ShuffleNetV1':
-        'MSLoRA on each of its 16 blocks (up to 960 channels) keeps a few parameters per '
-        'channel at any width: 5.1% of its 0.9 M parameters at hidden_dim=1',
+    'mmpretrain.ShuffleNetV1': 'MSLoRA on each of its 16 blocks (up to 960 channels) keeps a few parameters per '
+    'channel at any width: 5.1% of its 0.9 M parameters at hidden_dim=1',
 }
 
 
 @dataclass
 class Coverage:
     """One backbone's result: ``status`` is 'wrapped', 'exception' or 'no build'."""
+
     backbone: str
     status: str
     blocks: int = 0
@@ -169,6 +207,7 @@ def registered_backbones() -> List[Tuple[str, type]]:
     from mmdet.registry import MODELS as MMDET
     from mmpretrain.registry import MODELS as MMPRETRAIN
     from mmseg.registry import MODELS as MMSEG
+
     found = []
     for scope, registry in (('mmdet', MMDET), ('mmseg', MMSEG), ('mmpretrain', MMPRETRAIN)):
         for name, cls in registry.module_dict.items():
@@ -193,14 +232,18 @@ def _outputs(model, x) -> List[torch.Tensor]:
         if isinstance(value, (tuple, list)):
             return [t for item in value for t in flat(item)]
         return []
+
     return flat(model(x))
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bitwise equal, NaN matching NaN (a weight left uninitialised upstream must not
     make identical models look different)."""
-    return a.shape == b.shape and torch.equal(a.nan_to_num(), b.nan_to_num()) \
-        if a.is_floating_point() else torch.equal(a, b)
+    return (
+        a.shape == b.shape and torch.equal(a.nan_to_num(), b.nan_to_num())
+        if a.is_floating_point()
+        else torch.equal(a, b)
+    )
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float) -> bool:
@@ -217,8 +260,9 @@ def _input_gradient(model, x) -> Optional[torch.Tensor]:
     outputs = [t for t in _outputs(model, x) if t.is_floating_point() and t.requires_grad]
     if not outputs:
         return None
-    return torch.autograd.grad(sum(t.float().pow(2).mean() for t in outputs), x,
-                               allow_unused=True)[0]
+    return torch.autograd.grad(sum(t.float().pow(2).mean() for t in outputs), x, allow_unused=True)[
+        0
+    ]
 
 
 def _exact_check(model, plain, x) -> Optional[str]:
@@ -236,7 +280,8 @@ def _exact_check(model, plain, x) -> Optional[str]:
     if any(not _close(a, b, EXACT_RTOL) for a, b in zip(got, want)):
         return 'not equal to the plain backbone in float64'
     if (grads[0] is None) != (grads[1] is None) or (
-            grads[1] is not None and not _close(*grads, EXACT_RTOL)):
+        grads[1] is not None and not _close(*grads, EXACT_RTOL)
+    ):
         return "input gradient differs from the plain backbone's (float64)"
     return None
 
@@ -244,12 +289,14 @@ def _exact_check(model, plain, x) -> Optional[str]:
 def check_backbone(name: str, build_args: Optional[dict] = None) -> Coverage:
     """Wrap ``name`` ('scope.Class') and run the checks of the module docstring."""
     from mmengine.registry import DefaultScope
+
     start = time.time()
     scope = name.split('.', 1)[0]
     cfg = dict(type=name, **(BUILD_ARGS.get(name, {}) if build_args is None else build_args))
     with DefaultScope.overwrite_default_scope(scope):
         try:
             from mmengine.registry import MODELS
+
             torch.manual_seed(0)
             plain = MODELS.build(dict(cfg))
         except Exception as err:  # noqa: BLE001  (reported, not raised)
@@ -258,13 +305,21 @@ def check_backbone(name: str, build_args: Optional[dict] = None) -> Coverage:
             torch.manual_seed(0)
             model = MSLoRABackbone(backbone=dict(cfg), adapter=ADAPTER)
         except Exception as err:  # noqa: BLE001
-            return Coverage(name, 'exception', detail=f'{type(err).__name__}: {err}'[:300],
-                            seconds=time.time() - start)
+            return Coverage(
+                name,
+                'exception',
+                detail=f'{type(err).__name__}: {err}'[:300],
+                seconds=time.time() - start,
+            )
     try:
         return _check_wrapped(name, model, plain, start)
     except Exception as err:  # noqa: BLE001  (reported, not raised)
-        return Coverage(name, 'exception', detail=f'{type(err).__name__}: {err}'[:300],
-                        seconds=time.time() - start)
+        return Coverage(
+            name,
+            'exception',
+            detail=f'{type(err).__name__}: {err}'[:300],
+            seconds=time.time() - start,
+        )
 
 
 def _check_wrapped(name: str, model: MSLoRABackbone, plain, start: float) -> Coverage:
@@ -313,24 +368,35 @@ def _check_wrapped(name: str, model: MSLoRABackbone, plain, start: float) -> Cov
     if moved == 0:
         return Coverage(name, 'exception', detail='no adapter trained')
     layouts = sorted(set(model.block_layouts.values()))
-    return Coverage(name, 'wrapped', blocks=len(model.adapters), layouts='/'.join(layouts),
-                    share=count_parameters(model).backbone_share,
-                    width=model.adapter_cfg.get('hidden_dim'),
-                    detail=f'{moved}/{len(zero)} adapters trained',
-                    seconds=time.time() - start)
+    return Coverage(
+        name,
+        'wrapped',
+        blocks=len(model.adapters),
+        layouts='/'.join(layouts),
+        share=count_parameters(model).backbone_share,
+        width=model.adapter_cfg.get('hidden_dim'),
+        detail=f'{moved}/{len(zero)} adapters trained',
+        seconds=time.time() - start,
+    )
 
 
 def markdown(rows: List[Coverage]) -> str:
     built = [r for r in rows if r.status != 'no build']
     wrapped = [r for r in built if r.status == 'wrapped']
-    lines = [f'{len(wrapped)} of {len(built)} backbones that build on CPU wrap by themselves '
-             f'({100 * len(wrapped) / max(len(built), 1):.0f}%); {len(rows) - len(built)} '
-             'registered classes did not build with the arguments tried.', '',
-             '| backbone | result | blocks | layout | share | width | detail |',
-             '|---|---|---:|---|---:|---:|---|']
-    lines += [f'| {r.backbone} | {r.status} | {r.blocks or ""} | {r.layouts} | '
-              f'{f"{r.share:.2%}" if r.blocks else ""} | {r.width or ""} | '
-              f'{r.detail.replace("|", "/")} |' for r in rows]
+    lines = [
+        f'{len(wrapped)} of {len(built)} backbones that build on CPU wrap by themselves '
+        f'({100 * len(wrapped) / max(len(built), 1):.0f}%); {len(rows) - len(built)} '
+        'registered classes did not build with the arguments tried.',
+        '',
+        '| backbone | result | blocks | layout | share | width | detail |',
+        '|---|---|---:|---|---:|---:|---|',
+    ]
+    lines += [
+        f'| {r.backbone} | {r.status} | {r.blocks or ""} | {r.layouts} | '
+        f'{f"{r.share:.2%}" if r.blocks else ""} | {r.width or ""} | '
+        f'{r.detail.replace("|", "/")} |'
+        for r in rows
+    ]
     return '\n'.join(lines)
 
 
@@ -341,13 +407,17 @@ def main(argv=None) -> List[Coverage]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from mmengine.logging import MMLogger
+
     MMLogger.get_instance('backbone_coverage', log_level='WARNING')  # no init dumps
     names = [n for n, _ in registered_backbones() if not args.only or n in args.only]
     rows = []
     for name in names:
         rows.append(check_backbone(name))
-        print(f'{name}: {rows[-1].status} {rows[-1].blocks} {rows[-1].share:.2%} '
-              f'{rows[-1].detail} ({rows[-1].seconds:.1f} s)', flush=True)
+        print(
+            f'{name}: {rows[-1].status} {rows[-1].blocks} {rows[-1].share:.2%} '
+            f'{rows[-1].detail} ({rows[-1].seconds:.1f} s)',
+            flush=True,
+        )
     table = markdown(rows)
     print(table)
     if args.out:

@@ -8,6 +8,7 @@ tools/export_adapter.py; then the backbone's pretrained init_cfg of CONFIG is lo
 each stage the figure shows the image, ||F|| and ||F + H(F)|| (L2 over channels), the
 relative change ||F + H(F)|| / ||F|| - 1 and the mean of the ``Trans`` gate.
 """
+
 import argparse
 import os
 import os.path as osp
@@ -34,14 +35,21 @@ def load_any(model, checkpoint: str) -> None:
         return
     content = safe_torch_load(checkpoint, map_location='cpu')
     if isinstance(content, dict) and content.get('meta', {}).get('format', '').startswith(
-            'mmslora-adapter'):
+        'mmslora-adapter'
+    ):
         load_adapter(model, content)
     else:
         load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
 
 
-def visualize(config: str, checkpoint: str, image: str, out_dir: str, size: int = 256,
-              all_blocks: bool = False) -> list:
+def visualize(
+    config: str,
+    checkpoint: str,
+    image: str,
+    out_dir: str,
+    size: int = 256,
+    all_blocks: bool = False,
+) -> list:
     """Write the figures; return their paths."""
     cfg = load_config(config)
     model = build_model_from_config(cfg, init_weights=True)
@@ -57,9 +65,12 @@ def visualize(config: str, checkpoint: str, image: str, out_dir: str, size: int 
     paths = []
     for name in names:
         rec = records[name]
-        panels = [('image', rgb, None), ('||F||', rec['before'], 'viridis'),
-                  ('||F + H(F)||', rec['after'], 'viridis'),
-                  ('relative change', rec['after'] / rec['before'].clamp_min(1e-6) - 1, 'coolwarm')]
+        panels = [
+            ('image', rgb, None),
+            ('||F||', rec['before'], 'viridis'),
+            ('||F + H(F)||', rec['after'], 'viridis'),
+            ('relative change', rec['after'] / rec['before'].clamp_min(1e-6) - 1, 'coolwarm'),
+        ]
         if 'gate' in rec:
             panels.append(('mean Trans(F)', rec['gate'], 'magma'))
         fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
@@ -91,8 +102,9 @@ def main(argv=None):
     parser.add_argument('--size', type=int, default=256, help='square input size')
     parser.add_argument('--all-blocks', action='store_true', help='a figure per block')
     args = parser.parse_args(argv)
-    for path in visualize(args.config, args.checkpoint, args.image, args.out_dir, args.size,
-                          args.all_blocks):
+    for path in visualize(
+        args.config, args.checkpoint, args.image, args.out_dir, args.size, args.all_blocks
+    ):
         print(path)
 
 

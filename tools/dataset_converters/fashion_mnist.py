@@ -5,6 +5,7 @@
 mmpretrain's ``FashionMNIST`` dataset reads the four idx files un-gzipped from its
 ``data_root``; this writes them there (idempotent).
 """
+
 import argparse
 import gzip
 import os
@@ -12,8 +13,12 @@ import os.path as osp
 import shutil
 
 SOURCE = '/usr/share/datasets/fashion-mnist'
-FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte',
-         't10k-labels-idx1-ubyte')
+FILES = (
+    'train-images-idx3-ubyte',
+    'train-labels-idx1-ubyte',
+    't10k-images-idx3-ubyte',
+    't10k-labels-idx1-ubyte',
+)
 
 
 def convert_fashion_mnist(out_dir: str, source: str = SOURCE) -> list:
@@ -23,14 +28,16 @@ def convert_fashion_mnist(out_dir: str, source: str = SOURCE) -> list:
         raise FileNotFoundError(
             f'Fashion-MNIST files {missing} are not in {source}; install them with '
             f'`apt-get install dataset-fashion-mnist` (scripts/setup_env.sh does this as root) '
-            f'or pass --source DIR holding the .gz files.')
+            f'or pass --source DIR holding the .gz files.'
+        )
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name in FILES:
         target = osp.join(out_dir, name)
         if not osp.exists(target):
-            with gzip.open(osp.join(source, name + '.gz'), 'rb') as src, \
-                    open(target + '.part', 'wb') as dst:
+            with gzip.open(osp.join(source, name + '.gz'), 'rb') as src, open(
+                target + '.part', 'wb'
+            ) as dst:
                 shutil.copyfileobj(src, dst)
             os.replace(target + '.part', target)
         paths.append(target)

@@ -39,6 +39,7 @@ the nucleus' label in ``mask2d.tif``.
 The seg maps mark every nucleus pixel of the tile (including the few pixels of slivers
 too small to keep as instances).
 """
+
 import argparse
 import importlib.util
 import json
@@ -60,7 +61,8 @@ SOURCE_NOTE = (
     'experiments: the 2018 Data Science Bowl", Nature Methods 16, 2019). The stardist '
     'package is distributed under the BSD-3-Clause licence. The Data Science Bowl 2018 '
     'data are published by the Broad Institute as BBBC038 under their own terms; check '
-    'them, and cite the paper above, before redistributing these tiles.')
+    'them, and cite the paper above, before redistributing these tiles.'
+)
 
 
 def find_source():
@@ -69,7 +71,8 @@ def find_source():
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             'the `stardist` package is not installed; install its data without its '
-            'dependencies: `pip install --no-deps stardist==0.9.2`')
+            'dependencies: `pip install --no-deps stardist==0.9.2`'
+        )
     folder = osp.join(list(spec.submodule_search_locations)[0], 'data', 'images')
     paths = osp.join(folder, 'img2d.tif'), osp.join(folder, 'mask2d.tif')
     for path in paths:
@@ -81,6 +84,7 @@ def find_source():
 def load_source():
     """Return (uint16 image, int32 label map) of the demo, both HxW."""
     import tifffile
+
     img_path, mask_path = find_source()
     image = tifffile.imread(img_path)
     labels = tifffile.imread(mask_path).astype(np.int32)
@@ -117,18 +121,24 @@ def plan_tiles(height, width, tile=256, stride=None, val_tiles=1, seed=0):
         raise ValueError(f'tile {tile} is larger than the image {height}x{width}')
     if stride <= 0:
         raise ValueError('stride must be positive')
-    blocks = [(y, x) for y in range(0, height - tile + 1, tile)
-              for x in range(0, width - tile + 1, tile)]
+    blocks = [
+        (y, x) for y in range(0, height - tile + 1, tile) for x in range(0, width - tile + 1, tile)
+    ]
     if not 1 <= val_tiles < len(blocks):
         raise ValueError(f'val_tiles must be in [1, {len(blocks) - 1}], got {val_tiles}')
     val = sorted(random.Random(seed).sample(blocks, val_tiles))
 
     def hits_val(y, x):
-        return any(y < vy + tile and vy < y + tile and x < vx + tile and vx < x + tile
-                   for vy, vx in val)
+        return any(
+            y < vy + tile and vy < y + tile and x < vx + tile and vx < x + tile for vy, vx in val
+        )
 
-    train = [(y, x) for y in _positions(height, tile, stride)
-             for x in _positions(width, tile, stride) if not hits_val(y, x)]
+    train = [
+        (y, x)
+        for y in _positions(height, tile, stride)
+        for x in _positions(width, tile, stride)
+        if not hits_val(y, x)
+    ]
     if not train:
         raise ValueError('no train tile is left; lower val_tiles or stride')
     return dict(train=train, val=val)
@@ -140,8 +150,7 @@ def mask_to_polygons(mask):
     Contours are traced on the mask upsampled 2x so that thin parts keep an area;
     the vertices sit at the upsampled pixel centres, 1/4 pixel inside the true edge.
     """
-    big = cv2.resize(mask.astype(np.uint8), None, fx=2, fy=2,
-                     interpolation=cv2.INTER_NEAREST)
+    big = cv2.resize(mask.astype(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
     contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polygons = []
     for contour in contours:
@@ -169,8 +178,16 @@ def tile_annotations(label_tile, min_area=8):
         ys, xs = np.nonzero(mask)
         x0, y0 = int(xs.min()), int(ys.min())
         bbox = [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
-        anns.append(dict(category_id=1, bbox=[float(v) for v in bbox], area=float(area),
-                         iscrowd=0, segmentation=polygons, source_label=int(label)))
+        anns.append(
+            dict(
+                category_id=1,
+                bbox=[float(v) for v in bbox],
+                area=float(area),
+                iscrowd=0,
+                segmentation=polygons,
+                source_label=int(label),
+            )
+        )
     return anns
 
 
@@ -226,8 +243,9 @@ def _write_json(path, obj):
     os.replace(path + '.part', path)
 
 
-def convert_nuclei(out_dir, tile=256, stride=128, val_tiles=1, seed=0, min_area=8,
-                   force=False, verbose=True):
+def convert_nuclei(
+    out_dir, tile=256, stride=128, val_tiles=1, seed=0, min_area=8, force=False, verbose=True
+):
     """Convert the stardist demo image into ``out_dir``; return a summary dict.
 
     The summary holds ``{train,val}_tiles`` and ``{train,val}_instances`` (and
@@ -237,17 +255,25 @@ def convert_nuclei(out_dir, tile=256, stride=128, val_tiles=1, seed=0, min_area=
     image, labels = load_source()
     height, width = labels.shape
     plan = plan_tiles(height, width, tile, stride, val_tiles, seed)
-    params = dict(tile=tile, stride=stride, val_tiles=val_tiles, seed=seed,
-                  min_area=min_area, val_blocks=[list(p) for p in plan['val']],
-                  version=1)
+    params = dict(
+        tile=tile,
+        stride=stride,
+        val_tiles=val_tiles,
+        seed=seed,
+        min_area=min_area,
+        val_blocks=[list(p) for p in plan['val']],
+        version=1,
+    )
 
     if not force:
         existing = _existing(out_dir, params, plan)
         if existing is not None:
             summary = _summary(out_dir, existing, skipped=True)
             if verbose:
-                print(f'nuclei: complete conversion found in {out_dir}, skipping '
-                      f'(--force rewrites it)')
+                print(
+                    f'nuclei: complete conversion found in {out_dir}, skipping '
+                    f'(--force rewrites it)'
+                )
                 print(json.dumps(summary))
             return summary
 
@@ -269,37 +295,59 @@ def convert_nuclei(out_dir, tile=256, stride=128, val_tiles=1, seed=0, min_area=
         images, annotations = [], []
         for image_id, (y, x) in enumerate(plan[split], start=1):
             name = tile_name(y, x)
-            label_tile = labels[y:y + tile, x:x + tile]
-            _write_png(osp.join(out_dir, 'images', split, name + '.png'),
-                       np.ascontiguousarray(rgb[y:y + tile, x:x + tile, ::-1]))
-            _write_png(osp.join(out_dir, 'seg_maps', split, name + '.png'),
-                       (label_tile > 0).astype(np.uint8))
-            images.append(dict(id=image_id, file_name=name + '.png', width=tile,
-                               height=tile, tile_x=x, tile_y=y))
+            label_tile = labels[y : y + tile, x : x + tile]
+            _write_png(
+                osp.join(out_dir, 'images', split, name + '.png'),
+                np.ascontiguousarray(rgb[y : y + tile, x : x + tile, ::-1]),
+            )
+            _write_png(
+                osp.join(out_dir, 'seg_maps', split, name + '.png'),
+                (label_tile > 0).astype(np.uint8),
+            )
+            images.append(
+                dict(
+                    id=image_id,
+                    file_name=name + '.png',
+                    width=tile,
+                    height=tile,
+                    tile_x=x,
+                    tile_y=y,
+                )
+            )
             for ann in tile_annotations(label_tile, min_area):
                 ann.update(id=len(annotations) + 1, image_id=image_id)
                 annotations.append(ann)
         coco_by_split[split] = dict(
-            info=dict(description=f'stardist 2D nuclei demo, {split} tiles',
-                      conversion=params),
-            licenses=[], images=images, annotations=annotations, categories=CATEGORIES)
+            info=dict(description=f'stardist 2D nuclei demo, {split} tiles', conversion=params),
+            licenses=[],
+            images=images,
+            annotations=annotations,
+            categories=CATEGORIES,
+        )
 
     split_note = (
         f'Split: {tile}x{tile} tiles of the {height}x{width} image. Val: the '
         f'non-overlapping block(s) with origin (y, x) {plan["val"]} (chosen with '
         f'seed {seed}). Train: the windows of a stride-{stride} grid not touching any '
         f'val block, origins {plan["train"]}. No pixel is in both splits; a nucleus '
-        f'across a val block edge is clipped into both.')
+        f'across a val block edge is clipped into both.'
+    )
     with open(osp.join(out_dir, 'README.txt'), 'w') as f:
-        f.write('Nuclei tiles written by tools/dataset_converters/nuclei.py (mmslora).\n\n'
-                + SOURCE_NOTE + '\n\n' + split_note + '\n\n'
-                'images/: uint8 RGB PNG tiles; seg_maps/: uint8 PNG, 0 background, '
-                '1 nucleus; annotations/: COCO instances, category 1 = nucleus, '
-                'polygon segmentation.\n')
+        f.write(
+            'Nuclei tiles written by tools/dataset_converters/nuclei.py (mmslora).\n\n'
+            + SOURCE_NOTE
+            + '\n\n'
+            + split_note
+            + '\n\n'
+            'images/: uint8 RGB PNG tiles; seg_maps/: uint8 PNG, 0 background, '
+            '1 nucleus; annotations/: COCO instances, category 1 = nucleus, '
+            'polygon segmentation.\n'
+        )
     # JSONs last: their presence marks a complete conversion
     for split in SPLITS:
-        _write_json(osp.join(out_dir, 'annotations', f'instances_{split}.json'),
-                    coco_by_split[split])
+        _write_json(
+            osp.join(out_dir, 'annotations', f'instances_{split}.json'), coco_by_split[split]
+        )
 
     summary = _summary(out_dir, coco_by_split, skipped=False)
     if verbose:
@@ -311,18 +359,36 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('out_dir', nargs='?', default='data/nuclei')
     parser.add_argument('--tile', type=int, default=256, help='tile side in pixels')
-    parser.add_argument('--stride', type=int, default=128,
-                        help='step of the train tile grid (< tile: overlapping tiles)')
-    parser.add_argument('--val-tiles', type=int, default=1,
-                        help='number of non-overlapping tile-sized blocks kept for val')
+    parser.add_argument(
+        '--stride',
+        type=int,
+        default=128,
+        help='step of the train tile grid (< tile: overlapping tiles)',
+    )
+    parser.add_argument(
+        '--val-tiles',
+        type=int,
+        default=1,
+        help='number of non-overlapping tile-sized blocks kept for val',
+    )
     parser.add_argument('--seed', type=int, default=0, help='picks the val blocks')
-    parser.add_argument('--min-area', type=int, default=8,
-                        help='drop clipped instances with fewer pixels in the tile')
+    parser.add_argument(
+        '--min-area',
+        type=int,
+        default=8,
+        help='drop clipped instances with fewer pixels in the tile',
+    )
     parser.add_argument('--force', action='store_true', help='rewrite existing output')
     args = parser.parse_args(argv)
-    convert_nuclei(args.out_dir, tile=args.tile, stride=args.stride,
-                   val_tiles=args.val_tiles, seed=args.seed, min_area=args.min_area,
-                   force=args.force)
+    convert_nuclei(
+        args.out_dir,
+        tile=args.tile,
+        stride=args.stride,
+        val_tiles=args.val_tiles,
+        seed=args.seed,
+        min_area=args.min_area,
+        force=args.force,
+    )
 
 
 if __name__ == '__main__':

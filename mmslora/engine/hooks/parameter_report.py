@@ -1,4 +1,5 @@
 """``mmslora.ParameterReportHook``: the parameter report in the log."""
+
 from mmengine.hooks import Hook
 
 from mmslora.models import count_parameters

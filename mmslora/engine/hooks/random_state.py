@@ -1,4 +1,5 @@
 """``mmslora.RandomStateHook``: exact resume, the global random state included."""
+
 import random
 from typing import Optional
 
@@ -7,8 +8,12 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 
-from mmslora.compat.mmengine import (loop_dataloader_iterator, runner_is_resuming,
-                                     runner_randomness_cfg, set_loop_dataloader_iterator)
+from mmslora.compat.mmengine import (
+    loop_dataloader_iterator,
+    runner_is_resuming,
+    runner_randomness_cfg,
+    set_loop_dataloader_iterator,
+)
 from mmslora.registry import HOOKS
 
 
@@ -16,9 +21,11 @@ def _get_random_state() -> dict:
     """The global random generators' state, in types a weights-only load accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
-    state = dict(python=[version, list(internal), gauss],
-                 numpy=[kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-                 torch=torch.get_rng_state())
+    state = dict(
+        python=[version, list(internal), gauss],
+        numpy=[kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        torch=torch.get_rng_state(),
+    )
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state()
     return state
@@ -104,8 +111,10 @@ class RandomStateHook(Hook):
         # a checkpoint written during validation (save_best) gets the training stream
         state = self._before_val if self._before_val is not None else _get_random_state()
         checkpoint['rng_state'] = dict(
-            state, world_size=runner.world_size,
-            diff_rank_seed=bool(runner_randomness_cfg(runner).get('diff_rank_seed')))
+            state,
+            world_size=runner.world_size,
+            diff_rank_seed=bool(runner_randomness_cfg(runner).get('diff_rank_seed')),
+        )
 
     def before_val(self, runner) -> None:
         self._before_val = _get_random_state()
@@ -125,12 +134,14 @@ class RandomStateHook(Hook):
             runner.logger.warning(
                 'RandomStateHook: the checkpoint holds no random state (written without '
                 'this hook); the resumed run draws other random numbers than the '
-                'uninterrupted one would have.')
+                'uninterrupted one would have.'
+            )
         elif state.get('world_size', 1) > 1 and state.get('diff_rank_seed'):
             runner.logger.warning(
                 'RandomStateHook: the checkpoint is from a distributed run with '
                 'diff_rank_seed=True; only rank 0\'s random state was saved, so it is '
-                'not restored.')
+                'not restored.'
+            )
         else:
             self._pending = state
 
@@ -139,12 +150,17 @@ class RandomStateHook(Hook):
             return
         loop = runner.train_loop
         if isinstance(loop, IterBasedTrainLoop):
-            set_loop_dataloader_iterator(loop, _RestoreBeforeFetch(
-                loop_dataloader_iterator(loop), loop.iter, self._restore_pending))
+            set_loop_dataloader_iterator(
+                loop,
+                _RestoreBeforeFetch(
+                    loop_dataloader_iterator(loop), loop.iter, self._restore_pending
+                ),
+            )
         elif not isinstance(loop, EpochBasedTrainLoop):
             runner.logger.warning(
                 f'RandomStateHook: cannot restore the random state for a '
-                f'{type(loop).__name__}; it is restored when training starts.')
+                f'{type(loop).__name__}; it is restored when training starts.'
+            )
             self._restore_pending()
 
     def before_train_epoch(self, runner) -> None:
@@ -154,7 +170,8 @@ class RandomStateHook(Hook):
                 runner.logger.warning(
                     'RandomStateHook: resumed from a checkpoint written inside an epoch; '
                     'EpochBasedTrainLoop restarts that epoch, so the random state is not '
-                    'restored.')
+                    'restored.'
+                )
                 self._pending = None
             else:
                 self._restore_pending()

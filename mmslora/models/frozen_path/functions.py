@@ -4,6 +4,7 @@ Every function is traceable by ``torch.compile``: non-tensor arguments are Pytho
 values stored on ``ctx``, in-place work touches only tensors made in the function
 or an input that is marked dirty and returned.
 """
+
 from typing import Optional
 
 import torch
@@ -40,14 +41,25 @@ class FrozenConv2d(torch.autograd.Function):
             # convolution_backward reads only the shape of its input: an uninitialised
             # buffer (never written, so never paged in) lets it run the kernel that
             # autograd's own backward runs
-            layout = (torch.channels_last if not grad.is_contiguous()
-                      and grad.is_contiguous(memory_format=torch.channels_last)
-                      else torch.contiguous_format)
+            layout = (
+                torch.channels_last
+                if not grad.is_contiguous()
+                and grad.is_contiguous(memory_format=torch.channels_last)
+                else torch.contiguous_format
+            )
             grad_x = torch.ops.aten.convolution_backward(
-                grad, torch.empty(shape, dtype=grad.dtype, device=grad.device,
-                                  memory_format=layout),
-                scaled(weight, scale).to(grad.dtype), None, stride, padding, dilation,
-                False, [0, 0], groups, (True, False, False))[0]
+                grad,
+                torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=layout),
+                scaled(weight, scale).to(grad.dtype),
+                None,
+                stride,
+                padding,
+                dilation,
+                False,
+                [0, 0],
+                groups,
+                (True, False, False),
+            )[0]
         if ctx.needs_input_grad[3]:
             grad_bias = grad.sum((0, 2, 3))
         return grad_x, None, None, grad_bias, None, None, None, None
@@ -59,15 +71,15 @@ class ChannelAffine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, shift):
         ctx.save_for_backward(scale)
-        view = (1, -1) + (1, ) * (x.dim() - 2)
+        view = (1, -1) + (1,) * (x.dim() - 2)
         return torch.addcmul(shift.to(x.dtype).view(view), x, scale.to(x.dtype).view(view))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        scale, = ctx.saved_tensors
-        view = (1, -1) + (1, ) * (grad.dim() - 2)
-        dims = (0, ) + tuple(range(2, grad.dim()))
+        (scale,) = ctx.saved_tensors
+        view = (1, -1) + (1,) * (grad.dim() - 2)
+        dims = (0,) + tuple(range(2, grad.dim()))
         grad_x = grad * scale.to(grad.dtype).view(view) if ctx.needs_input_grad[0] else None
         grad_shift = grad.sum(dims) if ctx.needs_input_grad[2] else None
         return grad_x, None, grad_shift
@@ -94,7 +106,7 @@ class MaskedClamp(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        mask, = ctx.saved_tensors
+        (mask,) = ctx.saved_tensors
         # a bool mask as uint8: float * uint8 is about as fast as threshold_backward,
         # float * bool about half as fast
         return grad * mask.view(torch.uint8), None, None, None

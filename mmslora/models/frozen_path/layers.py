@@ -4,6 +4,7 @@ Each replaces one method of one module instance (an instance attribute holding a
 ``functools.partial``, not a submodule), so the state dict and its keys are the
 upstream ones and ``copy.deepcopy`` (EMA models) copies the fast path with the module.
 """
+
 import functools
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -27,6 +28,7 @@ CLAMPS = {nn.ReLU: (0.0, None), nn.ReLU6: (0.0, 6.0)}
 @dataclass
 class FastPathReport:
     """What :func:`enable_frozen_fast_path` patched (module names)."""
+
     convs: List[str] = field(default_factory=list)
     folded: Dict[str, str] = field(default_factory=dict)  # BN -> its convolution
     affine_norms: List[str] = field(default_factory=list)
@@ -34,10 +36,12 @@ class FastPathReport:
     unfolded: Dict[str, str] = field(default_factory=dict)  # BN -> why not folded
 
     def summary(self) -> str:
-        return (f'frozen fast path: {len(self.convs)} Conv2d, '
-                f'{len(self.folded)} BN folded into their convolution, '
-                f'{len(self.affine_norms)} BN as affine maps, '
-                f'{len(self.activations)} ReLU with masks')
+        return (
+            f'frozen fast path: {len(self.convs)} Conv2d, '
+            f'{len(self.folded)} BN folded into their convolution, '
+            f'{len(self.affine_norms)} BN as affine maps, '
+            f'{len(self.activations)} ReLU with masks'
+        )
 
 
 def _needs_graph(x: torch.Tensor) -> bool:
@@ -46,8 +50,9 @@ def _needs_graph(x: torch.Tensor) -> bool:
     return records_autograd() and x.requires_grad
 
 
-def conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
-                 bias: Optional[torch.Tensor]) -> torch.Tensor:
+def conv_forward(
+    conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
     """Replaces ``Conv2d._conv_forward(x, weight, bias)``: every ``Conv2d`` subclass whose
     forward ends there (mmcv's wrappers, TF-style padding, weight standardisation that
     passes its own ``weight``) runs the fast path."""
@@ -58,24 +63,39 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
             weight, bias = fold.inference_terms()
         else:
             scale, bias = fold.training_terms(bias)
-    if (weight.requires_grad or not _needs_graph(x) or conv.padding_mode != 'zeros'
-            or isinstance(conv.padding, str) or x.dim() != 4):
+    if (
+        weight.requires_grad
+        or not _needs_graph(x)
+        or conv.padding_mode != 'zeros'
+        or isinstance(conv.padding, str)
+        or x.dim() != 4
+    ):
         # a trainable weight (fine-tuning), no input gradient to pass, a padding that
         # the transposed convolution does not express, or an unbatched input: the
         # layer's own math
         return nn.Conv2d._conv_forward(conv, x, scaled(weight, scale), bias)
-    return FrozenConv2d.apply(x, weight, scale, bias, conv.stride, conv.padding,
-                              conv.dilation, conv.groups)
+    return FrozenConv2d.apply(
+        x, weight, scale, bias, conv.stride, conv.padding, conv.dilation, conv.groups
+    )
 
 
 def conv_out_numel(conv: nn.Conv2d, x: torch.Tensor) -> int:
     """Elements of ``conv``'s output for input ``x`` (its shape, before it runs)."""
     if isinstance(conv.padding, str):  # 'same' keeps the size ('valid' is rare)
         return x.numel() // x.shape[-3] * conv.out_channels
-    size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
-        x.shape[-2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
-    return x.numel() // (x.shape[-3] * x.shape[-2] * x.shape[-1]) * conv.out_channels \
-        * size[0] * size[1]
+    size = [
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, p, d, k, s in zip(
+            x.shape[-2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride
+        )
+    ]
+    return (
+        x.numel()
+        // (x.shape[-3] * x.shape[-2] * x.shape[-1])
+        * conv.out_channels
+        * size[0]
+        * size[1]
+    )
 
 
 def bn_forward(bn: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
@@ -84,8 +104,14 @@ def bn_forward(bn: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     fold = bn.__dict__.get(FOLD_ATTR)
     if fold is not None and fold.active(x.numel()):
         return x  # the convolution before it applied it
-    if (bn.training or not bn.track_running_stats or bn.running_mean is None
-            or bn.weight is None or bn.weight.requires_grad or not _needs_graph(x)):
+    if (
+        bn.training
+        or not bn.track_running_stats
+        or bn.running_mean is None
+        or bn.weight is None
+        or bn.weight.requires_grad
+        or not _needs_graph(x)
+    ):
         return type(bn).forward(bn, x)
     with torch.no_grad():
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
@@ -93,8 +119,9 @@ def bn_forward(bn: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     return ChannelAffine.apply(x, scale, shift)
 
 
-def clamp_forward(act: nn.Module, low: float, high: Optional[float],
-                  x: torch.Tensor) -> torch.Tensor:
+def clamp_forward(
+    act: nn.Module, low: float, high: Optional[float], x: torch.Tensor
+) -> torch.Tensor:
     """Replaces a ReLU's / ReLU6's ``forward``: a bool mask kept for backward. Under
     ``torch.compile`` the layer's own forward: the compiler's partitioner chooses what
     its backward keeps (dynamo cannot trace an in-place function with dynamic shapes)."""
@@ -118,8 +145,9 @@ def _fast_method(module: nn.Module) -> Optional[Tuple[str, functools.partial]]:
     return None
 
 
-def enable_frozen_fast_path(backbone: nn.Module, fold_bn: bool = True,
-                            sample: Optional[torch.Tensor] = None) -> FastPathReport:
+def enable_frozen_fast_path(
+    backbone: nn.Module, fold_bn: bool = True, sample: Optional[torch.Tensor] = None
+) -> FastPathReport:
     """Give the eligible layers of ``backbone`` the fast forward (see
     :mod:`mmslora.models.frozen_path`).
 
@@ -147,11 +175,11 @@ def enable_frozen_fast_path(backbone: nn.Module, fold_bn: bool = True,
     if fold_bn and report.convs and report.affine_norms:
         sample = working_input(backbone) if sample is None else sample
         if sample is not None:
-            kept, refused = find_folds(backbone, sample, patched[conv_forward],
-                                       patched[bn_forward])
+            kept, refused = find_folds(backbone, sample, patched[conv_forward], patched[bn_forward])
             for fold in refused:
-                report.unfolded[names[fold.bn]] = ('differs from the plain layers (its '
-                                                   'input is used elsewhere too)')
+                report.unfolded[names[fold.bn]] = (
+                    'differs from the plain layers (its input is used elsewhere too)'
+                )
             for fold in kept:
                 report.folded[names[fold.bn]] = names[fold.conv]
                 report.affine_norms.remove(names[fold.bn])

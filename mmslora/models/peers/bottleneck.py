@@ -16,6 +16,7 @@ sub-layer, once per block); AdaptFormer adds it in parallel to the MLP. With the
 wrapper both are "a residual bottleneck on the block's features", which is what the
 comparison with MSLoRA (also after each block) needs.
 """
+
 import torch
 import torch.nn as nn
 
@@ -43,18 +44,26 @@ class BottleneckAdapter(BlockAdapter):
 
     zero_init = ('up.weight', 'up.bias')
 
-    def __init__(self, channels: int, hidden_dim: int = 64, scale: float = 0.1,
-                 dropout: float = 0., act: str = 'relu', with_cp: bool = False,
-                 init_cfg=None) -> None:
+    def __init__(
+        self,
+        channels: int,
+        hidden_dim: int = 64,
+        scale: float = 0.1,
+        dropout: float = 0.0,
+        act: str = 'relu',
+        with_cp: bool = False,
+        init_cfg=None,
+    ) -> None:
         super().__init__(channels, dropout=dropout, with_cp=with_cp, init_cfg=init_cfg)
         if act not in _ACTIVATIONS:
-            raise ValueError(f'BottleneckAdapter: act must be one of {sorted(_ACTIVATIONS)}, '
-                             f'got {act!r}.')
+            raise ValueError(
+                f'BottleneckAdapter: act must be one of {sorted(_ACTIVATIONS)}, got {act!r}.'
+            )
         self.hidden_dim, self.scale = hidden_dim, scale
         self.down = nn.Conv2d(channels, hidden_dim, 1)
         self.act = _ACTIVATIONS[act]()
         self.up = nn.Conv2d(hidden_dim, channels, 1)
-        nn.init.kaiming_uniform_(self.down.weight, a=5 ** 0.5)
+        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
         nn.init.zeros_(self.down.bias)
         self.zero_start_()
 

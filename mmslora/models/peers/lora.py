@@ -34,6 +34,7 @@ The update is attached by a forward hook (``layer(x) + LoRA(x)``), so the backbo
 state-dict keys do not change; :meth:`LoRA.delta_weight` gives ``(alpha / r) B A`` in
 the layer's weight shape to merge after training.
 """
+
 from typing import Optional, Tuple, Union
 
 import torch
@@ -49,6 +50,7 @@ def _standard_conv_forwards() -> tuple:
     forwards = [nn.Conv2d.forward]
     try:
         from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
+
         forwards.append(MMCVConv2d.forward)
     except ImportError:
         pass
@@ -82,15 +84,22 @@ class LoRA(LayerAdapter):
     """
 
     layer_types = (nn.Linear, nn.Conv2d)
-    zero_init = ('lora_B.weight', )
+    zero_init = ('lora_B.weight',)
     width_arg = 'rank'
 
-    def __init__(self, in_channels: int, out_channels: int, rank: int = 8,
-                 alpha: float = 8., dropout: float = 0.,
-                 kernel_size: Union[int, Tuple[int, int], None] = None,
-                 stride: Union[int, Tuple[int, int]] = 1,
-                 padding: Union[int, Tuple[int, int], str] = 0,
-                 dilation: Union[int, Tuple[int, int]] = 1, init_cfg=None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        rank: int = 8,
+        alpha: float = 8.0,
+        dropout: float = 0.0,
+        kernel_size: Union[int, Tuple[int, int], None] = None,
+        stride: Union[int, Tuple[int, int]] = 1,
+        padding: Union[int, Tuple[int, int], str] = 0,
+        dilation: Union[int, Tuple[int, int]] = 1,
+        init_cfg=None,
+    ) -> None:
         super().__init__(init_cfg=init_cfg)
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f'LoRA: rank must be a positive int, got {rank!r}.')
@@ -101,10 +110,17 @@ class LoRA(LayerAdapter):
             self.lora_A = nn.Linear(in_channels, rank, bias=False)
             self.lora_B = nn.Linear(rank, out_channels, bias=False)
         else:
-            self.lora_A = nn.Conv2d(in_channels, rank, kernel_size, stride=stride,
-                                    padding=padding, dilation=dilation, bias=False)
+            self.lora_A = nn.Conv2d(
+                in_channels,
+                rank,
+                kernel_size,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                bias=False,
+            )
             self.lora_B = nn.Conv2d(rank, out_channels, 1, bias=False)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=5 ** 0.5)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=5**0.5)
         self.zero_start_()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -114,20 +130,26 @@ class LoRA(LayerAdapter):
         """Why ``layer`` gets no LoRA, or None when it is supported."""
         if isinstance(layer, nn.Conv2d):
             if layer.groups != 1:
-                kind = ('depthwise' if layer.groups == layer.in_channels
-                        else 'grouped')
-                return (f'{kind} convolution (groups={layer.groups}): a dense low-rank '
-                        f'update would mix channels the layer keeps apart; left frozen')
+                kind = 'depthwise' if layer.groups == layer.in_channels else 'grouped'
+                return (
+                    f'{kind} convolution (groups={layer.groups}): a dense low-rank '
+                    f'update would mix channels the layer keeps apart; left frozen'
+                )
             if layer.padding_mode != 'zeros':
                 return f"padding_mode={layer.padding_mode!r} (only 'zeros' is reproduced)"
             custom = type(layer).forward not in _standard_conv_forwards()
-            pointwise = (_pair(layer.kernel_size) == (1, 1) and _pair(layer.stride) == (1, 1)
-                         and layer.padding in ((0, 0), 0, 'valid'))
+            pointwise = (
+                _pair(layer.kernel_size) == (1, 1)
+                and _pair(layer.stride) == (1, 1)
+                and layer.padding in ((0, 0), 0, 'valid')
+            )
             if custom and not pointwise:
-                return (f'{type(layer).__name__} overrides forward (its own padding) with '
-                        f'kernel {tuple(_pair(layer.kernel_size))}, stride '
-                        f'{tuple(_pair(layer.stride))}: the LoRA branch could not reproduce '
-                        f'its output geometry')
+                return (
+                    f'{type(layer).__name__} overrides forward (its own padding) with '
+                    f'kernel {tuple(_pair(layer.kernel_size))}, stride '
+                    f'{tuple(_pair(layer.stride))}: the LoRA branch could not reproduce '
+                    f'its output geometry'
+                )
             return None
         if isinstance(layer, nn.Linear):
             return None  # any (..., in) -> (..., out) layer takes an additive update
@@ -140,9 +162,15 @@ class LoRA(LayerAdapter):
         if reason:
             raise ValueError(f'LoRA: cannot adapt this layer: {reason}.')
         if isinstance(layer, nn.Conv2d):
-            return cls(layer.in_channels, layer.out_channels, kernel_size=layer.kernel_size,
-                       stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                       **kwargs)
+            return cls(
+                layer.in_channels,
+                layer.out_channels,
+                kernel_size=layer.kernel_size,
+                stride=layer.stride,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                **kwargs,
+            )
         return cls(layer.in_features, layer.out_features, **kwargs)
 
     # -------------------------------------------------------------- compute

@@ -26,13 +26,14 @@ Use::
 or :func:`wrapper_cfg` for the whole config dict, or :func:`apply_method` to switch an
 existing wrapper config (``tools/train.py CONFIG --method mona`` does that).
 """
+
 import copy
 from typing import Dict
 
 METHODS: Dict[str, dict] = {
     'full': dict(adapter=None, freeze=False),
     'linear_probe': dict(adapter=None),
-    'bitfit': dict(adapter=None, trainable=('bias', )),
+    'bitfit': dict(adapter=None, trainable=('bias',)),
     'lora': dict(adapter=dict(type='mmslora.LoRA', rank=8, alpha=8)),
     'adapter': dict(adapter=dict(type='mmslora.BottleneckAdapter', hidden_dim=64, scale=0.1)),
     'mona': dict(adapter=dict(type='mmslora.MonaAdapter', hidden_dim=64)),
@@ -62,8 +63,7 @@ def wrapper_kwargs(method: str, **overrides) -> dict:
 
 def wrapper_cfg(method: str, backbone: dict, **overrides) -> dict:
     """``dict(type='mmslora.MSLoRABackbone', backbone=backbone, **wrapper_kwargs(...))``."""
-    return apply_method(dict(type='mmslora.MSLoRABackbone', backbone=backbone), method,
-                        **overrides)
+    return apply_method(dict(type='mmslora.MSLoRABackbone', backbone=backbone), method, **overrides)
 
 
 WRAPPER_TYPES = ('mmslora.MSLoRABackbone', 'MSLoRABackbone')
@@ -84,8 +84,10 @@ def apply_method(wrapper: dict, method: str, **overrides) -> dict:
             f'switching to method {method!r} needs model.backbone to be '
             f"'mmslora.MSLoRABackbone', but it is {kind!r}; wrap the backbone first: "
             "model = dict(backbone=dict(_base_.mslora_backbone, backbone=<your "
-            "backbone>)) with configs/_base_/mslora.py among the _base_ files.")
-    switched = {k: copy.deepcopy(v) for k, v in wrapper.items()
-                if k not in METHOD_KEYS and k != '_delete_'}
+            "backbone>)) with configs/_base_/mslora.py among the _base_ files."
+        )
+    switched = {
+        k: copy.deepcopy(v) for k, v in wrapper.items() if k not in METHOD_KEYS and k != '_delete_'
+    }
     switched.update(wrapper_kwargs(method, **overrides))
     return switched

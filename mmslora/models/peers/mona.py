@@ -16,6 +16,7 @@ at step 0 (the paper initialises it like any linear layer). Mona puts two adapte
 in each block (after attention and after the MLP of a Swin block); the block
 wrapper puts one after each block, the same placement MSLoRA gets.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,8 +31,9 @@ class MonaFilter(nn.Module):
 
     def __init__(self, dim: int, kernel_sizes=(3, 5, 7)) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim)
-                                   for k in kernel_sizes)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim) for k in kernel_sizes
+        )
         self.projector = nn.Conv2d(dim, dim, 1)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -56,12 +58,19 @@ class MonaAdapter(BlockAdapter):
 
     zero_init = ('up.weight', 'up.bias')
 
-    def __init__(self, channels: int, hidden_dim: int = 64, dropout: float = 0.1,
-                 kernel_sizes=(3, 5, 7), gamma_init: float = 1e-6, with_cp: bool = False,
-                 init_cfg=None) -> None:
+    def __init__(
+        self,
+        channels: int,
+        hidden_dim: int = 64,
+        dropout: float = 0.1,
+        kernel_sizes=(3, 5, 7),
+        gamma_init: float = 1e-6,
+        with_cp: bool = False,
+        init_cfg=None,
+    ) -> None:
         super().__init__(channels, dropout=dropout, with_cp=with_cp, init_cfg=init_cfg)
         self.norm = nn.LayerNorm(channels)
-        self.gamma = nn.Parameter(torch.full((channels, ), gamma_init))
+        self.gamma = nn.Parameter(torch.full((channels,), gamma_init))
         self.gamma_x = nn.Parameter(torch.ones(channels))
         self.down = nn.Linear(channels, hidden_dim)
         self.filter = MonaFilter(hidden_dim, kernel_sizes)

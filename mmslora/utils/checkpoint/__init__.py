@@ -34,18 +34,33 @@ the errors), :mod:`.loader` (:func:`safe_torch_load`), :mod:`.restricted` (the
 unpickler of torch < 2.5), :mod:`.schemes` (mmengine's ``CheckpointLoader``
 schemes).
 """
-from .allowlist import (MM_CHECKPOINT_GLOBALS, TRUST_ENV_VAR, allow_globals,
-                        allowed_global_names)
+
+from .allowlist import MM_CHECKPOINT_GLOBALS, TRUST_ENV_VAR, allow_globals, allowed_global_names
 from .diagnosis import DamagedCheckpointError, UnsafeCheckpointError
 from .loader import safe_torch_load
-from .schemes import (install_safe_checkpoint_loading, load_from_ceph, load_from_http,
-                      load_from_local, load_from_mmcls, load_from_openmmlab,
-                      load_from_torchvision)
+from .schemes import (
+    install_safe_checkpoint_loading,
+    load_from_ceph,
+    load_from_http,
+    load_from_local,
+    load_from_mmcls,
+    load_from_openmmlab,
+    load_from_torchvision,
+)
 
 __all__ = [
-    'MM_CHECKPOINT_GLOBALS', 'TRUST_ENV_VAR', 'UnsafeCheckpointError',
-    'DamagedCheckpointError', 'safe_torch_load', 'allow_globals',
-    'allowed_global_names', 'install_safe_checkpoint_loading', 'load_from_local',
-    'load_from_http', 'load_from_ceph', 'load_from_torchvision', 'load_from_openmmlab',
-    'load_from_mmcls'
+    'MM_CHECKPOINT_GLOBALS',
+    'TRUST_ENV_VAR',
+    'UnsafeCheckpointError',
+    'DamagedCheckpointError',
+    'safe_torch_load',
+    'allow_globals',
+    'allowed_global_names',
+    'install_safe_checkpoint_loading',
+    'load_from_local',
+    'load_from_http',
+    'load_from_ceph',
+    'load_from_torchvision',
+    'load_from_openmmlab',
+    'load_from_mmcls',
 ]

@@ -13,6 +13,7 @@
 * :data:`TRUST_ENV_VAR`: the environment variable that loads refused files with full
   unpickling (``weights_only=False``), never a silent fallback.
 """
+
 import _compat_pickle
 import functools
 import importlib
@@ -61,11 +62,14 @@ class NotAllowlisted(pickle.UnpicklingError):
 
 def _history_buffer_getattr(obj, name):
     from mmengine.logging.history_buffer import HistoryBuffer
+
     if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS:
         return getattr(obj, name)
     raise NotAllowlisted(
         f'getattr({obj!r}, {name!r}) is not allowed: only the default '
-        f'HistoryBuffer statistics methods {_HISTORY_BUFFER_METHODS} are', [])
+        f'HistoryBuffer statistics methods {_HISTORY_BUFFER_METHODS} are',
+        [],
+    )
 
 
 # Plain fixed-size numeric/bool dtypes (by C type char, so the C aliases such as
@@ -145,14 +149,34 @@ def _resolve_dotted(path: str) -> Any:
 # installed torch lacks (torch 2.1 has no _rebuild_tensor_v3) are skipped.
 _TORCH_DEFAULT_NAMES = (
     '_codecs.encode',  # bytes, in pickle protocol 2
-    'builtins.bytearray', 'builtins.complex', 'builtins.set',
-    'collections.Counter', 'collections.OrderedDict',
-    'torch.Size', 'torch.Tensor', 'torch.device', 'torch.nn.parameter.Parameter',
-    'torch.serialization._get_layout', 'torch._tensor._rebuild_from_type_v2',
-) + tuple(f'torch._utils._rebuild_{kind}' for kind in (
-    'device_tensor_from_cpu_tensor', 'device_tensor_from_numpy',
-    'meta_tensor_no_storage', 'nested_tensor', 'parameter', 'parameter_with_state',
-    'qtensor', 'sparse_tensor', 'tensor', 'tensor_v2', 'tensor_v3', 'wrapper_subclass'))
+    'builtins.bytearray',
+    'builtins.complex',
+    'builtins.set',
+    'collections.Counter',
+    'collections.OrderedDict',
+    'torch.Size',
+    'torch.Tensor',
+    'torch.device',
+    'torch.nn.parameter.Parameter',
+    'torch.serialization._get_layout',
+    'torch._tensor._rebuild_from_type_v2',
+) + tuple(
+    f'torch._utils._rebuild_{kind}'
+    for kind in (
+        'device_tensor_from_cpu_tensor',
+        'device_tensor_from_numpy',
+        'meta_tensor_no_storage',
+        'nested_tensor',
+        'parameter',
+        'parameter_with_state',
+        'qtensor',
+        'sparse_tensor',
+        'tensor',
+        'tensor_v2',
+        'tensor_v3',
+        'wrapper_subclass',
+    )
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -178,7 +202,8 @@ def global_name(module: str, name: str) -> str:
     Python 2 spellings (``__builtin__``, written by pickle protocol 2) mapped to
     Python 3's as pickle itself does."""
     module, name = _compat_pickle.NAME_MAPPING.get(
-        (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
+        (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
+    )
     return f'{module}.{name}'
 
 

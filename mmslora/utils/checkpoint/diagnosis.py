@@ -8,6 +8,7 @@ names, or takes them from the restricted unpickler's
 global in the file) and builds the errors mmslora raises instead: :class:`DamagedCheckpointError`
 and :class:`UnsafeCheckpointError`, each naming the file and what to do.
 """
+
 import io
 import os
 import pickle
@@ -18,8 +19,13 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .allowlist import (TRUST_ENV_VAR, NotAllowlisted, allowed_global_names, global_name,
-                        torch_default_globals)
+from .allowlist import (
+    TRUST_ENV_VAR,
+    NotAllowlisted,
+    allowed_global_names,
+    global_name,
+    torch_default_globals,
+)
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -58,7 +64,8 @@ _GLOBAL_PATTERNS = (
 _WEIGHTS_ONLY_REASONS = re.compile(
     r'(Trying to call reduce for unrecognized function.*|'
     r'Can only (?:create|build) .*|Trying to load unsupported GLOBAL .*|'
-    r'Unsupported global: .*|Unsupported operand .*)')
+    r'Unsupported global: .*|Unsupported operand .*)'
+)
 _BUILD_CLASS = re.compile(r"Can only build .* but got <class '([^']+)'>")
 _TORCH_ZIP_MAGIC = b'PK\x03\x04'
 
@@ -127,8 +134,7 @@ def _archive_damage(source) -> Optional[str]:
                 return f'archive member {bad!r} fails its CRC check'
             return None
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-            return ('it starts like a zip archive but is truncated or '
-                    f'corrupted ({exc})')
+            return f'it starts like a zip archive but is truncated or corrupted ({exc})'
         except Exception as exc:  # zlib.error and friends
             return f'it is a corrupted zip archive ({type(exc).__name__}: {exc})'
         finally:
@@ -136,13 +142,17 @@ def _archive_damage(source) -> Optional[str]:
                 source.seek(pos)
     if head[:1] == b'\x80':  # a legacy (torch < 1.6) pickle-based checkpoint
         return None  # decided from the load error, see _legacy_damage
-    return (f'it is neither a zip-based nor a legacy torch checkpoint '
-            f'(starts with {head!r}; an HTML error page or a partial download?)')
+    return (
+        f'it is neither a zip-based nor a legacy torch checkpoint '
+        f'(starts with {head!r}; an HTML error page or a partial download?)'
+    )
 
 
 _LEGACY_DAMAGE = re.compile(
     r'Ran out of input|pickle data was truncated|unpickling stack underflow|'
-    r'invalid load key|EOF|truncated|unexpected end', re.IGNORECASE)
+    r'invalid load key|EOF|truncated|unexpected end',
+    re.IGNORECASE,
+)
 
 
 def _legacy_damage(source, err: BaseException) -> Optional[str]:
@@ -174,13 +184,12 @@ def describe_source(source, name: Optional[str]) -> str:
     return getattr(source, 'name', None) or f'<{type(source).__name__} object>'
 
 
-def _unsafe_message(filename: str, names: List[str], all_names: List[str],
-                    reason: str) -> str:
+def _unsafe_message(filename: str, names: List[str], all_names: List[str], reason: str) -> str:
     if names:
-        what = ('it needs the global ' if len(names) == 1 else
-                'it needs the globals ') + ', '.join(f'`{n}`' for n in names)
-        what += (", which is not on mmslora's allowlist of types found in "
-                 'OpenMMLab checkpoints')
+        what = ('it needs the global ' if len(names) == 1 else 'it needs the globals ') + ', '.join(
+            f'`{n}`' for n in names
+        )
+        what += ", which is not on mmslora's allowlist of types found in OpenMMLab checkpoints"
     else:
         what = f'weights-only unpickling refused it ({reason})'
     lines = [
@@ -188,17 +197,20 @@ def _unsafe_message(filename: str, names: List[str], all_names: List[str],
         'arbitrary global can run arbitrary code, so nothing was loaded.'
     ]
     if all_names and all_names != names:
-        lines.append('All non-allowlisted globals in this file: ' +
-                     ', '.join(all_names) + '.')
+        lines.append('All non-allowlisted globals in this file: ' + ', '.join(all_names) + '.')
     suggest = all_names or names
     lines.append('Only if you trust where this file came from, either')
     if suggest:
-        lines.append('  - allow exactly these globals before loading: '
-                     '`mmslora.utils.checkpoint.allow_globals('
-                     f'{suggest!r})`, or')
-    lines.append(f'  - set the environment variable {TRUST_ENV_VAR}=1 to load '
-                 'refused files with full unpickling (torch.load(..., '
-                 'weights_only=False)); a warning names each such file.')
+        lines.append(
+            '  - allow exactly these globals before loading: '
+            '`mmslora.utils.checkpoint.allow_globals('
+            f'{suggest!r})`, or'
+        )
+    lines.append(
+        f'  - set the environment variable {TRUST_ENV_VAR}=1 to load '
+        'refused files with full unpickling (torch.load(..., '
+        'weights_only=False)); a warning names each such file.'
+    )
     return '\n'.join(lines)
 
 
@@ -234,8 +246,7 @@ def globals_in_pickle(data: bytes) -> List[str]:
 def _globals_in_archive(source) -> List[str]:
     """:func:`globals_in_pickle` of a zip checkpoint's ``data.pkl``."""
     with zipfile.ZipFile(source) as archive:
-        member = next(n for n in archive.namelist()
-                      if n == 'data.pkl' or n.endswith('/data.pkl'))
+        member = next(n for n in archive.namelist() if n == 'data.pkl' or n.endswith('/data.pkl'))
         return globals_in_pickle(archive.read(member))
 
 
@@ -249,8 +260,7 @@ def unsafe_globals_in(source) -> List[str]:
             if hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'):
                 found = torch.serialization.get_unsafe_globals_in_checkpoint(source)
             else:
-                found = [n for n in _globals_in_archive(source)
-                         if n not in torch_default_globals()]
+                found = [n for n in _globals_in_archive(source) if n not in torch_default_globals()]
         finally:
             if pos is not None:
                 source.seek(pos)
@@ -273,11 +283,16 @@ def damaged_error(filename: str, reason: str) -> DamagedCheckpointError:
         'It cannot be loaded. If it was downloaded, delete it and '
         'download it again (an interrupted download leaves a truncated '
         'file); if a training run wrote it, re-save it or use another '
-        'checkpoint of that run.', filename, reason)
+        'checkpoint of that run.',
+        filename,
+        reason,
+    )
 
 
-def unsafe_error(filename: str, names: List[str], all_names: List[str],
-                 reason: str) -> UnsafeCheckpointError:
+def unsafe_error(
+    filename: str, names: List[str], all_names: List[str], reason: str
+) -> UnsafeCheckpointError:
     """The error for a refused file, naming its globals and the two opt-ins."""
-    return UnsafeCheckpointError(_unsafe_message(filename, names, all_names, reason),
-                                 filename, names or all_names)
+    return UnsafeCheckpointError(
+        _unsafe_message(filename, names, all_names, reason), filename, names or all_names
+    )

@@ -11,6 +11,7 @@ which allows the same globals. A failure becomes
 ``MMSLORA_TRUST_CHECKPOINTS`` set, a refused file loads with full unpickling and a
 warning instead.
 """
+
 import logging
 import os
 from typing import Any, Callable, Optional
@@ -19,8 +20,14 @@ import torch
 
 from . import restricted
 from .allowlist import TRUST_ENV_VAR, allowlisted_globals, trust_enabled
-from .diagnosis import (damage_reason, damaged_error, describe_source, unsafe_error,
-                        unsafe_globals_in, weights_only_refusal)
+from .diagnosis import (
+    damage_reason,
+    damaged_error,
+    describe_source,
+    unsafe_error,
+    unsafe_globals_in,
+    weights_only_refusal,
+)
 
 # torch.load's switch that turns every load weights-only; torch < 2.5 then refuses
 # any pickle_module, the restricted unpickler included.
@@ -31,6 +38,7 @@ def warn(message: str) -> None:
     """Log ``message`` as a warning through mmengine's current logger."""
     try:
         from mmengine.logging import print_log
+
         print_log(message, logger='current', level=logging.WARNING)
     except Exception:  # pragma: no cover - mmengine always importable here
         logging.getLogger(__name__).warning(message)
@@ -52,7 +60,8 @@ def _with_allowlist(load: Callable[..., Any]) -> Any:
                 "it makes torch.load refuse the restricted unpickler of mmslora's safe "
                 'checkpoint loading (torch < 2.5 cannot extend its weights-only '
                 f'allowlist). Unset {_TORCH_FORCE_WEIGHTS_ONLY}: mmslora loads '
-                'checkpoints restricted to that allowlist plus its own anyway.')
+                'checkpoints restricted to that allowlist plus its own anyway.'
+            )
         return load(weights_only=False, pickle_module=restricted)
     # torch's safe_globals context removes its entries on exit, so skip names the
     # user already added globally (torch.serialization.add_safe_globals) or they
@@ -109,9 +118,11 @@ def safe_torch_load(path_or_file, map_location=None, *, name: Optional[str] = No
         names, why = refusal
         all_names = unsafe_globals_in(source)
         if trust_enabled():
-            warn(f'{TRUST_ENV_VAR} is set: loading checkpoint {filename!r} with '
-                 'full unpickling (weights_only=False) although it needs '
-                 f'non-allowlisted globals {all_names or names or why}. This '
-                 'can run arbitrary code; only do it for files you trust.')
+            warn(
+                f'{TRUST_ENV_VAR} is set: loading checkpoint {filename!r} with '
+                'full unpickling (weights_only=False) although it needs '
+                f'non-allowlisted globals {all_names or names or why}. This '
+                'can run arbitrary code; only do it for files you trust.'
+            )
             return load(weights_only=False)
         raise unsafe_error(filename, names, all_names, why) from err

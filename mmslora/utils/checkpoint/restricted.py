@@ -13,11 +13,11 @@ weights-only allowlist (:func:`~.allowlist.torch_default_globals`) or mmslora's
 :class:`~.allowlist.NotAllowlisted` naming any other, before anything is imported or
 called: a refused payload never runs.
 """
+
 import pickle
 from typing import Any, Dict
 
-from .allowlist import (NotAllowlisted, allowlisted_globals, global_name,
-                        torch_default_globals)
+from .allowlist import NotAllowlisted, allowlisted_globals, global_name, torch_default_globals
 
 
 def allowed_globals() -> Dict[str, Any]:
@@ -43,7 +43,9 @@ class Unpickler(pickle.Unpickler):
         except KeyError:
             raise NotAllowlisted(
                 f'the global {path} is not on the allowlist of torch weights-only '
-                'loading and mmslora', [path]) from None
+                'loading and mmslora',
+                [path],
+            ) from None
 
 
 def load(file, **kwargs) -> Any:

@@ -11,6 +11,7 @@ The ``http(s)://`` loader here downloads into the same cache and loads the file 
 ``init_cfg=dict(type='Pretrained', ...)`` all use them. The private mmengine parts
 this needs are reached through :mod:`mmslora.compat.mmengine`.
 """
+
 import io
 import os
 import os.path as osp
@@ -18,8 +19,11 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from mmslora.compat.mmengine import (mmengine_home, process_mmcls_checkpoint,
-                                     replace_checkpoint_scheme)
+from mmslora.compat.mmengine import (
+    mmengine_home,
+    process_mmcls_checkpoint,
+    replace_checkpoint_scheme,
+)
 from .loader import safe_torch_load, warn
 
 
@@ -36,6 +40,7 @@ def load_from_local(filename, map_location=None):
 def _hub_cached_file(url: str, model_dir: Optional[str]) -> str:
     """Where ``torch.hub.load_state_dict_from_url`` caches ``url``."""
     from urllib.parse import urlparse
+
     if model_dir is None:
         model_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
     return osp.join(model_dir, osp.basename(urlparse(url).path))
@@ -49,8 +54,9 @@ def _safe_load_url(url, model_dir=None, map_location=None, progress=True):
         os.makedirs(osp.dirname(cached), exist_ok=True)
         torch.hub.download_url_to_file(url, cached, progress=progress)
     # Diagnose failures on the downloaded file, but name the URL too.
-    return safe_torch_load(cached, map_location=map_location,
-                           name=f'{cached} (downloaded from {url})')
+    return safe_torch_load(
+        cached, map_location=map_location, name=f'{cached} (downloaded from {url})'
+    )
 
 
 def load_from_http(filename, map_location=None, model_dir=None, progress=None):
@@ -63,6 +69,7 @@ def load_from_http(filename, map_location=None, model_dir=None, progress=None):
     if progress is None:
         progress = os.isatty(0)
     from mmengine.dist import get_dist_info
+
     rank, world_size = get_dist_info()
     checkpoint = None
     if rank == 0:
@@ -70,14 +77,14 @@ def load_from_http(filename, map_location=None, model_dir=None, progress=None):
     if world_size > 1:
         torch.distributed.barrier()
         if rank > 0:
-            checkpoint = _safe_load_url(filename, model_dir, map_location,
-                                        progress)
+            checkpoint = _safe_load_url(filename, model_dir, map_location, progress)
     return checkpoint
 
 
 def load_from_ceph(filename, map_location=None, backend='petrel'):
     """Safe replacement for ``mmengine.runner.checkpoint.load_from_ceph``."""
     from mmengine.fileio import get_file_backend
+
     file_backend = get_file_backend(filename, backend_args={'backend': backend})
     with io.BytesIO(file_backend.get(filename)) as buffer:
         return safe_torch_load(buffer, map_location=map_location, name=filename)
@@ -86,12 +93,12 @@ def load_from_ceph(filename, map_location=None, backend='petrel'):
 def load_from_torchvision(filename, map_location=None):
     """``torchvision://name`` (or deprecated ``modelzoo://``) via the safe http loader."""
     from mmengine.runner import checkpoint as mm_ckpt
+
     if filename.startswith('modelzoo://'):
-        warn('The URL scheme of "modelzoo://" is deprecated, please use '
-              '"torchvision://" instead')
-        model_name = filename[len('modelzoo://'):]
+        warn('The URL scheme of "modelzoo://" is deprecated, please use "torchvision://" instead')
+        model_name = filename[len('modelzoo://') :]
     else:
-        model_name = filename[len('torchvision://'):]
+        model_name = filename[len('torchvision://') :]
     url = mm_ckpt.get_torchvision_models()[model_name]
     return load_from_http(url, map_location=map_location)
 
@@ -99,12 +106,12 @@ def load_from_torchvision(filename, map_location=None):
 def load_from_openmmlab(filename, map_location=None):
     """``open-mmlab://name`` / ``openmmlab://name`` via the safe loaders."""
     from mmengine.runner import checkpoint as mm_ckpt
+
     prefix = 'open-mmlab://' if filename.startswith('open-mmlab://') else 'openmmlab://'
-    model_name = filename[len(prefix):]
+    model_name = filename[len(prefix) :]
     deprecated = mm_ckpt.get_deprecated_model_names()
     if model_name in deprecated:
-        warn(f'{prefix}{model_name} is deprecated in favor of '
-              f'{prefix}{deprecated[model_name]}')
+        warn(f'{prefix}{model_name} is deprecated in favor of {prefix}{deprecated[model_name]}')
         model_name = deprecated[model_name]
     model_url = mm_ckpt.get_external_models()[model_name]
     if model_url.startswith(('http://', 'https://')):
@@ -115,9 +122,9 @@ def load_from_openmmlab(filename, map_location=None):
 def load_from_mmcls(filename, map_location=None):
     """``mmcls://name`` via the safe http loader."""
     from mmengine.runner import checkpoint as mm_ckpt
-    model_name = filename[len('mmcls://'):]
-    checkpoint = load_from_http(
-        mm_ckpt.get_mmcls_models()[model_name], map_location=map_location)
+
+    model_name = filename[len('mmcls://') :]
+    checkpoint = load_from_http(mm_ckpt.get_mmcls_models()[model_name], map_location=map_location)
     return process_mmcls_checkpoint(checkpoint)
 
 
@@ -141,5 +148,5 @@ def install_safe_checkpoint_loading() -> None:
     registered schemes (e.g. ``efficientnet-lite0://``) are left alone.
     """
     for prefixes, loader in _SCHEMES.items():
-        for prefix in (prefixes if isinstance(prefixes, tuple) else (prefixes, )):
+        for prefix in prefixes if isinstance(prefixes, tuple) else (prefixes,):
             replace_checkpoint_scheme(prefix, loader)

@@ -1,5 +1,6 @@
 """mmslora.CheckpointFitHook: Runner checkpoints for another model (``--resume``,
 ``load_from``, tools/test.py) are refused before anything is loaded."""
+
 import copy
 import os.path as osp
 
@@ -20,16 +21,26 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 def cls_cfg(fashion_root, work_dir, name, **options):
     cfg = Config.fromfile(CLS)
-    cfg.merge_from_dict({
-        'work_dir': str(work_dir), 'experiment_name': name,
-        'train_dataloader.dataset.data_root': fashion_root,
-        'val_dataloader.dataset.data_root': fashion_root,
-        'test_dataloader.dataset.data_root': fashion_root,
-        'train_dataloader.dataset.indices': 8, 'val_dataloader.dataset.indices': 8,
-        'train_dataloader.batch_size': 4, 'train_dataloader.num_workers': 0,
-        'val_dataloader.num_workers': 0, 'test_dataloader.num_workers': 0,
-        'train_cfg.max_iters': 1, 'train_cfg.val_interval': 100,
-        'default_hooks.checkpoint.interval': 1, 'log_level': 'WARNING', **options})
+    cfg.merge_from_dict(
+        {
+            'work_dir': str(work_dir),
+            'experiment_name': name,
+            'train_dataloader.dataset.data_root': fashion_root,
+            'val_dataloader.dataset.data_root': fashion_root,
+            'test_dataloader.dataset.data_root': fashion_root,
+            'train_dataloader.dataset.indices': 8,
+            'val_dataloader.dataset.indices': 8,
+            'train_dataloader.batch_size': 4,
+            'train_dataloader.num_workers': 0,
+            'val_dataloader.num_workers': 0,
+            'test_dataloader.num_workers': 0,
+            'train_cfg.max_iters': 1,
+            'train_cfg.val_interval': 100,
+            'default_hooks.checkpoint.interval': 1,
+            'log_level': 'WARNING',
+            **options,
+        }
+    )
     return cfg
 
 
@@ -60,12 +71,14 @@ def fails_untouched(runner, run) -> CheckpointMismatchError:
 
 
 def test_resume_with_another_adapter_config(fashion_root, cls_checkpoint, tmp_path):
-    cfg = cls_cfg(fashion_root, tmp_path, 'errors_resume',
-                  **{'model.backbone.adapter.hidden_dim': 16})
+    cfg = cls_cfg(
+        fashion_root, tmp_path, 'errors_resume', **{'model.backbone.adapter.hidden_dim': 16}
+    )
     runner = Runner.from_cfg(prepare_train_config(cfg, resume=cls_checkpoint))
     error = fails_untouched(runner, runner.train)
-    assert ('backbone.adapters.stages_0_0.proj.down.weight: file (32, 2, 1, 1) vs model '
-            '(16, 2, 1, 1)') in error.shapes
+    assert (
+        'backbone.adapters.stages_0_0.proj.down.weight: file (32, 2, 1, 1) vs model (16, 2, 1, 1)'
+    ) in error.shapes
     assert error.missing == error.unexpected == []
     message = str(error)  # names the file, the fix and the setting that differs
     assert f"Cannot resume from checkpoint '{cls_checkpoint}'" in message
@@ -74,9 +87,13 @@ def test_resume_with_another_adapter_config(fashion_root, cls_checkpoint, tmp_pa
 
 
 def test_load_from_with_another_block_selection(fashion_root, cls_checkpoint, tmp_path):
-    cfg = cls_cfg(fashion_root, tmp_path, 'errors_load_from', load_from=cls_checkpoint,
-                  **{'model.backbone.blocks': dict(pattern=r'stages\.[0-3]\.\d+',
-                                                   layout='nchw')})
+    cfg = cls_cfg(
+        fashion_root,
+        tmp_path,
+        'errors_load_from',
+        load_from=cls_checkpoint,
+        **{'model.backbone.blocks': dict(pattern=r'stages\.[0-3]\.\d+', layout='nchw')},
+    )
     runner = Runner.from_cfg(prepare_train_config(cfg))
     error = fails_untouched(runner, runner.train)
     assert error.unexpected[0].startswith('backbone.adapters.stages_4_0.')  # sorted
@@ -85,23 +102,25 @@ def test_load_from_with_another_block_selection(fashion_root, cls_checkpoint, tm
     assert 'blocks.pattern: checkpoint None vs config' in message
 
 
-def test_load_from_an_unwrapped_backbone_checkpoint_warns(fashion_root, cls_checkpoint,
-                                                          tmp_path):
+def test_load_from_an_unwrapped_backbone_checkpoint_warns(fashion_root, cls_checkpoint, tmp_path):
     """An upstream checkpoint (no adapters) loads as upstream does, but its backbone
     keys, which inside the wrapper are ``backbone.backbone.*``, are named in a
     warning instead of being dropped among mmengine's unexpected keys."""
     state = safe_torch_load(cls_checkpoint, map_location='cpu')['state_dict']
-    upstream = {k.replace('backbone.backbone.', 'backbone.'): v for k, v in state.items()
-                if not k.startswith('backbone.adapters.')}
+    upstream = {
+        k.replace('backbone.backbone.', 'backbone.'): v
+        for k, v in state.items()
+        if not k.startswith('backbone.adapters.')
+    }
     path = str(tmp_path / 'upstream.pth')
     torch.save(dict(state_dict=upstream), path)
-    runner = Runner.from_cfg(prepare_train_config(
-        cls_cfg(fashion_root, tmp_path, 'errors_upstream', load_from=path)))
+    runner = Runner.from_cfg(
+        prepare_train_config(cls_cfg(fashion_root, tmp_path, 'errors_upstream', load_from=path))
+    )
     runner.load_checkpoint(path)  # no error
     assert torch.equal(runner.model.head.fc.weight, state['head.fc.weight'])
     log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
-    assert ("CheckpointFitHook: 294 keys of the checkpoint, e.g. ['backbone.stem.conv.weight'"
-            in log)
+    assert "CheckpointFitHook: 294 keys of the checkpoint, e.g. ['backbone.stem.conv.weight'" in log
     assert 'belong to an unwrapped backbone and are not loaded' in log
 
 
@@ -118,5 +137,7 @@ def test_test_tool_refuses_an_adapter_only_file(fashion_root, cls_checkpoint, tm
     assert error.missing[0].startswith('backbone.backbone.')
     message = str(error)
     assert f"Cannot load checkpoint '{adapter}'" in message
-    assert 'This is an adapter-only file (tools/export_adapter.py): load it with ' \
-           'mmslora.models.load_adapter' in message
+    assert (
+        'This is an adapter-only file (tools/export_adapter.py): load it with '
+        'mmslora.models.load_adapter' in message
+    )

@@ -1,4 +1,5 @@
 """mmslora.ParameterReportHook: the parameter report in the log when training starts."""
+
 import types
 
 import torch.nn as nn

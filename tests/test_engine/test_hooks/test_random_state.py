@@ -1,12 +1,16 @@
 """mmslora.RandomStateHook's pieces (the whole hook: tests/test_engine/test_resume_exact.py):
 the random state round trip and the restore right before the first new batch."""
+
 import random
 
 import numpy as np
 import torch
 
-from mmslora.engine.hooks.random_state import (_get_random_state, _RestoreBeforeFetch,
-                                                _set_random_state)
+from mmslora.engine.hooks.random_state import (
+    _get_random_state,
+    _RestoreBeforeFetch,
+    _set_random_state,
+)
 
 
 def draws():

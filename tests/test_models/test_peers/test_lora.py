@@ -1,4 +1,5 @@
 """LoRA on the backbone's own layers (mmslora/models/peers/lora.py)."""
+
 import copy
 
 import pytest
@@ -21,12 +22,15 @@ def test_lora_skips_depthwise_and_custom_padding_convs_of_effnet():
     assert 'head_conv.conv' in model.layer_names and len(model.layer_names) == 32
 
 
-@pytest.mark.parametrize('layer, shape', [
-    (nn.Linear(12, 20), (2, 5, 12)),
-    (nn.Conv2d(6, 10, 3, stride=2, padding=1), (2, 6, 9, 11)),
-    (nn.Conv2d(6, 10, 3, padding=2, dilation=2, bias=False), (1, 6, 8, 8)),
-    (nn.Conv2d(6, 10, (1, 3), stride=(1, 2), padding=(0, 1)), (1, 6, 7, 8)),
-])
+@pytest.mark.parametrize(
+    'layer, shape',
+    [
+        (nn.Linear(12, 20), (2, 5, 12)),
+        (nn.Conv2d(6, 10, 3, stride=2, padding=1), (2, 6, 9, 11)),
+        (nn.Conv2d(6, 10, 3, padding=2, dilation=2, bias=False), (1, 6, 8, 8)),
+        (nn.Conv2d(6, 10, (1, 3), stride=(1, 2), padding=(0, 1)), (1, 6, 7, 8)),
+    ],
+)
 def test_lora_update_is_the_rank_r_weight_delta(layer, shape):
     torch.manual_seed(0)
     lora = LoRA.from_layer(layer, rank=4, alpha=8)
@@ -43,11 +47,14 @@ def test_lora_update_is_the_rank_r_weight_delta(layer, shape):
     assert lora.scaling == 2.0
 
 
-@pytest.mark.parametrize('layer, match', [
-    (nn.Conv2d(8, 8, 3, groups=8), 'depthwise convolution'),
-    (nn.Conv2d(8, 16, 3, groups=2), 'grouped convolution'),
-    (nn.Conv2d(8, 16, 3, padding=1, padding_mode='reflect'), 'padding_mode'),
-])
+@pytest.mark.parametrize(
+    'layer, match',
+    [
+        (nn.Conv2d(8, 8, 3, groups=8), 'depthwise convolution'),
+        (nn.Conv2d(8, 16, 3, groups=2), 'grouped convolution'),
+        (nn.Conv2d(8, 16, 3, padding=1, padding_mode='reflect'), 'padding_mode'),
+    ],
+)
 def test_lora_declines_layers_it_cannot_update_exactly(layer, match):
     assert match in LoRA.skip_reason(layer)
     with pytest.raises(ValueError, match=match):
@@ -75,12 +82,21 @@ def test_lora_merged_into_weights_equals_hooked_model(case):
 
 
 def test_lora_targets_pick_layers_and_mha_projections_are_skipped():
-    model = build_method('lora', 'mmpretrain', PEER_BACKBONES[1][2],
-                         adapter=dict(targets=r'layers\.\d+\.attn\.qkv'))
+    model = build_method(
+        'lora', 'mmpretrain', PEER_BACKBONES[1][2], adapter=dict(targets=r'layers\.\d+\.attn\.qkv')
+    )
     assert model.layer_names == ['layers.0.attn.qkv', 'layers.1.attn.qkv']
     assert sorted(model.adapters) == ['layers_0_attn_qkv', 'layers_1_attn_qkv']
-    mmseg_vit = dict(type='mmseg.VisionTransformer', img_size=(64, 64), patch_size=16,
-                     embed_dims=32, num_layers=1, num_heads=2, mlp_ratio=2, init_cfg=None)
+    mmseg_vit = dict(
+        type='mmseg.VisionTransformer',
+        img_size=(64, 64),
+        patch_size=16,
+        embed_dims=32,
+        num_layers=1,
+        num_heads=2,
+        mlp_ratio=2,
+        init_cfg=None,
+    )
     model = build_method('lora', 'mmseg', mmseg_vit)
     assert 'MultiheadAttention' in model.skipped_layers['layers.0.attn.attn.out_proj']
     assert 'layers.0.ffn.layers.1' in model.layer_names

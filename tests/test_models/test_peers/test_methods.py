@@ -2,22 +2,21 @@
 table of methods x backbones, each checked the same way (built from a toolbox registry,
 pretrained at init, only the method's parameters train, frozen backbone bitwise
 unchanged), and the switches."""
+
 import pytest
 import torch
 import torch.nn as nn
 
 from mmslora.models import MSLoRAAdapter, MSLoRABackbone, count_parameters
-from mmslora.models.peers import (METHODS, BottleneckAdapter, LoRA, MonaAdapter,
-                                  wrapper_kwargs)
-from mmslora_testing import (PEER_BACKBONES, assert_same_outputs, build_in_scope,
-                             build_method, flat)
+from mmslora.models.peers import METHODS, BottleneckAdapter, LoRA, MonaAdapter, wrapper_kwargs
+from mmslora_testing import PEER_BACKBONES, assert_same_outputs, build_in_scope, build_method, flat
 
 METHOD_NAMES = list(METHODS)
-ADAPTER_CLASSES = dict(lora=LoRA, adapter=BottleneckAdapter, mona=MonaAdapter,
-                       mslora=MSLoRAAdapter)
+ADAPTER_CLASSES = dict(lora=LoRA, adapter=BottleneckAdapter, mona=MonaAdapter, mslora=MSLoRAAdapter)
 # the zero-initialised weight of each adapter: it must move on the first step
-ZERO_INIT = dict(lora='lora_B.weight', adapter='up.weight', mona='up.weight',
-                 mslora='proj.up.weight')
+ZERO_INIT = dict(
+    lora='lora_B.weight', adapter='up.weight', mona='up.weight', mslora='proj.up.weight'
+)
 
 
 @pytest.fixture(params=PEER_BACKBONES, ids=[b[0] for b in PEER_BACKBONES])
@@ -32,8 +31,9 @@ def test_pretrained_at_init_and_parameters_reported(method, backbone_case):
     assert isinstance(model, MSLoRABackbone)
     plain = build_in_scope(scope, cfg)
     prefix = 'backbone.'
-    backbone_state = {k[len(prefix):]: v for k, v in model.state_dict().items()
-                      if k.startswith(prefix)}
+    backbone_state = {
+        k[len(prefix) :]: v for k, v in model.state_dict().items() if k.startswith(prefix)
+    }
     assert all(k.startswith((prefix, 'adapters.')) for k in model.state_dict())
     plain.load_state_dict(backbone_state, strict=True)  # keys unchanged by the method
     trainable = dict(model.backbone.named_parameters())
@@ -45,9 +45,11 @@ def test_pretrained_at_init_and_parameters_reported(method, backbone_case):
     n_backbone = sum(p.numel() for p in model.backbone.parameters())
     n_adapters = sum(p.numel() for p in model.adapters.parameters())
     assert report.backbone == n_backbone and report.adapter == n_adapters
-    expected = dict(full=n_backbone, linear_probe=0,
-                    bitfit=sum(p.numel() for n, p in model.backbone.named_parameters()
-                               if n.endswith('bias'))).get(method, n_adapters)
+    expected = dict(
+        full=n_backbone,
+        linear_probe=0,
+        bitfit=sum(p.numel() for n, p in model.backbone.named_parameters() if n.endswith('bias')),
+    ).get(method, n_adapters)
     assert report.backbone_trainable == report.trainable == expected
     assert report.backbone_share == pytest.approx(expected / n_backbone)
     if method in ADAPTER_CLASSES:
@@ -55,8 +57,10 @@ def test_pretrained_at_init_and_parameters_reported(method, backbone_case):
         assert all(isinstance(a, ADAPTER_CLASSES[method]) for a in model.adapters.values())
     else:
         assert len(model.adapters) == 0
-    print(f'{method}: {report.backbone_trainable:,d} trainable, '
-          f'{100 * report.backbone_share:.2f}% of the backbone')
+    print(
+        f'{method}: {report.backbone_trainable:,d} trainable, '
+        f'{100 * report.backbone_share:.2f}% of the backbone'
+    )
 
 
 @pytest.mark.parametrize('method', METHOD_NAMES)
@@ -67,8 +71,10 @@ def test_only_the_methods_parameters_train(method, backbone_case, device):
     backbone_names = {f'backbone.{n}' for n, _ in model.backbone.named_parameters()}
     adapter_names = {n for n, _ in model.named_parameters() if n.startswith('adapters.')}
     expected = dict(
-        full=backbone_names, linear_probe=set(),
-        bitfit={n for n in backbone_names if n.endswith('bias')}).get(method, adapter_names)
+        full=backbone_names,
+        linear_probe=set(),
+        bitfit={n for n in backbone_names if n.endswith('bias')},
+    ).get(method, adapter_names)
     assert names == expected and (expected or method == 'linear_probe')
 
     x = torch.randn(2, 3, 64, 64).to(device)
@@ -97,7 +103,7 @@ def test_only_the_methods_parameters_train(method, backbone_case, device):
     if method == 'full':
         assert changed
     else:  # bitwise: weights and running statistics
-        trained = {n[len('backbone.'):] for n in expected if n.startswith('backbone.')}
+        trained = {n[len('backbone.') :] for n in expected if n.startswith('backbone.')}
         assert changed <= trained
         assert bool(changed) == bool(trained)
     if method in ZERO_INIT:
@@ -107,14 +113,16 @@ def test_only_the_methods_parameters_train(method, backbone_case, device):
 
 
 def test_full_fine_tuning_lets_norms_follow_train():
-    model = build_method('full', 'mmpretrain', dict(type='mmpretrain.ResNet', depth=18,
-                                                    init_cfg=None))
+    model = build_method(
+        'full', 'mmpretrain', dict(type='mmpretrain.ResNet', depth=18, init_cfg=None)
+    )
     model.train()
     bns = [m for m in model.backbone.modules() if hasattr(m, 'running_mean')]
     assert bns and all(m.training for m in bns)
     assert all(p.requires_grad for p in model.backbone.parameters())
-    frozen = build_method('bitfit', 'mmpretrain', dict(type='mmpretrain.ResNet', depth=18,
-                                                       init_cfg=None))
+    frozen = build_method(
+        'bitfit', 'mmpretrain', dict(type='mmpretrain.ResNet', depth=18, init_cfg=None)
+    )
     frozen.train()
     assert not any(m.training for m in frozen.backbone.modules() if hasattr(m, 'running_mean'))
 
@@ -130,8 +138,9 @@ def test_wrapper_kwargs_and_invalid_switches():
     with pytest.raises(ValueError, match='has no adapter'):
         wrapper_kwargs('bitfit', adapter=dict(rank=4))
     with pytest.raises(ValueError, match='no meaning with freeze=False'):
-        MSLoRABackbone(backbone=PEER_BACKBONES[0][2], adapter=None, freeze=False,
-                       trainable=('bias', ))
+        MSLoRABackbone(
+            backbone=PEER_BACKBONES[0][2], adapter=None, freeze=False, trainable=('bias',)
+        )
     with pytest.raises(TypeError, match="`adapter` must be None or a config dict"):
         MSLoRABackbone(backbone=PEER_BACKBONES[0][2], adapter='mslora')
     # omitting `adapter` still means MSLoRA
