@@ -436,9 +436,9 @@ def profile_mslora(
                 if mode == 'inference':
                     trainer.model.eval()
 
-                    def run():
+                    def run(model=trainer.model):
                         with torch.no_grad():
-                            trainer.model(x)
+                            model(x)
                 else:
                     run = trainer.step
                 with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:

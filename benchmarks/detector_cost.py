@@ -241,7 +241,7 @@ def table(results: dict) -> List[str]:
     ]
     for row, r in results.items():
 
-        def fmt(key, spec='.3f'):
+        def fmt(key, spec='.3f', r=r):
             return format(r[key], spec) if key in r else 'n/a'
 
         lines.append(
@@ -302,7 +302,7 @@ def _profile_blocks(cfg, img, batch, repeats, rows, clock) -> dict:
         shapes, handles = {}, []
         for name in wrapper.block_layouts:
 
-            def hook(module, args, output, name=name):
+            def hook(module, args, output, name=name, shapes=shapes):
                 shapes[name] = (tuple(args[0].shape), tuple(output.shape))
 
             handles.append(modules[name].register_forward_hook(hook))

@@ -144,7 +144,7 @@ def task_lines(task: str, settings: dict, result: dict, n_seeds: int) -> List[st
         lines.append(
             f"| {NAMES.get(row, row)} | {_lr_cell(r)} | {mean} | "
             f"{', '.join(f'{v:.2f}' for v in r['per_seed']) or '-'}"
-            f"{' (diverged: %s)' % r['diverged'] if r['diverged'] else ''} | "
+            f"{' (diverged: {})'.format(r['diverged']) if r['diverged'] else ''} | "
             f"{_pair_text(r['ref_minus'], n_seeds) if row != REFERENCE else ''} | "
             + ''.join(f"{_f(r.get('test_metrics', {}).get(k))} | " for k in extra_keys)
             + (f"{p['backbone_trainable']:,d} ({p['trainable']:,d})" if p else '-')

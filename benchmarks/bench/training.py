@@ -167,7 +167,9 @@ def fit(
         t0, c0 = time.perf_counter(), time.process_time()
         if i == 2 and not cuda:  # the memory probe (its own time counts as step 1's)
             box = []
-            peak = persistent_bytes(model, opt) + step_peak_bytes(lambda: box.append(step()))
+            peak = persistent_bytes(model, opt) + step_peak_bytes(
+                lambda box=box: box.append(step())
+            )
             loss, dt, dc = box[0], train_s, train_cpu
         else:
             loss = step()

@@ -84,7 +84,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f'largest relative difference --verify accepts (default {DEFAULT_RTOL})',
     )
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    args = parser.parse_args(argv)
+    return _checked(parser, parser.parse_args(argv))
+
+
+def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the default exporter filled in; ``parser.error`` naming the fix for an
+    exporter or ``--verify`` this environment cannot run, or a non-positive size."""
     args.exporter = args.exporter or default_exporter()
     if args.exporter == 'dynamo' and dynamo_onnx_unavailable():
         parser.error(f'--dynamo: {dynamo_onnx_unavailable()}; use --torchscript.')

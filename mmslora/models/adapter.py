@@ -298,62 +298,17 @@ class MSLoRAAdapter(BlockAdapter):
         init_cfg=None,
     ) -> None:
         super().__init__(channels, dropout=dropout, with_cp=with_cp, init_cfg=init_cfg)
-        for name, value in (
-            ('hidden_dim', hidden_dim),
-            ('groups', groups),
-            ('reduction', reduction),
-            ('trans_stride', trans_stride),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f'MSLoRAAdapter: {name} must be a positive int, got {value!r}.')
-        for name, value, choices in (('combine', combine, COMBINES), ('init', init, INITS)):
-            if not isinstance(value, str) or value not in choices:
-                raise ValueError(
-                    f'MSLoRAAdapter: {name} must be one of '
-                    f"{', '.join(map(repr, choices))}, got {value!r}."
-                )
-        for name, value in (
-            ('channel_attention', channel_attention),
-            ('spatial_attention', spatial_attention),
-        ):
-            if not isinstance(value, bool):
-                raise ValueError(f'MSLoRAAdapter: {name} must be True or False, got {value!r}.')
-        if init == 'gate_bias' and combine != 'product':
-            raise ValueError(
-                f"MSLoRAAdapter: init='gate_bias' opens the sigmoid gate on "
-                f"Proj, which only combine='product' has, got combine={combine!r}; "
-                f"use init='zero_up' or 'zero_scale'."
-            )
-        adjustments = []
-        if max_hidden_ratio is not None:
-            capped = narrowed_width(channels, hidden_dim, groups, max_hidden_ratio)
-            if capped != hidden_dim:
-                adjustments.append(
-                    f'MSLoRAAdapter hidden_dim {hidden_dim} -> {capped} '
-                    f'(C={channels}, max_hidden_ratio={max_hidden_ratio})'
-                )
-                hidden_dim = capped
-        if strict_groups:
-            _check_divisible('channels', channels, groups)
-            _check_divisible('hidden_dim', hidden_dim, groups)
-        elif channels % groups or hidden_dim % groups:
-            fitted = fitting_groups(channels, hidden_dim, groups)
-            adjustments.append(
-                f'MSLoRAAdapter groups {groups} -> {fitted} (C={channels}, D={hidden_dim})'
-            )
-            groups = fitted
-        self.adjustment = '; '.join(adjustments) or None
-        kernel_sizes = tuple(kernel_sizes)
-        if not kernel_sizes:
-            raise ValueError(
-                'MSLoRAAdapter: kernel_sizes is empty; give at least one odd size, e.g. (3, 5, 7).'
-            )
-        for k in kernel_sizes + (spatial_kernel,):
-            if k < 1 or k % 2 == 0:
-                raise ValueError(
-                    f'MSLoRAAdapter: kernel size {k} must be odd and positive so the '
-                    f'feature map keeps its size (use e.g. 3, 5 or 7).'
-                )
+        _check_switches(
+            dict(
+                hidden_dim=hidden_dim, groups=groups, reduction=reduction, trans_stride=trans_stride
+            ),
+            dict(combine=combine, init=init),
+            dict(channel_attention=channel_attention, spatial_attention=spatial_attention),
+        )
+        kernel_sizes = _check_kernel_sizes(kernel_sizes, spatial_kernel)
+        hidden_dim, groups, self.adjustment = _fit_width(
+            channels, hidden_dim, groups, strict_groups, max_hidden_ratio
+        )
         self.groups, self.combine, self.init = groups, combine, init
         self.proj = LowRankProjection(channels, hidden_dim, groups) if combine != 'trans' else None
         self.trans = (
@@ -416,3 +371,76 @@ class MSLoRAAdapter(BlockAdapter):
         ):
             return x + self.residual(x)
         return fused_mslora(self, x)
+
+
+def _check_switches(positive: dict, choices: dict, flags: dict) -> None:
+    """``ValueError`` naming the fix for a non-positive int among ``positive``, a
+    ``combine`` / ``init`` outside its choices, a non-bool among ``flags``, or
+    ``init='gate_bias'`` without ``combine='product'``."""
+    for name, value in positive.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f'MSLoRAAdapter: {name} must be a positive int, got {value!r}.')
+    allowed = dict(combine=COMBINES, init=INITS)
+    for name, value in choices.items():
+        if not isinstance(value, str) or value not in allowed[name]:
+            raise ValueError(
+                f'MSLoRAAdapter: {name} must be one of '
+                f"{', '.join(map(repr, allowed[name]))}, got {value!r}."
+            )
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f'MSLoRAAdapter: {name} must be True or False, got {value!r}.')
+    if choices['init'] == 'gate_bias' and choices['combine'] != 'product':
+        raise ValueError(
+            f"MSLoRAAdapter: init='gate_bias' opens the sigmoid gate on "
+            f"Proj, which only combine='product' has, got combine={choices['combine']!r}; "
+            f"use init='zero_up' or 'zero_scale'."
+        )
+
+
+def _check_kernel_sizes(kernel_sizes: Sequence[int], spatial_kernel: int) -> tuple:
+    """``kernel_sizes`` as a tuple; ``ValueError`` for none, or an even or non-positive
+    size among them and ``spatial_kernel``."""
+    kernel_sizes = tuple(kernel_sizes)
+    if not kernel_sizes:
+        raise ValueError(
+            'MSLoRAAdapter: kernel_sizes is empty; give at least one odd size, e.g. (3, 5, 7).'
+        )
+    for k in kernel_sizes + (spatial_kernel,):
+        if k < 1 or k % 2 == 0:
+            raise ValueError(
+                f'MSLoRAAdapter: kernel size {k} must be odd and positive so the '
+                f'feature map keeps its size (use e.g. 3, 5 or 7).'
+            )
+    return kernel_sizes
+
+
+def _fit_width(
+    channels: int,
+    hidden_dim: int,
+    groups: int,
+    strict_groups: bool,
+    max_hidden_ratio: Optional[float],
+) -> Tuple[int, int, Optional[str]]:
+    """``(hidden_dim, groups, adjustment)``: D capped by ``max_hidden_ratio``
+    (:func:`narrowed_width`) and G fitted to C and D (:func:`fitting_groups`; with
+    ``strict_groups`` a ``ValueError`` instead), and what was changed (None if nothing)."""
+    adjustments = []
+    if max_hidden_ratio is not None:
+        capped = narrowed_width(channels, hidden_dim, groups, max_hidden_ratio)
+        if capped != hidden_dim:
+            adjustments.append(
+                f'MSLoRAAdapter hidden_dim {hidden_dim} -> {capped} '
+                f'(C={channels}, max_hidden_ratio={max_hidden_ratio})'
+            )
+            hidden_dim = capped
+    if strict_groups:
+        _check_divisible('channels', channels, groups)
+        _check_divisible('hidden_dim', hidden_dim, groups)
+    elif channels % groups or hidden_dim % groups:
+        fitted = fitting_groups(channels, hidden_dim, groups)
+        adjustments.append(
+            f'MSLoRAAdapter groups {groups} -> {fitted} (C={channels}, D={hidden_dim})'
+        )
+        groups = fitted
+    return hidden_dim, groups, '; '.join(adjustments) or None

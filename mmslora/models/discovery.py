@@ -22,6 +22,7 @@ modes restored) runs on a random input drawn from a private generator, so neithe
 running statistics nor the global random state change.
 """
 
+import functools
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -144,45 +145,56 @@ def fits_grid(length: int, grid: Optional[Sequence[int]]) -> bool:
     return grid is not None and 0 <= length - grid[0] * grid[1] <= MAX_EXTRA_TOKENS
 
 
+class _Recorder:
+    """What one dry forward shows: each named module's first call (:class:`_Call`, in
+    call order) and the patch grid of the ``grid_from`` module's output."""
+
+    def __init__(self) -> None:
+        self.calls: Dict[str, _Call] = {}
+        self.grid: Optional[Tuple[int, int]] = None
+
+    def record(self, name: str, module, args, kwargs, output) -> None:
+        if name in self.calls:
+            return
+        inp = _first_tensor(args[:1]) if args else _first_tensor(list(kwargs.values()))
+        out = _first_tensor(output)
+        length = out.shape[1] if out is not None and out.dim() == 3 else None
+        rest = tuple(output[1:]) if isinstance(output, (tuple, list)) else ()
+        hw = hw_from_args((None, *rest), {}, length, strict=True) or hw_from_args(
+            args, kwargs, length, strict=True
+        )
+        self.calls[name] = _Call(
+            len(self.calls),
+            None if inp is None else inp.shape,
+            None if out is None else out.shape,
+            hw,
+        )
+
+    def record_grid(self, module, args, output) -> None:
+        self.grid = patch_grid(output)
+
+    def attach(self, modules: Dict[str, nn.Module], names: Sequence[str], grid_from: str):
+        """Forward hooks on ``names`` and ``grid_from``; their handles."""
+        handles = [
+            modules[n].register_forward_hook(functools.partial(self.record, n), with_kwargs=True)
+            for n in names
+        ]
+        if grid_from in modules:
+            handles.append(modules[grid_from].register_forward_hook(self.record_grid))
+        return handles
+
+
 def _dry_forward(backbone: nn.Module, names: Sequence[str], grid_from: str):
     """Run the backbone once; return ``(calls by module name, grid, (H, W))``."""
     modules = dict(backbone.named_modules())
     errors = []
     for x in sample_inputs(backbone):
-        calls: Dict[str, _Call] = {}
-        grid: List[Optional[Tuple[int, int]]] = [None]
-
-        def record(name, module, args, kwargs, output):
-            if name not in calls:
-                inp = _first_tensor(args[:1]) if args else _first_tensor(list(kwargs.values()))
-                out = _first_tensor(output)
-                length = out.shape[1] if out is not None and out.dim() == 3 else None
-                rest = tuple(output[1:]) if isinstance(output, (tuple, list)) else ()
-                hw = hw_from_args((None, *rest), {}, length, strict=True) or hw_from_args(
-                    args, kwargs, length, strict=True
-                )
-                calls[name] = _Call(
-                    len(calls),
-                    None if inp is None else inp.shape,
-                    None if out is None else out.shape,
-                    hw,
-                )
-
-        def record_grid(module, args, output):
-            grid[0] = patch_grid(output)
-
-        handles = [
-            modules[n].register_forward_hook(
-                lambda m, a, k, o, n=n: record(n, m, a, k, o), with_kwargs=True
-            )
-            for n in names
-        ]
-        if grid_from in modules:
-            handles.append(modules[grid_from].register_forward_hook(record_grid))
+        recorder = _Recorder()
+        handles = recorder.attach(modules, names, grid_from)
         try:
             with dry_run(backbone):
                 backbone(x)
-            return calls, grid[0], tuple(x.shape[-2:])
+            return recorder.calls, recorder.grid, tuple(x.shape[-2:])
         except Exception as err:  # an input the backbone does not take: try the next
             errors.append(f'{tuple(x.shape[1:])}: {type(err).__name__}: {err}')
         finally:
@@ -388,6 +400,32 @@ def preset_channels(
     return channels
 
 
+def _layout_problem(
+    call: '_Call', layout: str, stride, found: Optional[str], size, grid, grid_from: str
+) -> Optional[str]:
+    """What in a dry forward contradicts a block declared with ``layout`` (None if
+    nothing): another rank, the other channel order (unless the map's aspect backs the
+    declaration), no (H, W) argument for ``'nlc'``, no patch grid for ``'tokens'``."""
+    out = tuple(call.out)
+    if len(out) != (4 if layout in ('nchw', 'nhwc') else 3):
+        return f'its output in a dry forward at {size} has shape {out}'
+    if (
+        layout in ('nchw', 'nhwc')
+        and found in ('nchw', 'nhwc')
+        and found != layout
+        and _aspect_layout(out, size) != layout
+    ):
+        return (
+            f'its output in a dry forward at {size} has shape {out}, which is '
+            f'{found!r} (the channels are dim {1 if found == "nchw" else 3})'
+        )
+    if layout == 'nlc' and call.hw is None:
+        return f'it is not called with an (H, W) pair whose product is its {out[1]} tokens'
+    if layout == 'tokens' and stride is None and grid is None:
+        return f'grid_from={grid_from!r} gave no patch grid in a dry forward'
+    return None
+
+
 def check_declared_blocks(
     backbone: nn.Module,
     declared: Dict[str, Tuple[str, Optional[int]]],
@@ -412,23 +450,7 @@ def check_declared_blocks(
         layout, stride = parse_layout(declared_layout)
         out = tuple(call.out)
         found, _ = _layout(call, named[name], size, grid)
-        problem = None
-        if len(out) != (4 if layout in ('nchw', 'nhwc') else 3):
-            problem = f'its output in a dry forward at {size} has shape {out}'
-        elif (
-            layout in ('nchw', 'nhwc')
-            and found in ('nchw', 'nhwc')
-            and found != layout
-            and _aspect_layout(out, size) != layout
-        ):  # the map's aspect may back the user
-            problem = (
-                f'its output in a dry forward at {size} has shape {out}, which is '
-                f'{found!r} (the channels are dim {1 if found == "nchw" else 3})'
-            )
-        elif layout == 'nlc' and call.hw is None:
-            problem = f'it is not called with an (H, W) pair whose product is its {out[1]} tokens'
-        elif layout == 'tokens' and stride is None and grid is None:
-            problem = f'grid_from={grid_from!r} gave no patch grid in a dry forward'
+        problem = _layout_problem(call, layout, stride, found, size, grid, grid_from)
         if problem:
             fix = (
                 f'use layout={found!r}'

@@ -102,6 +102,39 @@ def _like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.contiguous() if x.is_contiguous() else out
 
 
+def _nlc_grid(x: torch.Tensor, args: tuple, kwargs: dict, outputs: tuple) -> Tuple[int, int]:
+    """(H, W) of an ``'nlc'`` block output: from the block's other outputs first, then
+    from its call arguments; ``ValueError`` naming the fix when neither has it."""
+    length = x.shape[1] if x.dim() == 3 else None
+    hw = hw_from_args((None, *outputs), {}, length, strict=True) or hw_from_args(
+        args, kwargs, length
+    )
+    if hw is None:
+        raise ValueError(
+            "layout 'nlc' needs the block to be called with its grid, as "
+            "block(x, hw_shape); this block got no (H, W) pair whose product is its "
+            f"number of tokens (output shape {tuple(x.shape)}). Use layout 'tokens' "
+            "(grid from the patch embedding) or 'nchw'."
+        )
+    return hw
+
+
+def _tokens_grid(
+    grid: Optional[Sequence[int]], stride: Optional[int], input_hw: Optional[Sequence[int]]
+) -> Tuple[int, int]:
+    """(H, W) of a ``'tokens'`` block output: the patch grid, or the input size over
+    ``stride`` for ``'tokens/<s>'``; ``RuntimeError`` naming the fix without either."""
+    if stride is not None:
+        grid = None if input_hw is None else (input_hw[0] // stride, input_hw[1] // stride)
+    if grid is None:
+        raise RuntimeError(
+            "layout 'tokens' needs the patch grid, but the patch embedding did not run "
+            'before this block; set `grid_from` to the name of the module that makes the '
+            'patch tokens.'
+        )
+    return int(grid[0]), int(grid[1])
+
+
 def apply_in_layout(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -130,29 +163,10 @@ def apply_in_layout(
     if layout == 'nhwc':
         return _like(fn(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), x)
     if layout == 'nlc':
-        length = x.shape[1] if x.dim() == 3 else None
-        hw = hw_from_args((None, *outputs), {}, length, strict=True) or hw_from_args(
-            args, kwargs, length
-        )
-        if hw is None:
-            raise ValueError(
-                "layout 'nlc' needs the block to be called with its grid, as "
-                "block(x, hw_shape); this block got no (H, W) pair whose product is its "
-                f"number of tokens (output shape {tuple(x.shape)}). Use layout 'tokens' "
-                "(grid from the patch embedding) or 'nchw'."
-            )
-        h, w = hw
+        h, w = _nlc_grid(x, args, kwargs, outputs)
         extra = 0
     elif layout == 'tokens':
-        if stride is not None:
-            grid = None if input_hw is None else (input_hw[0] // stride, input_hw[1] // stride)
-        if grid is None:
-            raise RuntimeError(
-                "layout 'tokens' needs the patch grid, but the patch embedding did not run "
-                'before this block; set `grid_from` to the name of the module that makes the '
-                'patch tokens.'
-            )
-        h, w = int(grid[0]), int(grid[1])
+        h, w = _tokens_grid(grid, stride, input_hw)
         extra = x.shape[1] - h * w
     if x.dim() != 3 or extra < 0 or (layout == 'nlc' and x.shape[1] != h * w):
         raise ValueError(

@@ -34,7 +34,7 @@ def assert_outputs(model, io):
                 io[set_name],
                 rtol=1e-5,
                 atol=1e-6,
-                msg=lambda m: f'set {set_name}: {m}',
+                msg=lambda m, set_name=set_name: f'set {set_name}: {m}',
             )
 
 

@@ -241,6 +241,24 @@ class MBConvBlock(nn.Module):
         return out
 
 
+def _normalised_out_indices(out_indices, num_outputs: int) -> Tuple[int, ...]:
+    """``out_indices`` (an int or a sequence, negative counting from the end) as
+    non-negative indices into ``stages.0..`` and ``head_conv``; ``IndexError`` for one
+    out of range."""
+    if isinstance(out_indices, int):
+        out_indices = (out_indices,)
+    indices = []
+    for index in out_indices:
+        if not -num_outputs <= index < num_outputs:
+            raise IndexError(
+                f'EfficientNetLite: out index {index} is out of range; '
+                f'0..{num_outputs - 1} are stages.0..stages.'
+                f'{num_outputs - 2} and head_conv.'
+            )
+        indices.append(index % num_outputs)
+    return tuple(indices)
+
+
 @MODELS.register_module()
 class EfficientNetLite(BaseModule):
     """EfficientNet-Lite backbone (``type='mmslora.EfficientNetLite'``).
@@ -327,19 +345,7 @@ class EfficientNetLite(BaseModule):
         channels.append(HEAD_CHANNELS)
         strides.append(stride_so_far)
 
-        num_outputs = len(self.stages) + 1
-        if isinstance(out_indices, int):
-            out_indices = (out_indices,)
-        indices = []
-        for index in out_indices:
-            if not -num_outputs <= index < num_outputs:
-                raise IndexError(
-                    f'EfficientNetLite: out index {index} is out of range; '
-                    f'0..{num_outputs - 1} are stages.0..stages.'
-                    f'{num_outputs - 2} and head_conv.'
-                )
-            indices.append(index % num_outputs)
-        self.out_indices = tuple(indices)
+        self.out_indices = _normalised_out_indices(out_indices, len(self.stages) + 1)
         # channels/strides of stages.0..6 and head_conv (the stem is not an output)
         self.stage_channels = tuple(channels[1:])
         self.stage_strides = tuple(strides[1:])
