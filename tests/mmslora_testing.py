@@ -102,6 +102,10 @@ class ToyRegressor(BaseModel):
 
 
 # Tiny backbone configs shared by the model tests (fast on CPU, real mm* classes).
+#: mmdet's ResNet-18 at 1/16 of the weights (16 channels at the stem), no download
+NARROW_RESNET18 = dict(
+    type='mmdet.ResNet', depth=18, base_channels=16, stem_channels=16, init_cfg=None
+)
 TINY_SWIN = dict(
     embed_dims=32,
     depths=(2, 2),

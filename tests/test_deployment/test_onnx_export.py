@@ -17,21 +17,14 @@ import torch.nn as nn
 from mmslora.compat.torch import dynamo_onnx_unavailable
 from mmslora.deployment import FlatOutputs, export_onnx, max_differences, onnxruntime_outputs
 from mmslora.models.peers import METHODS
-from mmslora_testing import TINY_SWIN, TINY_VIT_MMPRETRAIN, build_method
+from mmslora_testing import NARROW_RESNET18, TINY_SWIN, TINY_VIT_MMPRETRAIN, build_method
 
 pytest.importorskip('onnxruntime', reason='ONNX export is checked in onnxruntime')
 
 BACKBONES = {
     'mmdet-resnet18': (
         'mmdet',
-        dict(
-            type='mmdet.ResNet',
-            depth=18,
-            base_channels=16,
-            stem_channels=16,
-            out_indices=(1, 3),
-            init_cfg=None,
-        ),
+        dict(NARROW_RESNET18, out_indices=(1, 3)),
     ),
     'mmdet-swin': ('mmdet', dict(type='mmdet.SwinTransformer', **TINY_SWIN)),
     'mmpretrain-vit': (

@@ -14,6 +14,7 @@ import torch
 
 from mmslora.models.peers import METHODS
 from mmslora_testing import (
+    NARROW_RESNET18,
     TINY_VIT_MMPRETRAIN,
     build_in_scope,
     build_method,
@@ -26,14 +27,7 @@ BACKBONES = [
     (
         'mmdet-resnet18',
         'mmdet',
-        dict(
-            type='mmdet.ResNet',
-            depth=18,
-            base_channels=16,
-            stem_channels=16,
-            zero_init_residual=False,
-            init_cfg=None,
-        ),
+        dict(NARROW_RESNET18, zero_init_residual=False),
     ),
     (
         'mmpretrain-vit',

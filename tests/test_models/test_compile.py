@@ -17,7 +17,7 @@ from mmengine.utils import digit_version
 
 from mmslora.models import MSLoRABackbone
 from mmslora.models.peers import METHODS
-from mmslora_testing import TINY_SWIN, TINY_VIT_MMPRETRAIN, build_method, flat
+from mmslora_testing import NARROW_RESNET18, TINY_SWIN, TINY_VIT_MMPRETRAIN, build_method, flat
 
 pytestmark = pytest.mark.skipif(
     digit_version(torch.__version__) < digit_version('2.4.0'),
@@ -28,14 +28,7 @@ pytestmark = pytest.mark.skipif(
 BACKBONES = {
     'mmdet-resnet': (
         'mmdet',
-        dict(
-            type='mmdet.ResNet',
-            depth=18,
-            base_channels=16,
-            stem_channels=16,
-            out_indices=(1, 3),
-            init_cfg=None,
-        ),
+        dict(NARROW_RESNET18, out_indices=(1, 3)),
     ),
     # no stochastic depth: eager and compiled draw their random numbers differently
     'mmdet-swin': ('mmdet', dict(type='mmdet.SwinTransformer', drop_path_rate=0.0, **TINY_SWIN)),

@@ -21,12 +21,19 @@ from torch.utils.checkpoint import checkpoint
 
 from mmslora.models import MSLoRAAdapter
 from mmslora.models.peers import METHODS, BottleneckAdapter, MonaAdapter
-from mmslora_testing import TINY_SWIN, TINY_VIT_MMPRETRAIN, build_in_scope, build_method, flat
+from mmslora_testing import (
+    NARROW_RESNET18,
+    TINY_SWIN,
+    TINY_VIT_MMPRETRAIN,
+    build_in_scope,
+    build_method,
+    flat,
+)
 
 BACKBONES = {
     'mmdet-resnet18': (
         'mmdet',
-        dict(type='mmdet.ResNet', depth=18, base_channels=16, stem_channels=16, init_cfg=None),
+        NARROW_RESNET18,
     ),
     'mmpretrain-vit': (
         'mmpretrain',
