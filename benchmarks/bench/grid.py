@@ -13,7 +13,8 @@ For every task and row (a method or MSLoRA variant):
 
 A row with nothing to train in the backbone (the linear probe) has no lr of its own
 (``lr=None``: one selection run). All selection and extension runs of every task come
-before any test run, so a grid stopped early still compares every row at one seed.
+before any test run, so a grid stopped early still compares every row at one seed; the
+test runs go row by row across the tasks, so it then lacks seeds of the last rows only.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -81,8 +82,10 @@ def next_jobs(
     records: Sequence[dict],
     max_extend: int = 3,
 ) -> List[dict]:
-    """Every run that can start now, selection and extension runs of all tasks first,
-    then test runs; ``grids[(task, row)]`` is the row's starting lr grid ([None]: no lr)."""
+    """Every run that can start now: selection and extension runs of all tasks first
+    (task by task), then test runs row by row across the tasks, in the order of ``rows``
+    (a grid stopped early has the first rows complete on every task, not the first
+    tasks); ``grids[(task, row)]`` is the row's starting lr grid ([None]: no lr)."""
     first, tests = [], []
     done = {r['key'] for r in records}
     for task in tasks:
@@ -97,6 +100,7 @@ def next_jobs(
             tests += [
                 dict(task=task, row=row, lr=state['lr'], seed=s, phase='test') for s in seeds[1:]
             ]
+    tests.sort(key=lambda job: rows.index(job['row']))  # stable: task order within a row
     return [j for j in first + tests if job_key(j) not in done]
 
 

@@ -51,9 +51,9 @@ def test_flatness(bench):
     assert bench.stats.flatness([[10, 50.0], [80, 90.5], [100, 90.0]])['flat'] is True
 
 
-def _rec(lr, val, seed=0, diverged=False, row='lora'):
-    key = f'fashion/{row}/lr{lr}/s{seed}'
-    return dict(task='fashion', row=row, lr=lr, seed=seed, val=val, diverged=diverged, key=key)
+def _rec(lr, val, seed=0, diverged=False, row='lora', task='fashion'):
+    key = f'{task}/{row}/lr{lr}/s{seed}'
+    return dict(task=task, row=row, lr=lr, seed=seed, val=val, diverged=diverged, key=key)
 
 
 def test_lr_grid_extends_until_the_choice_is_bracketed(bench):
@@ -97,6 +97,32 @@ def test_next_jobs_select_everything_before_any_test(bench):
         ('linear_probe', None, 1, 'test'),
         ('linear_probe', None, 2, 'test'),
     ]
+
+
+def test_next_jobs_run_tests_row_by_row_across_tasks(bench):
+    rows, tasks = ['linear_probe', 'lora'], ['fashion', 'nuclei']
+    grids = {
+        (t, r): [None] if r == 'linear_probe' else [1e-3, 3e-3, 1e-2] for t in tasks for r in rows
+    }
+    done = [
+        _rec(lr, score, row=row, task=task)
+        for task in tasks
+        for row, lrs in (('linear_probe', [None]), ('lora', [1e-3, 3e-3, 1e-2]))
+        for lr, score in zip(lrs, (70.0, 80.0, 75.0))
+    ]
+    jobs = bench.grid.next_jobs(tasks, rows, [0, 1, 2], grids, done)
+    # every task's probe before any task's LoRA: an early stop cuts the last rows
+    assert [(j['row'], j['task'], j['seed'], j['phase']) for j in jobs] == [
+        ('linear_probe', 'fashion', 1, 'test'),
+        ('linear_probe', 'fashion', 2, 'test'),
+        ('linear_probe', 'nuclei', 1, 'test'),
+        ('linear_probe', 'nuclei', 2, 'test'),
+        ('lora', 'fashion', 1, 'test'),
+        ('lora', 'fashion', 2, 'test'),
+        ('lora', 'nuclei', 1, 'test'),
+        ('lora', 'nuclei', 2, 'test'),
+    ]
+    assert all(j['lr'] == (None if j['row'] == 'linear_probe' else 3e-3) for j in jobs)
 
 
 def test_report_marks_incomplete_cells(bench):
