@@ -389,6 +389,7 @@ def write_report(paths: dict, records: list, plan: dict, meta: dict) -> None:
     ]
     if summary['errors']:
         lines += ['Errors: ' + '; '.join(summary['errors']), '']
+    lines += report.glance_lines(summary, plan)
     for task, result in summary['tasks'].items():
         lines += report.task_lines(task, plan['tasks'][task], result, n)
     lines.append(

@@ -185,6 +185,54 @@ def verdict(rows: Dict[str, dict]) -> str:
     )
 
 
+def _glance_cell(p: Optional[dict], n_seeds: int) -> str:
+    if not p or p['n'] < 2:
+        return '-'
+    word = 'level' if not p['exceeds_spread'] else 'above' if p['mean'] > 0 else 'below'
+    partial = '' if p['n'] == n_seeds else f" ({p['n']} seeds)"
+    return f"{word} {p['mean']:+.1f}{partial}"
+
+
+def glance_lines(summary: dict, plan: dict) -> List[str]:
+    """The verdict at a glance: per row, where MSLoRA stands against it on every task
+    (above / level / below by the paired comparison, MSLoRA minus the row) and the
+    row's cost on the first task (trainable parameters in the backbone, CPU seconds and
+    peak memory of a training run, means over its seeds)."""
+    tasks = list(summary['tasks'])
+    first = tasks[0]
+    n_seeds = len(plan['seeds'])
+    lines = [
+        '## Verdict at a glance',
+        '',
+        f"MSLoRA minus each row, test score, mean over the paired seeds: above / below "
+        f"where |mean| > the std of the differences, else level. Cost: "
+        f"{plan['tasks'][first]['title']}, per training run.",
+        '',
+        '| row | '
+        + ''.join(f"{plan['tasks'][t]['title']}, {plan['tasks'][t]['metric']} | " for t in tasks)
+        + 'trainable in backbone | CPU s | peak MiB |',
+        '|---' * (len(tasks) + 4) + '|',
+    ]
+    for row in plan['rows']:
+        cells = []
+        for task in tasks:
+            r = summary['tasks'][task]['rows'][row]
+            if row == REFERENCE:
+                mean = r['test_mean']
+                cells.append('-' if mean is None else f"{mean:.1f} +- {_f(r['test_std'], '.1f')}")
+            else:
+                cells.append(_glance_cell(r.get('ref_minus'), n_seeds))
+        cost = summary['tasks'][first]['rows'][row]
+        params = cost.get('params')
+        lines.append(
+            f"| {NAMES.get(row, row)} | "
+            + ''.join(f'{c} | ' for c in cells)
+            + (f"{params['backbone_trainable']:,d}" if params else '-')
+            + f" | {_f(cost.get('train_cpu_s'), '.0f')} | {_f(cost.get('peak_mib'), '.0f')} |"
+        )
+    return lines + ['']
+
+
 def plot_curves(path: str, summary: dict, plan: dict) -> None:
     """Validation score against step (mean over seeds at the chosen lr) per row, the
     last 20% of the steps shaded."""

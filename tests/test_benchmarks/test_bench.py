@@ -161,6 +161,41 @@ def test_report_marks_incomplete_cells(bench):
     assert '0.001: 60.0; SELECTING' in text and '51.00 +- 1.41** (2 of 3 seeds)' in text
 
 
+def test_glance_table_places_mslora_against_each_row(bench):
+    plan = dict(
+        tasks={'fashion': dict(title='F', metric='top-1 (%)', steps=10)},
+        rows=['mslora', 'linear_probe', 'lora', 'bitfit'],
+        seeds=[0, 1, 2],
+        max_extend=3,
+        grids={('fashion', 'mslora'): [None], ('fashion', 'linear_probe'): [None]},
+    )
+    plan['grids'].update({('fashion', r): [None] for r in ('lora', 'bitfit')})
+    tests = dict(
+        mslora=[60.0, 62.0, 61.0],
+        linear_probe=[50.0, 53.0, 51.0],  # MSLoRA 10 above, the spread 1
+        lora=[70.0, 71.0, 73.0],  # MSLoRA 10 below
+        bitfit=[61.0, 60.0, 62.5],  # differences -1, +2, -1.5: level
+    )
+    records = [
+        dict(
+            _rec(None, 60.0, seed, row=row),
+            test=test,
+            val_curve=[[5, 50.0], [10, 60.0]],
+            train_s=1.0,
+            train_cpu_s=2.0 + seed,
+            peak_mib=10.0,
+            params=dict(backbone_trainable=len(row), trainable=99),
+        )
+        for row, values in tests.items()
+        for seed, test in enumerate(values)
+    ]
+    text = '\n'.join(bench.report.glance_lines(bench.report.summarize(records, plan), plan))
+    assert '| MSLoRA (D 32, G 8) | 61.0 +- 1.0 | 6 | 3 | 10 |' in text
+    assert '| Linear probe | above +9.7 | 12 | 3 | 10 |' in text
+    assert '| LoRA (r 8) | below -10.3 | 4 | 3 | 10 |' in text
+    assert '| BitFit | level -0.2 | 6 | 3 | 10 |' in text
+
+
 def test_switch_uses_the_package_presets(bench):
     wrapper = dict(type='mmslora.MSLoRABackbone', backbone=dict(type='x'), blocks='auto')
     cfg = bench.methods.switch(wrapper, 'mslora_ratio', bench.methods.DEMO_WIDTHS)
