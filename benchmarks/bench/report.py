@@ -167,18 +167,23 @@ def task_lines(task: str, settings: dict, result: dict, n_seeds: int) -> List[st
     return lines + ['', verdict(result['rows']), '']
 
 
+def _standing(p: dict) -> str:
+    """Where MSLoRA stands against a row by a paired comparison (MSLoRA minus the row):
+    'above' or 'below' where |mean| > the std of the differences, else 'level'."""
+    return 'level' if not p['exceeds_spread'] else 'above' if p['mean'] > 0 else 'below'
+
+
 def verdict(rows: Dict[str, dict]) -> str:
     """Which rows MSLoRA is above, below or level with, by the paired comparison."""
-    groups = dict(better=[], worse=[], level=[])
+    groups = dict(above=[], below=[], level=[])
     for row, r in rows.items():
         p = r.get('ref_minus')
         if row == REFERENCE or not p or p['n'] < 2:
             continue
-        key = 'level' if not p['exceeds_spread'] else 'better' if p['mean'] > 0 else 'worse'
-        groups[key].append(f"{NAMES.get(row, row)} ({p['mean']:+.2f})")
+        groups[_standing(p)].append(f"{NAMES.get(row, row)} ({p['mean']:+.2f})")
     if not any(groups.values()):
         return 'Paired comparison: not enough seeds yet.'
-    better, worse, level = (', '.join(groups[k]) or 'none' for k in ('better', 'worse', 'level'))
+    better, worse, level = (', '.join(groups[k]) or 'none' for k in ('above', 'below', 'level'))
     return (
         'Paired comparison (|mean difference| > its std across seeds): MSLoRA above '
         f'{better}; below {worse}; within the seed spread of {level}.'
@@ -188,9 +193,8 @@ def verdict(rows: Dict[str, dict]) -> str:
 def _glance_cell(p: Optional[dict], n_seeds: int) -> str:
     if not p or p['n'] < 2:
         return '-'
-    word = 'level' if not p['exceeds_spread'] else 'above' if p['mean'] > 0 else 'below'
     partial = '' if p['n'] == n_seeds else f" ({p['n']} seeds)"
-    return f"{word} {p['mean']:+.1f}{partial}"
+    return f"{_standing(p)} {p['mean']:+.1f}{partial}"
 
 
 def glance_lines(summary: dict, plan: dict) -> List[str]:
