@@ -183,10 +183,10 @@ def verdict(rows: Dict[str, dict]) -> str:
         groups[_standing(p)].append(f"{NAMES.get(row, row)} ({p['mean']:+.2f})")
     if not any(groups.values()):
         return 'Paired comparison: not enough seeds yet.'
-    better, worse, level = (', '.join(groups[k]) or 'none' for k in ('above', 'below', 'level'))
+    above, below, level = (', '.join(groups[k]) or 'none' for k in ('above', 'below', 'level'))
     return (
         'Paired comparison (|mean difference| > its std across seeds): MSLoRA above '
-        f'{better}; below {worse}; within the seed spread of {level}.'
+        f'{above}; below {below}; within the seed spread of {level}.'
     )
 
 
