@@ -7,6 +7,8 @@ EfficientNet-Lite0, run as a resumable grid.
     python benchmarks/evidence.py --device cuda               # the GPU profile
     python benchmarks/evidence.py --quick --out /tmp/ev       # the smoke profile
     python benchmarks/evidence.py --report-only --resume      # md/png from the run file
+    python benchmarks/evidence.py --tasks det --steps 800 --name evidence_cpu_det800 \
+        --lrs-from evidence_cpu_2026-12-05 --workers 2 --commit   # a longer schedule
 """
 
 import argparse
@@ -227,6 +229,12 @@ def parse_args(argv=None):
         help='starting lr grid of every row with an lr (default: GRIDS)',
     )
     p.add_argument(
+        '--lrs-from',
+        metavar='STEM',
+        help='start each row\'s grid at the lr chosen in this earlier run file (in --out) '
+        'and its two neighbours; rows it lacks start at GRIDS',
+    )
+    p.add_argument(
         '--max-extend',
         type=int,
         default=3,
@@ -270,11 +278,15 @@ def make_plan(args) -> dict:
         settings[t].update(title=TASKS[t]['title'], metric=TASKS[t]['metric'])
     if 'mslora' not in args.rows:
         raise SystemExit('--rows must include mslora: every comparison is against it')
+    if args.lrs_from and args.lrs:
+        raise SystemExit('give --lrs or --lrs-from, not both: both set the starting grids')
     return dict(
         profile=profile_name,
         tasks=json.loads(json.dumps(settings)),
         rows=list(args.rows),
         lrs=args.lrs,
+        lrs_from=args.lrs_from and osp.basename(args.lrs_from).replace('.jsonl', ''),
+        starts=warm_starts(args, tasks, args.rows, list(args.seeds or profile['seeds'])[0]),
         seeds=list(args.seeds or profile['seeds']),
         max_extend=args.max_extend,
         workers=args.workers or profile['workers'],
@@ -283,15 +295,33 @@ def make_plan(args) -> dict:
     )
 
 
+def warm_starts(args, tasks, rows, seed: int) -> dict:
+    """``'task/row'`` -> the starting grid around the lr chosen in the ``--lrs-from``
+    run file, for every task and row it holds a selection of ({} without the flag)."""
+    if not args.lrs_from:
+        return {}
+    stem = osp.basename(args.lrs_from)
+    path = osp.join(args.out, stem if stem.endswith('.jsonl') else stem + '.jsonl')
+    if not osp.exists(path):
+        raise SystemExit(f'--lrs-from: no run file {path}; give the stem of one in --out')
+    with open(path) as f:
+        records = [r for r in (json.loads(line) for line in f if line.strip()) if 'error' not in r]
+    starts = {f'{t}/{r}': grid.warm_start(records, t, r, seed) for t in tasks for r in rows}
+    return {key: lrs for key, lrs in starts.items() if lrs}
+
+
 def grids(plan: dict) -> dict:
-    """(task, row) -> the row's starting lr grid (``--lrs`` replaces every grid but the
-    linear probe's, which has no lr)."""
+    """(task, row) -> the row's starting lr grid: the plan's warm start (``--lrs-from``)
+    where it has one, else ``--lrs`` or :data:`GRIDS` (the linear probe has no lr)."""
 
-    def grid(row):
+    def grid(task, row):
         start = GRIDS.get(row, GRIDS['default'])
-        return list(start) if start == (None,) or not plan.get('lrs') else list(plan['lrs'])
+        if start == (None,):
+            return list(start)
+        warm = plan.get('starts', {}).get(f'{task}/{row}')
+        return list(warm or plan.get('lrs') or start)
 
-    return {(t, r): grid(r) for t in plan['tasks'] for r in plan['rows']}
+    return {(t, r): grid(t, r) for t in plan['tasks'] for r in plan['rows']}
 
 
 def run_paths(args, profile: str) -> dict:
@@ -330,8 +360,16 @@ def load_run(paths: dict, plan: dict, args) -> tuple:
             {
                 k: meta['plan'][k]
                 for k in ('tasks', 'rows', 'seeds', 'lrs', 'max_extend', 'workers', 'threads')
-            }
+            },
         )
+    earlier = {k: meta['plan'].get(k) or v for k, v in (('starts', {}), ('lrs_from', None))}
+    if plan['starts'] and earlier['starts'] and plan['starts'] != earlier['starts']:
+        raise SystemExit(
+            f"--resume: {paths['jsonl']} started its grids from {earlier['lrs_from']}; "
+            'give the same --lrs-from (or none), or another --name'
+        )
+    if not plan['starts']:  # resuming without the flag keeps the run file's starts
+        plan.update(earlier)
     for task, settings in plan['tasks'].items():
         if task in meta['plan']['tasks'] and meta['plan']['tasks'][task] != settings:
             raise SystemExit(
@@ -382,7 +420,14 @@ def write_report(paths: dict, records: list, plan: dict, meta: dict) -> None:
         '',
         f"Protocol (benchmarks/README.md): lr per row chosen on val at seed "
         f"{plan['seeds'][0]} (bold), the grid extended where the choice is at an edge "
-        f"(at most {plan['max_extend']} more); test at seeds {plan['seeds']}. `*`: "
+        f"(at most {plan['max_extend']} more)"
+        + (
+            f"; each row's grid starts at the lr chosen in `{plan['lrs_from']}` and its "
+            'two neighbours'
+            if plan.get('starts')
+            else ''
+        )
+        + f"; test at seeds {plan['seeds']}. `*`: "
         '|mean difference| > std of the differences. SELECTING: lr selection still open; '
         f'"k of {n} seeds": test runs still missing.',
         '',

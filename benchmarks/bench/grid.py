@@ -15,6 +15,10 @@ A row with nothing to train in the backbone (the linear probe) has no lr of its 
 (``lr=None``: one selection run). All selection and extension runs of every task come
 before any test run, so a grid stopped early still compares every row at one seed; the
 test runs go row by row across the tasks, so it then lacks seeds of the last rows only.
+
+A longer schedule can start each row's grid around the lr an earlier run file chose
+(:func:`warm_start`) rather than at the fixed starting grid: fewer runs, and step 1
+still brackets whatever lr wins.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -72,6 +76,18 @@ def choose_lr(
     if (at_low or at_high) and out is not None and extensions < max_extend:
         return dict(state, next=[out], phase='extend')
     return dict(state, lr=best, done=True, edge=at_low or at_high)
+
+
+def warm_start(records: Sequence[dict], task: str, row: str, seed: int) -> Optional[List[float]]:
+    """The lr chosen among a row's selection runs at ``seed`` in ``records`` (an earlier
+    run file) and its neighbours on :data:`LADDER`, as a starting grid; None when the
+    records hold no selection run of the row, or the row has no lr of its own."""
+    runs = _selection(records, task, row, seed)
+    if not runs or None in runs:
+        return None
+    best = choose_lr(records, task, row, sorted(runs), seed, max_extend=0)['lr']
+    i = LADDER.index(best)
+    return list(LADDER[max(i - 1, 0) : i + 2])
 
 
 def next_jobs(

@@ -81,6 +81,16 @@ def test_lr_grid_extends_until_the_choice_is_bracketed(bench):
     assert choose(probe, 'fashion', 'linear_probe', [None], 0)['done']
 
 
+def test_warm_start_centres_the_grid_on_an_earlier_choice(bench):
+    earlier = [_rec(1e-3, 70.0), _rec(3e-3, 75.0), _rec(1e-2, 74.0), _rec(1e-2, 90.0, seed=1)]
+    assert bench.grid.warm_start(earlier, 'fashion', 'lora', 0) == [1e-3, 3e-3, 1e-2]
+    # an earlier choice at an end of the ladder keeps the one neighbour it has
+    assert bench.grid.warm_start([_rec(1e-6, 5.0)], 'fashion', 'lora', 0) == [1e-6, 3e-6]
+    assert bench.grid.warm_start(earlier, 'fashion', 'mona', 0) is None
+    probe = [_rec(None, 50.0, row='linear_probe')]
+    assert bench.grid.warm_start(probe, 'fashion', 'linear_probe', 0) is None
+
+
 def test_next_jobs_select_everything_before_any_test(bench):
     grids = {('fashion', 'lora'): [1e-3, 3e-3], ('fashion', 'linear_probe'): [None]}
     jobs = bench.grid.next_jobs(['fashion'], ['linear_probe', 'lora'], [0, 1, 2], grids, [])

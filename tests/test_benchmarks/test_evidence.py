@@ -80,6 +80,23 @@ def test_quick_grid_fashion_and_resume(evidence, tmp_path, cache):
     assert len(meta['commands']) == 2 and meta['commands'][1].endswith('--resume')
     with pytest.raises(SystemExit, match='give the same settings'):
         evidence.main(args + ['--resume', '--steps', '7'])
+    # a longer schedule starts MSLoRA's grid around the lr chosen in q.jsonl
+    warm = args[:6] + ['--lrs-from', 'q', '--seeds', '0', '--max-extend', '0'] + args[10:]
+    warm[-3] = 'w'  # --name w
+    with pytest.raises(SystemExit, match='not both'):
+        evidence.main(warm + ['--lrs', '1e-2'])
+    with pytest.raises(SystemExit, match='no run file'):
+        evidence.main([a if a != 'q' else 'missing' for a in warm])
+    evidence.main(warm)
+    tried = sorted(r['lr'] for r in _lines(tmp_path / 'w.jsonl') if r['row'] == 'mslora')
+    ladder = evidence.grid.LADDER
+    assert tried == list(ladder[ladder.index(best) - 1 : ladder.index(best) + 2])
+    assert "chosen in `q` and its two neighbours" in (tmp_path / 'w.md').read_text()
+    resumed = evidence.main([a for a in warm if a not in ('--lrs-from', 'q')] + ['--resume'])
+    assert resumed['summary']['tasks']['fashion']['rows']['mslora']['lr'] in tried
+    assert json.loads((tmp_path / 'w.json').read_text())['plan']['starts'] == {
+        'fashion/mslora': tried
+    }
 
 
 def test_quick_detection_committing_each_run(evidence, tmp_path, cache):
