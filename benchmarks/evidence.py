@@ -286,7 +286,7 @@ def make_plan(args) -> dict:
         rows=list(args.rows),
         lrs=args.lrs,
         lrs_from=args.lrs_from and osp.basename(args.lrs_from).replace('.jsonl', ''),
-        starts=warm_starts(args, tasks, args.rows, list(args.seeds or profile['seeds'])[0]),
+        starts=warm_starts(args, tasks, list(args.seeds or profile['seeds'])[0]),
         seeds=list(args.seeds or profile['seeds']),
         max_extend=args.max_extend,
         workers=args.workers or profile['workers'],
@@ -295,9 +295,10 @@ def make_plan(args) -> dict:
     )
 
 
-def warm_starts(args, tasks, rows, seed: int) -> dict:
+def warm_starts(args, tasks, seed: int) -> dict:
     """``'task/row'`` -> the starting grid around the lr chosen in the ``--lrs-from``
-    run file, for every task and row it holds a selection of ({} without the flag)."""
+    run file, for every task and row it holds a selection of ({} without the flag); of
+    every row, not only ``--rows``, so a later sitting may add rows."""
     if not args.lrs_from:
         return {}
     stem = osp.basename(args.lrs_from)
@@ -306,6 +307,7 @@ def warm_starts(args, tasks, rows, seed: int) -> dict:
         raise SystemExit(f'--lrs-from: no run file {path}; give the stem of one in --out')
     with open(path) as f:
         records = [r for r in (json.loads(line) for line in f if line.strip()) if 'error' not in r]
+    rows = {r['row'] for r in records}
     starts = {f'{t}/{r}': grid.warm_start(records, t, r, seed) for t in tasks for r in rows}
     return {key: lrs for key, lrs in starts.items() if lrs}
 
