@@ -65,7 +65,7 @@ PROFILES = dict(
                 n_val=300,
                 n_test=800,
                 batch=32,
-                steps=150,
+                steps=300,
                 head_lr=3e-3,
                 eval_batch=200,
             ),
