@@ -97,6 +97,11 @@ def test_quick_grid_fashion_and_resume(evidence, tmp_path, cache):
     assert json.loads((tmp_path / 'w.json').read_text())['plan']['starts'] == {
         'fashion/mslora': tried
     }
+    # resuming w from a run file that chose another lr would mix two protocols: refused
+    other = dict(task='fashion', row='mslora', lr=1e-1, seed=0, val=50.0, diverged=False)
+    (tmp_path / 'z.jsonl').write_text(json.dumps(dict(other, key='k')) + '\n')
+    with pytest.raises(SystemExit, match='give the same --lrs-from'):
+        evidence.main([a if a != 'q' else 'z' for a in warm] + ['--resume'])
 
 
 def test_quick_detection_committing_each_run(evidence, tmp_path, cache):
