@@ -67,6 +67,7 @@ def _row(runs: Dict[int, dict], seeds: Sequence[int], state: dict) -> dict:
             params=runs[have[0]]['params'],
             val_curve=curve,
             flatness=flatness(curve) if n > 1 else None,
+            val_final_std=(statistics.stdev(c[-1][1] for c in curves) if len(curves) > 1 else None),
             train_s=statistics.fmean(runs[s]['train_s'] for s in have),
             train_cpu_s=statistics.fmean(runs[s].get('train_cpu_s', math.nan) for s in have),
             peak_mib=max(peaks) if peaks else None,
@@ -162,9 +163,24 @@ def task_lines(task: str, settings: dict, result: dict, n_seeds: int) -> List[st
             f"over seeds, chosen lr) changes by {100 * f['rel_change']:+.2f}% "
             f"({f['start']:.2f} -> {f['final']:.2f}) over the last 20% of the steps: "
             f"{'flat' if f['flat'] else 'NOT flat'} at the "
-            f"{100 * FLAT_TOLERANCE:.0f}% tolerance.",
+            f"{100 * FLAT_TOLERANCE:.0f}% tolerance"
+            + _against_noise(f, result['rows'][best].get('val_final_std'))
+            + '.',
         ]
     return lines + ['', verdict(result['rows']), '']
+
+
+def _against_noise(flat: dict, final_std) -> str:
+    """The change over the last 20% set against the seeds' spread of the final val
+    score (the noise a single evaluation carries); '' with fewer than 2 seeds."""
+    if final_std is None:
+        return ''
+    change = abs(flat['final'] - flat['start'])
+    side = 'within' if change <= final_std else 'beyond'
+    return (
+        f"; the change ({change:.2f} points) is {side} the seeds' spread of the final "
+        f"val score (std {final_std:.2f})"
+    )
 
 
 def _standing(p: dict) -> str:

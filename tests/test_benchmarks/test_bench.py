@@ -263,3 +263,38 @@ def test_fit_trains_the_two_groups_and_the_loss_falls(bench):
     assert result['peak_mib'] > 0 and not result['diverged']
     assert [s for s, _ in result['val_curve']] == [6, 12]
     assert training.params_record(model)['trainable'] == 1280 * 10 + 10
+
+
+def test_best_row_flatness_is_set_against_the_seed_spread(bench):
+    plan = dict(
+        tasks={'fashion': dict(title='F', metric='top-1 (%)', steps=10)},
+        rows=['mslora'],
+        seeds=[0, 1, 2],
+        max_extend=3,
+        grids={('fashion', 'mslora'): [None]},
+    )
+    finals = (58.0, 60.0, 62.0)  # final val scores: std 2.0
+
+    def run(seed, final):
+        return dict(
+            _rec(None, final, seed, row='mslora'),
+            test=50.0,
+            val_curve=[[2, 30.0], [8, final - 1.0], [10, final]],
+            train_s=1.0,
+            peak_mib=10.0,
+            params=dict(backbone_trainable=1, trainable=1),
+        )
+
+    summary = bench.report.summarize([run(s, f) for s, f in enumerate(finals)], plan)
+    row = summary['tasks']['fashion']['rows']['mslora']
+    assert row['val_final_std'] == pytest.approx(2.0)
+    text = '\n'.join(
+        bench.report.task_lines('fashion', plan['tasks']['fashion'], summary['tasks']['fashion'], 3)
+    )
+    # the mean curve rises 59 -> 60 over the last 20%: 1.67%, not flat, but inside std 2
+    assert 'changes by +1.67% (59.00 -> 60.00)' in text
+    assert 'NOT flat at the 1% tolerance; the change (1.00 points) is within' in text
+    one = bench.report.summarize([run(0, 60.0)], plan)['tasks']['fashion']
+    assert one['rows']['mslora']['val_final_std'] is None
+    one_text = '\n'.join(bench.report.task_lines('fashion', plan['tasks']['fashion'], one, 3))
+    assert 'tolerance.' in one_text and 'spread' not in one_text
