@@ -58,7 +58,7 @@ DET = dict(min_area=8, head_lr=1e-3, clip=10.0)
 PROFILES = dict(
     cpu=dict(
         tasks=dict(
-            det=dict(DET, detector='faster', crop=128, scale=1, batch=4, steps=400),
+            det=dict(DET, detector='faster', crop=128, scale=1, batch=4, steps=800),
             fashion=dict(
                 size=48,
                 n_fit=2000,
