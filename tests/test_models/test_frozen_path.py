@@ -348,8 +348,13 @@ def test_float64_models_fold_too():
     assert enable_frozen_fast_path(model).folded
 
 
-@pytest.mark.parametrize('layout', ['channels_last', 'unbatched'])
+@pytest.mark.parametrize('layout', ['channels_last', 'unbatched', 'tokens'])
 def test_frozen_conv_on_channels_last_and_unbatched_inputs(layout, device):
+    """Gradients equal autograd's and come out laid out as autograd lays them out (like
+    the input), also where the gradient arrives in another layout: ``tokens`` reads a
+    contiguous output as (B, HW, C) tokens, as PVT and Swin do, so its gradient arrives
+    channels-last. (The input is not a leaf: a leaf's accumulated gradient is copied
+    into the leaf's layout, which would hide the layout the layer returned.)"""
     conv = nn.Conv2d(4, 8, 3, padding=1).double()
     conv.to(device).weight.requires_grad_(False)
     plain = copy.deepcopy(conv)
@@ -357,17 +362,20 @@ def test_frozen_conv_on_channels_last_and_unbatched_inputs(layout, device):
     if layout == 'unbatched':
         x = torch.randn(4, 9, 9, dtype=torch.float64, device=device)
     else:
-        x = torch.randn(2, 4, 9, 9, dtype=torch.float64, device=device).contiguous(
-            memory_format=torch.channels_last
-        )
+        x = torch.randn(2, 4, 9, 9, dtype=torch.float64, device=device)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     results = []
     for layer in (conv, plain):
-        xi = x.clone().requires_grad_(True)
+        xi = x.clone()
         out = layer(xi)
-        out.backward(out.detach())
-        results.append((xi.grad, layer.bias.grad))
+        if layout == 'tokens':  # a (B, HW, C) gradient, as layers on tokens return
+            out = out.flatten(2).transpose(1, 2)
+        results.append(torch.autograd.grad(out, (xi, layer.bias), out.detach().contiguous()))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert got.stride() == want.stride()
 
 
 def saved_list_hook(saved):

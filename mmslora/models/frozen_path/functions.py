@@ -28,28 +28,24 @@ class FrozenConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, scale, bias, stride, padding, dilation, groups):
         ctx.save_for_backward(weight, scale)
-        ctx.conv = (x.shape, stride, padding, dilation, groups)
+        ctx.conv = (x.shape, x.stride(), stride, padding, dilation, groups)
         return F.conv2d(x, scaled(weight, scale), bias, stride, padding, dilation, groups)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         weight, scale = ctx.saved_tensors
-        shape, stride, padding, dilation, groups = ctx.conv
+        shape, strides, stride, padding, dilation, groups = ctx.conv
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
-            # convolution_backward reads only the shape of its input: an uninitialised
-            # buffer (never written, so never paged in) lets it run the kernel that
-            # autograd's own backward runs
-            layout = (
-                torch.channels_last
-                if not grad.is_contiguous()
-                and grad.is_contiguous(memory_format=torch.channels_last)
-                else torch.contiguous_format
-            )
+            # convolution_backward reads only the shape and strides of its input: an
+            # uninitialised buffer laid out like ``x`` (never written, so never paged in)
+            # runs the kernel autograd's own backward runs, and ``dL/dx`` comes out laid
+            # out like ``x``, as autograd's does (a gradient in another layout than its
+            # tensor sent torch 2.1's gelu_backward reading unwritten memory)
             grad_x = torch.ops.aten.convolution_backward(
                 grad,
-                torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=layout),
+                torch.empty_strided(shape, strides, dtype=grad.dtype, device=grad.device),
                 scaled(weight, scale).to(grad.dtype),
                 None,
                 stride,
